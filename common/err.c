@@ -1,0 +1,99 @@
+/* common/err.c — the error enum's names and the per-thread detail message. */
+#include "nhi.h"
+
+#include <openssl/err.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const nhi_err_names[NHI_ERR__COUNT] = {
+	[NHI_OK] = "ok",
+	[NHI_ERR_INTERNAL] = "internal",
+	[NHI_ERR_NOMEM] = "nomem",
+	[NHI_ERR_ARG] = "invalid_argument",
+	[NHI_ERR_IO] = "io",
+	[NHI_ERR_PERM] = "permission",
+	[NHI_ERR_NOT_FOUND] = "not_found",
+	[NHI_ERR_EXISTS] = "exists",
+	[NHI_ERR_HSM] = "hsm",
+	[NHI_ERR_PIN] = "pin",
+	[NHI_ERR_CRYPTO] = "crypto",
+	[NHI_ERR_FORMAT] = "format",
+	[NHI_ERR_LIMIT] = "limit",
+	[NHI_ERR_VERIFY] = "verify",
+	[NHI_ERR_CONFIG] = "config",
+	[NHI_ERR_DENIED] = "denied",
+	[NHI_ERR_EXPIRED] = "expired",
+	[NHI_ERR_ROLLBACK] = "rollback",
+};
+
+static _Thread_local char nhi_err_buf[NHI_ERR_DETAIL_MAX];
+
+const char *nhi_err_name(nhi_err e)
+{
+	if ((unsigned)e >= NHI_ERR__COUNT || nhi_err_names[e] == NULL)
+		return "unknown";
+	return nhi_err_names[e];
+}
+
+static void set_detail(const char *fmt, va_list ap)
+{
+	char tmp[NHI_ERR_DETAIL_MAX];
+
+	/* format into a temporary first: fmt's arguments may point into nhi_err_buf */
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	memcpy(nhi_err_buf, tmp, sizeof(tmp));
+}
+
+nhi_err nhi_err_set(nhi_err code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	set_detail(fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...)
+{
+	va_list ap;
+	char ossl[256] = "no OpenSSL error recorded";
+	unsigned long e;
+	size_t n;
+
+	va_start(ap, fmt);
+	set_detail(fmt, ap);
+	va_end(ap);
+	/* the earliest error is the cause; later ones are the call stack unwinding */
+	e = ERR_get_error();
+	if (e != 0)
+		ERR_error_string_n(e, ossl, sizeof(ossl));
+	ERR_clear_error();
+	n = strlen(nhi_err_buf);
+	snprintf(nhi_err_buf + n, sizeof(nhi_err_buf) - n, ": %s", ossl);
+	return code;
+}
+
+nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...)
+{
+	char old[NHI_ERR_DETAIL_MAX];
+	char ctx[NHI_ERR_DETAIL_MAX];
+	va_list ap;
+
+	memcpy(old, nhi_err_buf, sizeof(old));
+	va_start(ap, fmt);
+	vsnprintf(ctx, sizeof(ctx), fmt, ap);
+	va_end(ap);
+	snprintf(nhi_err_buf, sizeof(nhi_err_buf), "%s: %s", ctx, old);
+	return code;
+}
+
+const char *nhi_err_detail(void)
+{
+	return nhi_err_buf;
+}
+
+void nhi_err_clear(void)
+{
+	nhi_err_buf[0] = '\0';
+}

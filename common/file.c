@@ -1,0 +1,173 @@
+/* common/file.c — bounded reads, secret-file checks, exclusive and atomic writes. */
+#include "nhi.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static nhi_err read_fd(int fd, const char *path, size_t max_bytes, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	uint8_t chunk[8192];
+	size_t total = 0;
+	ssize_t n;
+
+	for (;;) {
+		n = read(fd, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR)
+			continue;
+		NHI_CHECK(n >= 0, NHI_ERR_IO, "reading %s: %s", path, strerror(errno));
+		if (n == 0)
+			break;
+		total += (size_t)n;
+		NHI_CHECK(total <= max_bytes, NHI_ERR_LIMIT,
+			  "%s is larger than the %zu-byte limit for this kind of file", path, max_bytes);
+		NHI_TRY(nhi_buf_append(out, chunk, (size_t)n));
+	}
+	rv = NHI_OK;
+out:
+	nhi_wipe(chunk, sizeof(chunk));
+	return rv;
+}
+
+nhi_err nhi_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct stat st;
+	int fd = -1;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "cannot open %s: %s",
+		  path, strerror(errno));
+	NHI_CHECK(fstat(fd, &st) == 0, NHI_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+	NHI_CHECK(S_ISREG(st.st_mode), NHI_ERR_ARG, "%s is not a regular file", path);
+	NHI_CHECK((size_t)st.st_size <= max_bytes, NHI_ERR_LIMIT,
+		  "%s is %lld bytes, over the %zu-byte limit for this kind of file", path,
+		  (long long)st.st_size, max_bytes);
+	NHI_TRY(read_fd(fd, path, max_bytes, out));
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	return rv;
+}
+
+nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct stat st;
+	int fd = -1;
+
+	out->secret = true;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO,
+		  "cannot open secret file %s: %s", path, strerror(errno));
+	NHI_CHECK(fstat(fd, &st) == 0, NHI_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+	NHI_CHECK(S_ISREG(st.st_mode), NHI_ERR_PERM, "secret file %s is not a regular file", path);
+	NHI_CHECK(st.st_uid == geteuid(), NHI_ERR_PERM,
+		  "secret file %s is owned by uid %u, not by uid %u that runs this program: chown %u %s",
+		  path, (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
+	NHI_CHECK((st.st_mode & 077) == 0, NHI_ERR_PERM,
+		  "secret file %s is mode %04o, readable by group or others: chmod 600 %s", path,
+		  (unsigned)(st.st_mode & 07777), path);
+	NHI_TRY(read_fd(fd, path, max_bytes, out));
+	if (out->len > 0 && out->data[out->len - 1] == '\n')
+		out->len--;
+	if (out->len > 0 && out->data[out->len - 1] == '\r')
+		out->len--;
+	out->data[out->len] = '\0';
+	NHI_CHECK(out->len > 0, NHI_ERR_ARG, "secret file %s is empty", path);
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (rv != NHI_OK)
+		nhi_buf_free(out);
+	return rv;
+}
+
+static nhi_err write_all(int fd, const char *path, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	ssize_t n;
+
+	while (len > 0) {
+		n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return nhi_err_set(NHI_ERR_IO, "writing %s: %s", path, strerror(errno));
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) != 0)
+		return nhi_err_set(NHI_ERR_IO, "fsync %s: %s", path, strerror(errno));
+	return NHI_OK;
+}
+
+nhi_err nhi_file_write_excl(const char *path, const void *data, size_t len, unsigned mode)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	int fd;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+	NHI_CHECK(fd >= 0, errno == EEXIST ? NHI_ERR_EXISTS : NHI_ERR_IO,
+		  errno == EEXIST ? "%s already exists: refusing to overwrite it (move it away first)"
+				  : "cannot create %s: %s",
+		  path, strerror(errno));
+	rv = write_all(fd, path, data, len);
+	if (close(fd) != 0 && rv == NHI_OK)
+		rv = nhi_err_set(NHI_ERR_IO, "closing %s: %s", path, strerror(errno));
+	if (rv != NHI_OK)
+		unlink(path);
+out:
+	return rv;
+}
+
+static nhi_err fsync_dir_of(const char *path)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char *copy = strdup(path);
+	int dfd = -1;
+
+	NHI_CHECK(copy != NULL, NHI_ERR_NOMEM, "out of memory");
+	dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	NHI_CHECK(dfd >= 0, NHI_ERR_IO, "cannot open directory of %s: %s", path, strerror(errno));
+	NHI_CHECK(fsync(dfd) == 0, NHI_ERR_IO, "fsync directory of %s: %s", path, strerror(errno));
+	rv = NHI_OK;
+out:
+	if (dfd >= 0)
+		close(dfd);
+	free(copy);
+	return rv;
+}
+
+nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char tmp[4096];
+	int fd = -1;
+
+	NHI_CHECK((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) < sizeof(tmp),
+		  NHI_ERR_ARG, "path too long: %s", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	NHI_CHECK(fd >= 0, NHI_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	NHI_TRY(write_all(fd, tmp, data, len));
+	NHI_CHECK(close(fd) == 0, NHI_ERR_IO, "closing %s: %s", tmp, strerror(errno));
+	fd = -1;
+	NHI_CHECK(rename(tmp, path) == 0, NHI_ERR_IO, "rename %s -> %s: %s", tmp, path, strerror(errno));
+	tmp[0] = '\0';
+	NHI_TRY(fsync_dir_of(path));
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (rv != NHI_OK && tmp[0] != '\0')
+		unlink(tmp);
+	return rv;
+}

@@ -1,0 +1,51 @@
+/* provisioning/nhictl.c — the operator tool's entry point: dispatch to one subcommand. */
+#include "nhictl.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct subcommand {
+	const char *name;
+	int (*run)(int argc, char **argv);
+	const char *summary;
+};
+
+static const struct subcommand subcommands[] = {
+	{"hsm-init", nhictl_hsm_init, "initialise a PKCS#11 token (SO and user PINs from 0600 files)"},
+	{"ceremony", nhictl_ceremony, "key ceremony: keys in the token, root and server certs, transcript; "
+				      "'ceremony verify' checks a transcript offline"},
+	{"enroll", nhictl_enroll, "agent key pair and client certificate, or a certificate for a CSR"},
+	{"backup", nhictl_backup, "identity backup: create, inspect, verify"},
+	{"token", nhictl_token, "offline token verification against a JWKS"},
+};
+
+int nhictl_fail(const char *cmd, const char *what, nhi_err e)
+{
+	fprintf(stderr, "nhictl %s: %s: %s [%s]\n", cmd, what, nhi_err_detail(), nhi_err_name(e));
+	return 1;
+}
+
+static void usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: nhictl <command> [options]   (nhictl <command> --help for details)\n\n");
+	for (i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
+		fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	for (i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
+		if (strcmp(argv[1], subcommands[i].name) == 0)
+			return subcommands[i].run(argc - 1, argv + 1);
+	fprintf(stderr, "nhictl: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}

@@ -1,0 +1,20 @@
+/*
+ * provisioning/nhictl.h — the operator tool's subcommands, one per file
+ * (STYLE.md). Each takes argv after the subcommand name (argv[0] is the name) and
+ * returns the process exit status: 0 ok, 1 failure (message printed), 2 usage.
+ */
+#ifndef NHICTL_H
+#define NHICTL_H
+
+#include "../common/nhi.h"
+
+int nhictl_hsm_init(int argc, char **argv); /* hsm_init.c: initialise a token */
+int nhictl_ceremony(int argc, char **argv); /* ceremony.c: key ceremony, transcript verify */
+int nhictl_enroll(int argc, char **argv);   /* enroll.c: agent key + client cert */
+int nhictl_backup(int argc, char **argv);   /* backup.c: identity backup create/inspect/verify */
+int nhictl_token(int argc, char **argv);    /* token.c: offline token verify */
+
+/* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */
+int nhictl_fail(const char *cmd, const char *what, nhi_err e);
+
+#endif

@@ -1,0 +1,513 @@
+/* tests/unit/test_hsm.c — hsm/ against a real SoftHSM2 token (no mocks). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "../../common/pkey.h"
+#include "../../hsm/hsm_internal.h"
+#include "fixture.h"
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+static struct nhi_fixture fx;
+
+static int setup(void **state)
+{
+	(void)state;
+	nhi_fixture_setup(&fx, "unit-hsm");
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nhi_fixture_teardown(&fx);
+	return 0;
+}
+
+static struct nhi_hsm *open_ok(void)
+{
+	struct nhi_hsm *h = NULL;
+	nhi_err e = nhi_hsm_open(&fx.cfg, &h);
+
+	if (e != NHI_OK)
+		fail_msg("open: %s", nhi_err_detail());
+	return h;
+}
+
+/* find or create a key with this label */
+static struct nhi_hsm_key *key_for(struct nhi_hsm *h, enum nhi_key_kind kind, const char *label)
+{
+	struct nhi_hsm_key *k = NULL;
+
+	if (nhi_hsm_find(h, label, &k) == NHI_OK)
+		return k;
+	if (nhi_hsm_generate(h, kind, label, &k) != NHI_OK)
+		fail_msg("generate %s: %s", label, nhi_err_detail());
+	return k;
+}
+
+static void verify_with_openssl(EVP_PKEY *pk, const uint8_t *msg, size_t len, const uint8_t *sig, size_t sig_len,
+				bool ec)
+{
+	struct nhi_buf der = {0};
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int ok;
+
+	if (ec) {
+		assert_int_equal(nhi_ecdsa_raw_to_der(sig, &der), NHI_OK);
+		assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk), 1);
+		ok = EVP_DigestVerify(md, der.data, der.len, msg, len);
+	} else {
+		assert_int_equal(EVP_DigestVerifyInit(md, NULL, NULL, NULL, pk), 1);
+		ok = EVP_DigestVerify(md, sig, sig_len, msg, len);
+	}
+	assert_int_equal(ok, 1);
+	EVP_MD_CTX_free(md);
+	nhi_buf_free(&der);
+}
+
+static void test_sign_verify_p256(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	const uint8_t msg[] = "the quick brown fox";
+	uint8_t sig[64];
+	size_t sig_len = 0;
+	EVP_PKEY *pk = NULL;
+
+	(void)state;
+	assert_int_equal(nhi_hsm_key_kind(k), NHI_KEY_EC_P256);
+	assert_int_equal(nhi_hsm_sign(h, k, msg, sizeof(msg), sig, &sig_len), NHI_OK);
+	assert_int_equal(sig_len, 64);
+	assert_int_equal(nhi_hsm_verify(h, k, msg, sizeof(msg), sig, sig_len), NHI_OK);
+	/* the same signature verifies outside the token, with the exported key */
+	assert_int_equal(nhi_hsm_pubkey(h, k, &pk), NHI_OK);
+	verify_with_openssl(pk, msg, sizeof(msg), sig, 64, true);
+	/* a flipped bit fails, in the token, with NHI_ERR_VERIFY */
+	sig[10] ^= 1;
+	assert_int_equal(nhi_hsm_verify(h, k, msg, sizeof(msg), sig, sig_len), NHI_ERR_VERIFY);
+	EVP_PKEY_free(pk);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_sign_verify_ed25519(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_ED25519, "t-ed");
+	const uint8_t msg[] = "ed25519 message";
+	uint8_t sig[64];
+	size_t sig_len = 0;
+	EVP_PKEY *pk = NULL;
+	struct nhi_buf jwk = {0};
+
+	(void)state;
+	assert_int_equal(nhi_hsm_key_kind(k), NHI_KEY_ED25519);
+	assert_int_equal(nhi_hsm_sign(h, k, msg, sizeof(msg), sig, &sig_len), NHI_OK);
+	assert_int_equal(sig_len, 64);
+	assert_int_equal(nhi_hsm_verify(h, k, msg, sizeof(msg), sig, sig_len), NHI_OK);
+	assert_int_equal(nhi_hsm_pubkey(h, k, &pk), NHI_OK);
+	verify_with_openssl(pk, msg, sizeof(msg), sig, sig_len, false);
+	assert_int_equal(nhi_hsm_pubkey_export(h, k, NHI_PUBKEY_JWK, &jwk), NHI_OK);
+	assert_non_null(strstr((char *)jwk.data, "\"kty\":\"OKP\""));
+	nhi_buf_free(&jwk);
+	EVP_PKEY_free(pk);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_wrong_pin(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+	char path[400];
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/wrong.pin", fx.dir);
+	nhi_fixture_write(path, "not-the-pin\n", 0600);
+	c.pin_file = path;
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_PIN);
+	assert_null(h);
+	assert_non_null(strstr(nhi_err_detail(), "CKR_PIN_INCORRECT"));
+}
+
+static void test_pin_file_mode_refused(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+	char path[400];
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/loose.pin", fx.dir);
+	nhi_fixture_write(path, "1234-user-pin\n", 0644);
+	c.pin_file = path;
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_PERM);
+	assert_non_null(strstr(nhi_err_detail(), "chmod 600"));
+	/* the PIN itself never appears in an error message */
+	assert_null(strstr(nhi_err_detail(), "1234-user-pin"));
+}
+
+static void test_missing_token(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+
+	(void)state;
+	c.token = "no-such-token";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_NOT_FOUND);
+	assert_non_null(strstr(nhi_err_detail(), "unit-hsm")); /* lists what it saw */
+}
+
+static void test_uri(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+
+	(void)state;
+	c.token = "pkcs11:token=unit-hsm";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_OK);
+	nhi_hsm_free(h);
+	h = NULL;
+	c.token = "pkcs11:token=unit-hsm;manufacturer=SoftHSM%20project";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_OK);
+	nhi_hsm_free(h);
+	h = NULL;
+	c.token = "pkcs11:token=unit-hsm?pin-value=1234";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "pin_file"));
+	c.token = "pkcs11:token=other";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_NOT_FOUND);
+	c.token = "pkcs11:%zz";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_CONFIG);
+}
+
+static void test_private_value_is_sensitive(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	struct nhi_hsm_key *w = key_for(h, NHI_KEY_AES256, "t-wrap");
+	CK_SLOT_ID slot;
+	CK_FUNCTION_LIST *f = nhi_hsm_raw_functions(h, &slot);
+	CK_SESSION_HANDLE s;
+	uint8_t buf[256];
+	CK_ATTRIBUTE a = {CKA_VALUE, buf, sizeof(buf)};
+	CK_BBOOL extractable = CK_TRUE;
+	CK_ATTRIBUTE ex = {CKA_EXTRACTABLE, &extractable, 1};
+
+	(void)state;
+	assert_int_equal(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+	assert_int_equal(f->C_GetAttributeValue(s, nhi_hsm_key_handle(k), &a, 1), CKR_ATTRIBUTE_SENSITIVE);
+	a.ulValueLen = sizeof(buf);
+	assert_int_equal(f->C_GetAttributeValue(s, nhi_hsm_key_handle(w), &a, 1), CKR_ATTRIBUTE_SENSITIVE);
+	assert_int_equal(f->C_GetAttributeValue(s, nhi_hsm_key_handle(k), &ex, 1), CKR_OK);
+	assert_int_equal(extractable, CK_FALSE);
+	f->C_CloseSession(s);
+	nhi_hsm_key_free(k);
+	nhi_hsm_key_free(w);
+	nhi_hsm_free(h);
+}
+
+static void test_duplicate_label_refused(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	struct nhi_hsm_key *k2 = NULL;
+
+	(void)state;
+	assert_int_equal(nhi_hsm_generate(h, NHI_KEY_EC_P256, "t-ec", &k2), NHI_ERR_EXISTS);
+	assert_null(k2);
+	assert_int_equal(nhi_hsm_generate(h, NHI_KEY_AES256, "t-ec", &k2), NHI_ERR_EXISTS);
+	assert_int_equal(nhi_hsm_find(h, "absent", &k2), NHI_ERR_NOT_FOUND);
+	assert_int_equal(nhi_hsm_label_exists(h, "absent"), NHI_ERR_NOT_FOUND);
+	assert_int_equal(nhi_hsm_label_exists(h, "t-ec"), NHI_OK);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_wrap_unwrap_gcm(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *w = key_for(h, NHI_KEY_AES256, "t-wrap");
+	struct nhi_hsm_key *other = key_for(h, NHI_KEY_AES256, "t-wrap-other");
+	struct nhi_hsm_key *dk = NULL, *dk2 = NULL, *bad = NULL;
+	struct nhi_buf wrapped = {0}, ct = {0}, pt = {.secret = true};
+	struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_AES256};
+	uint8_t iv[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+	const char aad[] = "header";
+	const char msg[] = "backup plaintext: agents and their certificates";
+
+	(void)state;
+	assert_int_equal(nhi_hsm_generate_data_key(h, &dk), NHI_OK);
+	assert_int_equal(nhi_hsm_gcm_encrypt(h, dk, iv, (const uint8_t *)aad, 6, (const uint8_t *)msg, sizeof(msg), &ct),
+			 NHI_OK);
+	assert_int_equal(ct.len, sizeof(msg) + 16);
+	assert_int_equal(nhi_hsm_wrap(h, w, dk, &wrapped), NHI_OK);
+	assert_int_equal(wrapped.len, 40); /* RFC 5649: 32-byte key -> 40 bytes */
+	assert_int_equal(nhi_hsm_unwrap(h, w, wrapped.data, wrapped.len, &spec, &dk2), NHI_OK);
+	assert_int_equal(nhi_hsm_gcm_decrypt(h, dk2, iv, (const uint8_t *)aad, 6, ct.data, ct.len, &pt), NHI_OK);
+	assert_int_equal(pt.len, sizeof(msg));
+	assert_memory_equal(pt.data, msg, sizeof(msg));
+	nhi_buf_reset(&pt);
+	/* a flipped ciphertext bit, or other AAD, fails authentication */
+	ct.data[3] ^= 0x80;
+	assert_int_equal(nhi_hsm_gcm_decrypt(h, dk2, iv, (const uint8_t *)aad, 6, ct.data, ct.len, &pt), NHI_ERR_VERIFY);
+	ct.data[3] ^= 0x80;
+	assert_int_equal(nhi_hsm_gcm_decrypt(h, dk2, iv, (const uint8_t *)"HEADER", 6, ct.data, ct.len, &pt),
+			 NHI_ERR_VERIFY);
+	assert_int_equal(pt.len, 0);
+	/* the wrong wrap key does not unwrap */
+	assert_int_equal(nhi_hsm_unwrap(h, other, wrapped.data, wrapped.len, &spec, &bad), NHI_ERR_VERIFY);
+	assert_null(bad);
+	/* a damaged blob does not unwrap */
+	wrapped.data[5] ^= 1;
+	assert_int_equal(nhi_hsm_unwrap(h, w, wrapped.data, wrapped.len, &spec, &bad), NHI_ERR_VERIFY);
+	/* a key made non-extractable (the wrap key itself) cannot be wrapped out */
+	nhi_buf_reset(&wrapped);
+	assert_int_equal(nhi_hsm_wrap(h, other, w, &wrapped), NHI_ERR_HSM);
+	assert_non_null(strstr(nhi_err_detail(), "CKR_KEY_UNEXTRACTABLE"));
+	nhi_buf_free(&wrapped);
+	nhi_buf_free(&ct);
+	nhi_buf_free(&pt);
+	nhi_hsm_key_free(dk);
+	nhi_hsm_key_free(dk2);
+	nhi_hsm_key_free(w);
+	nhi_hsm_key_free(other);
+	nhi_hsm_free(h);
+}
+
+static void test_unwrap_ec_into_token(void **state)
+{
+	/* the certificate-rotation shape: an EC private key arrives wrapped, lands in the
+	 * token non-extractable with its public half, and signs */
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *w = key_for(h, NHI_KEY_AES256, "t-wrap");
+	struct nhi_hsm_key *src = NULL, *k = NULL;
+	struct nhi_buf wrapped = {0};
+	uint8_t point[65], der_point[67], sig[64];
+	size_t plen = 0, sig_len = 0;
+	struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_EC_P256, .label = "t-unwrapped-ec", .token = true};
+	CK_SLOT_ID slot;
+	CK_FUNCTION_LIST *f = nhi_hsm_raw_functions(h, &slot);
+	CK_SESSION_HANDLE s;
+	CK_MECHANISM m = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+	static const uint8_t oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+	CK_BBOOL t = CK_TRUE, fl = CK_FALSE;
+	CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)oid, sizeof(oid)}, {CKA_TOKEN, &fl, 1}};
+	CK_ATTRIBUTE st[] = {{CKA_TOKEN, &fl, 1}, {CKA_SENSITIVE, &t, 1}, {CKA_EXTRACTABLE, &t, 1}, {CKA_SIGN, &t, 1}};
+	CK_OBJECT_HANDLE pub, priv;
+	uint8_t ptbuf[80];
+	CK_ATTRIBUTE pa = {CKA_EC_POINT, ptbuf, sizeof(ptbuf)};
+
+	(void)state;
+	/* an extractable session key pair stands in for the ceremony side's new key */
+	assert_int_equal(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	assert_int_equal(f->C_GenerateKeyPair(s, &m, pt, 2, st, 4, &pub, &priv), CKR_OK);
+	assert_int_equal(f->C_GetAttributeValue(s, pub, &pa, 1), CKR_OK);
+	assert_int_equal(pa.ulValueLen, 67);
+	memcpy(der_point, ptbuf, 67);
+	src = nhi_hsm_key_new_internal(NHI_KEY_EC_P256, "src");
+	atomic_store(&src->priv, priv);
+	assert_int_equal(nhi_hsm_wrap(h, w, src, &wrapped), NHI_OK);
+	spec.ec_point = der_point;
+	spec.ec_point_len = 67;
+	assert_int_equal(nhi_hsm_unwrap(h, w, wrapped.data, wrapped.len, &spec, &k), NHI_OK);
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"m", 1, sig, &sig_len), NHI_OK);
+	assert_int_equal(nhi_hsm_verify(h, k, (const uint8_t *)"m", 1, sig, sig_len), NHI_OK);
+	assert_int_equal(nhi_hsm_raw_point(h, k, point, &plen), NHI_OK);
+	assert_memory_equal(point, der_point + 2, 65);
+	/* unwrapping again under the same label is refused */
+	nhi_hsm_key_free(k);
+	k = NULL;
+	assert_int_equal(nhi_hsm_unwrap(h, w, wrapped.data, wrapped.len, &spec, &k), NHI_ERR_EXISTS);
+	f->C_CloseSession(s);
+	nhi_buf_free(&wrapped);
+	nhi_hsm_key_free(src);
+	nhi_hsm_key_free(w);
+	nhi_hsm_free(h);
+}
+
+static void test_recovery_after_sessions_closed(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	struct nhi_hsm_stats st;
+	uint8_t sig[64];
+	size_t sig_len;
+	int i;
+
+	(void)state;
+	/* every session of the token is closed under the pool (and the login with them) */
+	nhi_hsm_testing_close_all(h);
+	for (i = 0; i < 8; i++)
+		assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"x", 1, sig, &sig_len), NHI_OK);
+	nhi_hsm_get_stats(h, &st);
+	assert_true(st.recoveries >= 1);
+	assert_int_equal(st.signs, 8);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_evp_bridge(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	EVP_PKEY *hk = NULL, *pub = NULL;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	uint8_t der[80];
+	size_t der_len = sizeof(der);
+	const uint8_t msg[] = "signed through OpenSSL";
+
+	(void)state;
+	assert_int_equal(nhi_hsm_evp_pkey(h, k, &hk), NHI_OK);
+	assert_int_equal(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, hk), 1);
+	assert_int_equal(EVP_DigestSign(md, der, &der_len, msg, sizeof(msg)), 1);
+	EVP_MD_CTX_free(md);
+	md = EVP_MD_CTX_new();
+	assert_int_equal(nhi_hsm_pubkey(h, k, &pub), NHI_OK);
+	assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pub), 1);
+	assert_int_equal(EVP_DigestVerify(md, der, der_len, msg, sizeof(msg)), 1);
+	EVP_MD_CTX_free(md);
+	EVP_PKEY_free(hk);
+	EVP_PKEY_free(pub);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_export_formats(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	struct nhi_buf der = {0}, pem = {0}, jwk = {0};
+	EVP_PKEY *pk = NULL;
+	const unsigned char *p;
+	char tp[44];
+
+	(void)state;
+	assert_int_equal(nhi_hsm_pubkey_export(h, k, NHI_PUBKEY_DER, &der), NHI_OK);
+	p = der.data;
+	pk = d2i_PUBKEY(NULL, &p, (long)der.len);
+	assert_non_null(pk);
+	assert_int_equal(der.len, 91); /* P-256 SPKI */
+	assert_int_equal(nhi_hsm_pubkey_export(h, k, NHI_PUBKEY_PEM, &pem), NHI_OK);
+	assert_non_null(strstr((char *)pem.data, "-----BEGIN PUBLIC KEY-----"));
+	assert_int_equal(nhi_hsm_pubkey_export(h, k, NHI_PUBKEY_JWK, &jwk), NHI_OK);
+	assert_int_equal(strncmp((char *)jwk.data, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"", 31), 0);
+	assert_int_equal(nhi_pkey_thumbprint(pk, tp), NHI_OK);
+	assert_int_equal(strlen(tp), 43);
+	assert_int_equal(nhi_hsm_pubkey_export(h, k, (enum nhi_pubkey_format)99, &jwk), NHI_ERR_ARG);
+	EVP_PKEY_free(pk);
+	nhi_buf_free(&der);
+	nhi_buf_free(&pem);
+	nhi_buf_free(&jwk);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+struct thr {
+	struct nhi_hsm *h;
+	struct nhi_hsm_key *k;
+	int ok;
+};
+
+static void *signer(void *arg)
+{
+	struct thr *t = arg;
+	uint8_t sig[64];
+	size_t n;
+	int i;
+
+	for (i = 0; i < 200; i++)
+		if (nhi_hsm_sign(t->h, t->k, (const uint8_t *)&i, sizeof(i), sig, &n) == NHI_OK &&
+		    nhi_hsm_verify(t->h, t->k, (const uint8_t *)&i, sizeof(i), sig, n) == NHI_OK)
+			t->ok++;
+	return NULL;
+}
+
+static void test_concurrent_pool(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+	struct nhi_hsm_key *k;
+	pthread_t th[6];
+	struct thr t[6];
+	int i;
+
+	(void)state;
+	c.sessions = 2; /* fewer sessions than threads: callers must wait their turn */
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_OK);
+	k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	for (i = 0; i < 6; i++) {
+		t[i] = (struct thr){h, k, 0};
+		pthread_create(&th[i], NULL, signer, &t[i]);
+	}
+	for (i = 0; i < 6; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(t[i].ok, 200);
+	}
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
+static void test_rv_names_and_random(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	uint8_t a[32] = {0}, b[32] = {0};
+
+	(void)state;
+	assert_string_equal(nhi_hsm_rv_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
+	assert_string_equal(nhi_hsm_rv_name(CKR_ATTRIBUTE_SENSITIVE), "CKR_ATTRIBUTE_SENSITIVE");
+	assert_string_equal(nhi_hsm_rv_name(0x7fff0001UL), "CKR_0x7fff0001");
+	assert_int_equal(nhi_hsm_random(h, a, sizeof(a)), NHI_OK);
+	assert_int_equal(nhi_hsm_random(h, b, sizeof(b)), NHI_OK);
+	assert_memory_not_equal(a, b, sizeof(a));
+	nhi_hsm_free(h);
+}
+
+static void test_init_token_refuses_duplicate(void **state)
+{
+	(void)state;
+	assert_int_equal(nhi_hsm_init_token(NULL, "unit-hsm", fx.so_pin_file, fx.pin_file), NHI_ERR_EXISTS);
+	assert_int_equal(nhi_hsm_init_token(NULL, "this-label-is-far-too-long-for-pkcs11", fx.so_pin_file, fx.pin_file),
+			 NHI_ERR_ARG);
+}
+
+static void test_no_module(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+
+	(void)state;
+	c.module_path = "/nonexistent/libpkcs11.so";
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "/nonexistent/libpkcs11.so"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sign_verify_p256),
+		cmocka_unit_test(test_sign_verify_ed25519),
+		cmocka_unit_test(test_wrong_pin),
+		cmocka_unit_test(test_pin_file_mode_refused),
+		cmocka_unit_test(test_missing_token),
+		cmocka_unit_test(test_uri),
+		cmocka_unit_test(test_private_value_is_sensitive),
+		cmocka_unit_test(test_duplicate_label_refused),
+		cmocka_unit_test(test_wrap_unwrap_gcm),
+		cmocka_unit_test(test_unwrap_ec_into_token),
+		cmocka_unit_test(test_recovery_after_sessions_closed),
+		cmocka_unit_test(test_evp_bridge),
+		cmocka_unit_test(test_export_formats),
+		cmocka_unit_test(test_concurrent_pool),
+		cmocka_unit_test(test_rv_names_and_random),
+		cmocka_unit_test(test_init_token_refuses_duplicate),
+		cmocka_unit_test(test_no_module),
+	};
+
+	return cmocka_run_group_tests_name("hsm", tests, setup, teardown);
+}
