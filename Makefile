@@ -26,7 +26,8 @@ LIBS    := $(PKG_LIBS) -lseccomp -lpthread -lm
 LIB_SRCS    := $(wildcard common/*.c hsm/*.c identity/*.c tokens/*.c) \
                $(filter-out server/main.c,$(wildcard server/*.c))
 NHID_SRCS   := server/main.c
-NHICTL_SRCS := $(wildcard provisioning/*.c)
+NHICTL_SRCS := provisioning/nhictl.c
+PROV_SRCS   := $(filter-out provisioning/nhictl.c,$(wildcard provisioning/*.c))
 AGENT_LIB_SRCS := $(filter-out agent/main.c,$(wildcard agent/*.c))
 AGENT_SRCS  := $(wildcard agent/main.c)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
@@ -54,14 +55,18 @@ $(REL)/libnhi.a: $(call objs,$(REL),$(LIB_SRCS))
 	@rm -f $@; ar rcs $@ $^
 $(TST)/libnhi.a: $(call objs,$(TST),$(LIB_SRCS))
 	@rm -f $@; ar rcs $@ $^
+$(REL)/libnhictl.a: $(call objs,$(REL),$(PROV_SRCS))
+	@rm -f $@; ar rcs $@ $^
+$(TST)/libnhictl.a: $(call objs,$(TST),$(PROV_SRCS))
+	@rm -f $@; ar rcs $@ $^
 $(REL)/libnhiagent.a: $(call objs,$(REL),$(AGENT_LIB_SRCS))
 	@rm -f $@; ar rcs $@ $^
 $(TST)/libnhiagent.a: $(call objs,$(TST),$(AGENT_LIB_SRCS))
 	@rm -f $@; ar rcs $@ $^
 
-$(REL)/nhictl: $(call objs,$(REL),$(NHICTL_SRCS)) $(REL)/libnhi.a
+$(REL)/nhictl: $(call objs,$(REL),$(NHICTL_SRCS)) $(REL)/libnhictl.a $(REL)/libnhi.a
 	$(CC) $(LDFLAGS_REL) $^ $(LIBS) -o $@
-$(TST)/nhictl: $(call objs,$(TST),$(NHICTL_SRCS)) $(TST)/libnhi.a
+$(TST)/nhictl: $(call objs,$(TST),$(NHICTL_SRCS)) $(TST)/libnhictl.a $(TST)/libnhi.a
 	$(CC) $(LDFLAGS_TEST) $^ $(LIBS) -o $@
 $(REL)/nhid: $(call objs,$(REL),$(NHID_SRCS)) $(REL)/libnhi.a
 	$(CC) $(LDFLAGS_REL) $^ $(LIBS) -o $@
@@ -73,22 +78,22 @@ $(TST)/nhi-agent: $(call objs,$(TST),$(AGENT_SRCS)) $(TST)/libnhiagent.a
 	$(CC) $(LDFLAGS_TEST) $^ $(MBED_LIBS) -ljansson -o $@
 
 # unit tests: one cmocka binary per tests/unit/test_<module>.c
-$(TST)/tests/unit/%: $(TST)/tests/unit/%.o $(TST)/libnhi.a $(if $(AGENT_LIB_SRCS),$(TST)/libnhiagent.a)
+$(TST)/tests/unit/%: $(TST)/tests/unit/%.o $(TST)/libnhictl.a $(TST)/libnhi.a $(if $(AGENT_LIB_SRCS),$(TST)/libnhiagent.a)
 	$(CC) $(LDFLAGS_TEST) $^ $(LIBS) $(MBED_LIBS) -lcmocka -o $@
 UNIT_BINS := $(patsubst %.c,$(TST)/%,$(UNIT_SRCS))
 
 # fuzz targets: gcc + stdin/file driver for make check; clang libFuzzer for make fuzz
-$(TST)/fuzz/%: $(TST)/tests/fuzz/%.o $(TST)/tests/fuzz/driver.o $(TST)/libnhi.a
+$(TST)/fuzz/%: $(TST)/tests/fuzz/%.o $(TST)/tests/fuzz/driver.o $(TST)/libnhictl.a $(TST)/libnhi.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_TEST) $^ $(LIBS) -o $@
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(TST)/fuzz/%,$(FUZZ_SRCS))
 
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS) $(PROV_SRCS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(BASE_CFLAGS) -Wno-unused-command-line-argument -O1 -fsanitize=fuzzer,address,undefined \
-	  -DNHI_TEST_BUILD $< $(LIB_SRCS) $(LIBS) -o $@
+	  -DNHI_TEST_BUILD $< $(PROV_SRCS) $(LIB_SRCS) $(LIBS) -o $@
 fuzz: deps-fuzz $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 	@for t in $(patsubst tests/fuzz/%.c,%,$(FUZZ_SRCS)); do \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; mkdir -p build/fuzz/corpus-$$t; \

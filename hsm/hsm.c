@@ -100,21 +100,17 @@ static void token_label(const CK_TOKEN_INFO *ti, char out[33])
 	out[n] = '\0';
 }
 
-static nhi_err find_slot(CK_FUNCTION_LIST *f, const char *token, CK_SLOT_ID *out, char *desc,
-			 size_t desc_len)
+nhi_err nhi_hsm_selector_match(const char *token, const CK_TOKEN_INFO *ti, bool *match)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	P11KitUri *uri = NULL;
-	CK_SLOT_ID slots[64];
-	CK_ULONG n = 64, i;
-	CK_TOKEN_INFO ti;
-	char label[33], seen[512] = "";
-	size_t seen_len = 0;
-	int matches = 0, pr;
-	CK_RV r;
+	char label[33];
+	int pr;
 
+	*match = false;
 	NHI_CHECK(token != NULL && token[0] != '\0', NHI_ERR_CONFIG,
 		  "no token configured: set a token label or a pkcs11: URI");
+	token_label(ti, label);
 	if (strncmp(token, "pkcs11:", 7) == 0) {
 		uri = p11_kit_uri_new();
 		NHI_CHECK(uri != NULL, NHI_ERR_NOMEM, "out of memory");
@@ -125,10 +121,34 @@ static nhi_err find_slot(CK_FUNCTION_LIST *f, const char *token, CK_SLOT_ID *out
 		NHI_CHECK(p11_kit_uri_get_pin_value(uri) == NULL && p11_kit_uri_get_pin_source(uri) == NULL,
 			  NHI_ERR_CONFIG,
 			  "token URI carries a PIN (pin-value/pin-source): remove it and use a 0600 pin_file");
+		*match = p11_kit_uri_match_token_info(uri, ti) == 1;
 	} else {
 		NHI_CHECK(strlen(token) <= 32, NHI_ERR_CONFIG,
 			  "token label '%.40s...' is longer than the 32 bytes PKCS#11 allows", token);
+		*match = strcmp(label, token) == 0;
 	}
+	rv = NHI_OK;
+out:
+	p11_kit_uri_free(uri);
+	return rv;
+}
+
+static nhi_err find_slot(CK_FUNCTION_LIST *f, const char *token, CK_SLOT_ID *out, char *desc,
+			 size_t desc_len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	CK_SLOT_ID slots[64];
+	CK_ULONG n = 64, i;
+	CK_TOKEN_INFO ti;
+	char label[33], seen[512] = "";
+	size_t seen_len = 0;
+	int matches = 0, pr;
+	bool match;
+	CK_RV r;
+
+	/* validate the selector once before touching the module, with an empty token */
+	memset(&ti, ' ', sizeof(ti));
+	NHI_TRY(nhi_hsm_selector_match(token, &ti, &match));
 	r = f->C_GetSlotList(CK_TRUE, slots, &n);
 	NHI_CHECK(r == CKR_OK, nhi_hsm_fail(r, "C_GetSlotList"), "C_GetSlotList: %s", nhi_hsm_rv_name(r));
 	for (i = 0; i < n; i++) {
@@ -140,11 +160,13 @@ static nhi_err find_slot(CK_FUNCTION_LIST *f, const char *token, CK_SLOT_ID *out
 		pr = snprintf(seen + seen_len, sizeof(seen) - seen_len, "%s'%s'", seen_len ? ", " : "", label);
 		if (pr > 0 && (size_t)pr < sizeof(seen) - seen_len)
 			seen_len += (size_t)pr;
-		if (uri != NULL ? p11_kit_uri_match_token_info(uri, &ti) == 1 : strcmp(label, token) == 0) {
+		NHI_TRY(nhi_hsm_selector_match(token, &ti, &match));
+		if (match) {
 			matches++;
 			*out = slots[i];
-			snprintf(desc, desc_len, "token '%s' (serial %.16s, %.16s)", label, ti.serialNumber,
-				 ti.model);
+			snprintf(desc, desc_len, "token '%s' (serial %.*s, %.*s)", label,
+				 (int)p11_kit_space_strlen(ti.serialNumber, sizeof(ti.serialNumber)),
+				 ti.serialNumber, (int)p11_kit_space_strlen(ti.model, sizeof(ti.model)), ti.model);
 		}
 	}
 	NHI_CHECK(matches > 0, NHI_ERR_NOT_FOUND,
@@ -155,7 +177,6 @@ static nhi_err find_slot(CK_FUNCTION_LIST *f, const char *token, CK_SLOT_ID *out
 		  seen);
 	rv = NHI_OK;
 out:
-	p11_kit_uri_free(uri);
 	return rv;
 }
 
@@ -204,6 +225,8 @@ nhi_err nhi_hsm_open(const struct nhi_hsm_config *cfg, struct nhi_hsm **out)
 	h->pin.secret = true;
 	if (cfg->pin_file != NULL)
 		NHI_TRY(nhi_secret_file_read(cfg->pin_file, NHI_PIN_FILE_MAX_BYTES, &h->pin));
+	else if (cfg->pin != NULL && cfg->pin->len > 0)
+		NHI_TRY(nhi_buf_append(&h->pin, cfg->pin->data, cfg->pin->len));
 	path = cfg->module_path ? cfg->module_path : NHI_SOFTHSM2_MODULE_PATH;
 	h->f = load_module(path, &h->initialized);
 	NHI_CHECK(h->f != NULL, NHI_ERR_CONFIG, "%s", nhi_err_detail());

@@ -32,7 +32,9 @@ enum nhi_key_kind {
 struct nhi_hsm_config {
 	const char *module_path; /* PKCS#11 module; NULL = NHI_SOFTHSM2_MODULE_PATH */
 	const char *token;       /* token label, or an RFC 7512 "pkcs11:" URI */
-	const char *pin_file;    /* user PIN file (0600, ours); NULL = no login (public objects only) */
+	const char *pin_file;    /* user PIN file (0600, ours); NULL = use `pin` */
+	const struct nhi_buf *pin; /* PIN typed at a prompt (copied, never kept by the caller);
+				      NULL with no pin_file = no login (public objects only) */
 	unsigned sessions;       /* pool size; 0 = NHI_HSM_SESSIONS_DEFAULT */
 };
 

@@ -49,6 +49,12 @@ typedef CK_RV (*nhi_hsm_op)(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *ctx);
 nhi_err nhi_hsm_run(struct nhi_hsm *h, const char *what, const struct nhi_hsm_key *key,
 		    nhi_hsm_op op, void *ctx) NHI_MUST_CHECK;
 
+/*
+ * Does `token` (a label, or an RFC 7512 "pkcs11:" URI) select the token described by
+ * `ti`? NHI_ERR_CONFIG for an unparsable URI or one that carries a PIN.
+ */
+nhi_err nhi_hsm_selector_match(const char *token, const CK_TOKEN_INFO *ti, bool *match) NHI_MUST_CHECK;
+
 /* Map a CK_RV to an error with a message naming it. */
 nhi_err nhi_hsm_fail(CK_RV r, const char *what);
 

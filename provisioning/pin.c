@@ -1,0 +1,76 @@
+/*
+ * provisioning/pin.c — opening the token for an nhictl command: the user PIN comes
+ * from a 0600 file, or is typed at /dev/tty with echo off. Never from argv or the
+ * environment.
+ */
+#include "prov_internal.h"
+#include "../common/limits.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+static nhi_err prompt_pin(struct nhi_buf *pin)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct termios old, quiet;
+	bool restore = false;
+	char c;
+	ssize_t n;
+	int fd;
+
+	fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+	NHI_CHECK(fd >= 0, NHI_ERR_ARG, "no PIN file given and no terminal to ask on (%s): pass --pin-file FILE",
+		  strerror(errno));
+	if (tcgetattr(fd, &old) == 0) {
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+		restore = tcsetattr(fd, TCSAFLUSH, &quiet) == 0;
+	}
+	NHI_CHECK(write(fd, "User PIN: ", 10) == 10, NHI_ERR_IO, "writing the prompt");
+	pin->secret = true;
+	for (;;) {
+		n = read(fd, &c, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0 || c == '\n' || c == '\r')
+			break;
+		NHI_CHECK(pin->len < NHI_PIN_FILE_MAX_BYTES, NHI_ERR_LIMIT, "PIN too long");
+		NHI_TRY(nhi_buf_append(pin, &c, 1));
+	}
+	(void)!write(fd, "\n", 1);
+	NHI_CHECK(pin->len > 0, NHI_ERR_ARG, "empty PIN");
+	rv = NHI_OK;
+out:
+	c = 0;
+	if (restore)
+		(void)tcsetattr(fd, TCSAFLUSH, &old);
+	if (fd >= 0)
+		close(fd);
+	return rv;
+}
+
+nhi_err nhictl_open_hsm(const struct nhi_ceremony_config *cfg, const char *pin_file, struct nhi_hsm **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf pin = {.secret = true};
+	struct nhi_hsm_config hc = {
+		.module_path = cfg->module[0] ? cfg->module : NULL,
+		.token = cfg->token,
+		.pin_file = pin_file,
+		.sessions = 2,
+	};
+
+	if (pin_file == NULL) {
+		NHI_TRY(prompt_pin(&pin));
+		hc.pin = &pin;
+	}
+	NHI_TRY(nhi_hsm_open(&hc, out));
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&pin);
+	return rv;
+}
