@@ -11,7 +11,7 @@ CC      ?= gcc
 PKGS    := p11-kit-1 libssl libcrypto jansson libjwt sqlite3 libevent libevent_openssl libevent_pthreads
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-MBED_LIBS  := -lmbedtls -lmbedx509 -lmbedcrypto
+MBED_LIBS  := -lmbedtls -lmbedx509 -lmbedcrypto -lhttp_parser
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -Wno-missing-field-initializers -Wno-format-truncation
 BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE $(WARN) -g -fPIE -I. $(PKG_CFLAGS)

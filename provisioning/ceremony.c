@@ -88,7 +88,7 @@ static struct output *add_output(struct ceremony *c, const char *name, unsigned 
 static nhi_err preflight(struct ceremony *c)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	static const char *const files[] = {"ca.crt", "server.crt", "jwks.json", "transcript.jsonl"};
+	static const char *const files[] = {"ca.crt", "server.crt", "jwks.json", "audit.pub.pem", "transcript.jsonl"};
 	char path[1100], taken[512] = "";
 	size_t i, used = 0;
 	struct stat st;
@@ -246,6 +246,15 @@ static nhi_err export_public(struct ceremony *c)
 	printf("      jwks.json: token-signing key kid %s\n", kid);
 	NHI_TRY(nhi_transcript_add(c->tr, json_pack("{s:s, s:s, s:s, s:s}", "type", "file", "file", "jwks.json",
 						    "sha256", fp, "kid", kid)));
+	/* the audit key's public half, for `nhictl audit verify` */
+	o = add_output(c, "audit.pub.pem", 0644);
+	NHI_CHECK(o != NULL, NHI_ERR_INTERNAL, "too many outputs");
+	NHI_TRY(nhi_hsm_pubkey_export(c->h, c->keys[3], NHI_PUBKEY_PEM, &o->data));
+	NHI_TRY(nhi_sha256(o->data.data, o->data.len, d));
+	nhi_hex(d, 32, fp);
+	printf("      audit.pub.pem: audit key public half\n");
+	NHI_TRY(nhi_transcript_add(c->tr, json_pack("{s:s, s:s, s:s}", "type", "file", "file", "audit.pub.pem",
+						    "sha256", fp)));
 	rv = NHI_OK;
 out:
 	free(text);

@@ -7,7 +7,7 @@ what=${1:-check}
 
 build=(gcc make pkg-config libssl-dev openssl libp11-kit-dev p11-kit softhsm2 opensc
        libjwt-dev libjansson-dev libsqlite3-dev sqlite3 libevent-dev libmbedtls-dev
-       libseccomp-dev)
+       libseccomp-dev libhttp-parser-dev)
 case "$what" in
   run)    pkgs=("${build[@]}" curl) ;;
   check)  pkgs=("${build[@]}" libcmocka-dev valgrind curl python3 python3-jwt

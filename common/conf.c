@@ -1,0 +1,141 @@
+/* common/conf.c — strict NCONF config reading (see conf.h). */
+#include "conf.h"
+#include "limits.h"
+
+#include <openssl/bio.h>
+#include <openssl/conf.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static nhi_err refuse_directives(const char *text, size_t len)
+{
+	size_t i = 0, line = 1;
+
+	while (i < len) {
+		while (i < len && (text[i] == ' ' || text[i] == '\t'))
+			i++;
+		if (i < len && text[i] == '.')
+			return nhi_err_set(NHI_ERR_CONFIG,
+					   "line %zu: directives such as .include are not allowed: a config must be one "
+					   "reviewable file",
+					   line);
+		while (i < len && text[i] != '\n') {
+			if (text[i] == '\0')
+				return nhi_err_set(NHI_ERR_CONFIG, "line %zu: NUL byte in config", line);
+			i++;
+		}
+		i++;
+		line++;
+	}
+	return NHI_OK;
+}
+
+static bool is_known(const char *key, const char *const *known, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(key, known[i]) == 0)
+			return true;
+	return false;
+}
+
+nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const char *const *known_keys,
+		       size_t n_known, nhi_conf_fn fn, void *ctx)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	CONF *conf = NULL;
+	BIO *bio = NULL;
+	STACK_OF(CONF_VALUE) *sect;
+	STACK_OF(OPENSSL_CSTRING) *names = NULL;
+	CONF_VALUE *v;
+	long eline = 0;
+	int i;
+
+	NHI_CHECK(len <= NHI_CONFIG_MAX_BYTES, NHI_ERR_LIMIT, "config is larger than %d bytes", NHI_CONFIG_MAX_BYTES);
+	NHI_TRY(refuse_directives(text, len));
+	conf = NCONF_new(NULL);
+	bio = BIO_new_mem_buf(text, (int)len);
+	NHI_CHECK_SSL(conf != NULL && bio != NULL, NHI_ERR_NOMEM, "allocating the config parser");
+	NHI_CHECK_SSL(NCONF_load_bio(conf, bio, &eline) == 1, NHI_ERR_CONFIG, "config syntax error at line %ld", eline);
+	names = NCONF_get_section_names(conf);
+	for (i = 0; names != NULL && i < sk_OPENSSL_CSTRING_num(names); i++) {
+		const char *s = sk_OPENSSL_CSTRING_value(names, i);
+
+		NHI_CHECK(strcmp(s, section) == 0 || strcmp(s, "default") == 0, NHI_ERR_CONFIG,
+			  "unknown config section [%.64s]: only [%s] is read", s, section);
+	}
+	sect = NCONF_get_section(conf, "default");
+	NHI_CHECK(sect == NULL || sk_CONF_VALUE_num(sect) == 0, NHI_ERR_CONFIG,
+		  "config keys outside the [%s] section: put them under [%s]", section, section);
+	sect = NCONF_get_section(conf, section);
+	NHI_CHECK(sect != NULL, NHI_ERR_CONFIG, "config has no [%s] section", section);
+	for (i = 0; i < sk_CONF_VALUE_num(sect); i++) {
+		v = sk_CONF_VALUE_value(sect, i);
+		NHI_CHECK(is_known(v->name, known_keys, n_known), NHI_ERR_CONFIG, "unknown config key '%.64s' in [%s]",
+			  v->name, section);
+		NHI_TRY(fn(ctx, v->name, v->value));
+	}
+	rv = NHI_OK;
+out:
+	sk_OPENSSL_CSTRING_free(names);
+	BIO_free(bio);
+	NCONF_free(conf);
+	return rv;
+}
+
+nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val)
+{
+	if (strlen(val) >= cap)
+		return nhi_err_set(NHI_ERR_CONFIG, "config key '%s' is longer than %zu bytes", key, cap - 1);
+	memcpy(dst, val, strlen(val) + 1);
+	return NHI_OK;
+}
+
+nhi_err nhi_conf_uint(unsigned long long *dst, const char *key, const char *val, unsigned long long min,
+		      unsigned long long max)
+{
+	char *end = NULL;
+	unsigned long long v;
+
+	if (val[0] < '0' || val[0] > '9')
+		goto bad;
+	v = strtoull(val, &end, 10);
+	if (end == val || *end != '\0' || v < min || v > max)
+		goto bad;
+	*dst = v;
+	return NHI_OK;
+bad:
+	return nhi_err_set(NHI_ERR_CONFIG, "config key '%s' must be a whole number from %llu to %llu, got '%.32s'", key,
+			   min, max, val);
+}
+
+nhi_err nhi_conf_list(const char *key, const char *val, char *items, size_t item_cap, size_t max, size_t *n_out,
+		      bool (*valid)(const char *), const char *what)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char *copy = strdup(val), *save = NULL, *tok, *end;
+	size_t n = 0;
+
+	NHI_CHECK(copy != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		end = tok + strlen(tok);
+		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+			*--end = '\0';
+		if (*tok == '\0')
+			continue;
+		NHI_CHECK(n < max, NHI_ERR_CONFIG, "config key '%s' lists more than %zu entries", key, max);
+		NHI_CHECK(valid == NULL || valid(tok), NHI_ERR_CONFIG, "config key '%s': '%.64s' is not %s", key, tok,
+			  what);
+		NHI_TRY(nhi_conf_copy(items + n * item_cap, item_cap, key, tok));
+		n++;
+	}
+	*n_out = n;
+	rv = NHI_OK;
+out:
+	free(copy);
+	return rv;
+}

@@ -1,0 +1,26 @@
+/*
+ * common/conf.h — strict reading of nhid's config files (OpenSSL NCONF syntax): one
+ * named section, every key known to the caller, no directives (.include, .pragma),
+ * no keys outside the section, a hard size cap. Shared by the ceremony and server
+ * configs so both refuse the same things the same way.
+ */
+#ifndef NHI_CONF_H
+#define NHI_CONF_H
+
+#include "nhi.h"
+
+/* Called once per key in file order; return an error naming the key to stop. */
+typedef nhi_err (*nhi_conf_fn)(void *ctx, const char *key, const char *value);
+
+nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const char *const *known_keys,
+		       size_t n_known, nhi_conf_fn fn, void *ctx) NHI_MUST_CHECK;
+
+/* Value helpers: each error names `key`. */
+nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val) NHI_MUST_CHECK;
+nhi_err nhi_conf_uint(unsigned long long *dst, const char *key, const char *val, unsigned long long min,
+		      unsigned long long max) NHI_MUST_CHECK;
+/* Split "a, b ,c" into at most max trimmed items of item_cap bytes each; `valid` may be NULL. */
+nhi_err nhi_conf_list(const char *key, const char *val, char *items, size_t item_cap, size_t max, size_t *n_out,
+		      bool (*valid)(const char *), const char *what) NHI_MUST_CHECK;
+
+#endif
