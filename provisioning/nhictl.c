@@ -17,6 +17,7 @@ static const struct subcommand subcommands[] = {
 	{"enroll", nhictl_enroll, "agent key pair and client certificate, or a certificate for a CSR"},
 	{"backup", nhictl_backup, "identity backup: create, inspect, verify"},
 	{"token", nhictl_token, "offline token verification against a JWKS"},
+	{"audit", nhictl_audit, "'audit verify': check an nhid audit log's chain and checkpoint signatures"},
 };
 
 int nhictl_fail(const char *cmd, const char *what, nhi_err e)

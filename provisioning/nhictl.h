@@ -13,6 +13,7 @@ int nhictl_ceremony(int argc, char **argv); /* ceremony.c: key ceremony, transcr
 int nhictl_enroll(int argc, char **argv);   /* enroll.c: agent key + client cert */
 int nhictl_backup(int argc, char **argv);   /* backup.c: identity backup create/inspect/verify */
 int nhictl_token(int argc, char **argv);    /* token.c: offline token verify */
+int nhictl_audit(int argc, char **argv);    /* audit.c: audit log verify */
 
 /* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */
 int nhictl_fail(const char *cmd, const char *what, nhi_err e);
