@@ -28,4 +28,81 @@
 #define NHI_AGENT_DAYS_MAX 397
 #define NHI_SIGNER_DAYS_MAX 1825
 
+/* identity backup (identity/, docs/formats.md) and the in-memory identity store */
+#define NHI_BACKUP_MAX_BYTES (768UL * 1024 * 1024)       /* a whole backup file */
+#define NHI_BACKUP_IMAGE_MAX_BYTES (768UL * 1024 * 1024) /* the decrypted SQLite image */
+#define NHI_BACKUP_CHUNK_BYTES (32 * 1024)               /* plaintext per AES-GCM chunk (default; see docs/identity.md) */
+#define NHI_BACKUP_CHUNK_MIN_BYTES 4096
+#define NHI_BACKUP_CHUNK_MAX_BYTES (16 * 1024 * 1024)
+#define NHI_BACKUP_AGENTS_MAX 4000000UL                  /* agents in one backup */
+#define NHI_BACKUP_JSONL_LINE_MAX_BYTES (64 * 1024)      /* one agent line of the JSONL input */
+#define NHI_BACKUP_REPORT_LINES_MAX 50                   /* bad JSONL lines listed before giving up */
+#define NHI_BACKUP_SIGN_KEY_DEFAULT "nhid-root"          /* ceremony key that signs backups */
+#define NHI_BACKUP_WRAP_KEY_DEFAULT "nhid-wrap"          /* ceremony key that wraps data keys */
+#define NHI_AGENT_ID_MAX_BYTES 128
+#define NHI_AGENT_ROLES_MAX 32
+#define NHI_AGENT_ROLE_MAX_BYTES 64
+#define NHI_AGENT_AUDIENCES_MAX 32
+#define NHI_AGENT_AUDIENCE_MAX_BYTES 256
+#define NHI_AGENT_CERTS_MAX 8                            /* enrolled certificates per agent */
+#define NHI_AGENT_ATTRIBUTES_MAX_BYTES 4096              /* compact JSON of free attributes */
+#define NHI_AGENT_NOT_AFTER_MAX_S 253402300799LL         /* 9999-12-31T23:59:59Z: "no expiry" */
+#define NHI_STORE_READERS_MAX 16                         /* SQLite connections per loaded store */
+
+/* tokens/: ES256 JWTs (RFC 7519 + RFC 8725 profile, see docs/tokens.md) */
+#define NHI_TOKEN_TTL_DEFAULT_S 300          /* exp - iat when the caller asks for nothing */
+#define NHI_TOKEN_TTL_CAP_DEFAULT_S 900      /* issuer ttl cap and verifier lifetime cap, by default */
+#define NHI_TOKEN_TTL_MAX_S 3600             /* no configuration may issue or accept longer */
+#define NHI_TOKEN_LEEWAY_DEFAULT_S 30        /* clock skew allowed on exp/nbf/iat */
+#define NHI_TOKEN_LEEWAY_MAX_S 300
+#define NHI_TOKEN_MAX_BYTES 8192             /* a whole compact JWS; larger is rejected unread */
+#define NHI_TOKEN_HEADER_MAX_BYTES 1024      /* the encoded protected header */
+#define NHI_TOKEN_CLAIM_MAX_BYTES 255        /* iss, sub, one aud value */
+#define NHI_TOKEN_ROLES_MAX 32
+#define NHI_TOKEN_ROLE_MAX_BYTES 64
+#define NHI_TOKEN_AUD_MAX 8                  /* entries of an aud array accepted by the verifier */
+#define NHI_TOKEN_JTI_MAX_BYTES 64
+#define NHI_TOKEN_JTI_POOL_BYTES 1024        /* token randomness fetched per C_GenerateRandom for jti */
+#define NHI_TOKEN_KEYS_MAX 16                /* trusted signing keys (current + retired) */
+#define NHI_TOKEN_NUMERICDATE_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
+#define NHI_JWKS_MAX_BYTES (64 * 1024)
+
+/* nhid: the server (server/, docs/api.md); config may lower these, never raise past *_MAX */
+#define NHI_SERVER_THREADS_DEFAULT 2                   /* worker threads, one event loop each */
+#define NHI_SERVER_THREADS_MAX 64
+#define NHI_SERVER_CONNECTIONS_DEFAULT 1024            /* open TLS connections, all workers */
+#define NHI_SERVER_CONNECTIONS_MAX 65536
+#define NHI_SERVER_BODY_DEFAULT_BYTES (16 * 1024)      /* request body */
+#define NHI_SERVER_BODY_MAX_BYTES (1024 * 1024)
+#define NHI_SERVER_HEADER_DEFAULT_BYTES (8 * 1024)     /* all request headers together */
+#define NHI_SERVER_HEADER_MAX_BYTES (64 * 1024)
+#define NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S 30           /* read/idle/write timeout per connection */
+#define NHI_SERVER_HANDSHAKE_TIMEOUT_S 10              /* a TLS handshake must finish within */
+#define NHI_SERVER_REQUESTS_PER_CONN_DEFAULT 10000     /* then Connection: close */
+#define NHI_SERVER_TOKEN_TTL_MAX_DEFAULT_S NHI_TOKEN_TTL_CAP_DEFAULT_S
+#define NHI_SERVER_AUDIT_CHECKPOINT_RECORDS_DEFAULT 1000
+#define NHI_SERVER_AUDIT_CHECKPOINT_S_DEFAULT 60
+#define NHI_SERVER_LISTEN_BACKLOG 1024
+#define NHI_ADMIN_SCRYPT_N 16384                       /* admin bearer token KDF cost */
+#define NHI_ADMIN_SCRYPT_R 8
+#define NHI_ADMIN_SCRYPT_P 1
+
+/* server/audit.c: the audit log (docs/audit.md) */
+#define NHI_AUDIT_KEY_LABEL_DEFAULT "nhid-audit"         /* ceremony key that signs checkpoints */
+#define NHI_AUDIT_CHECKPOINT_RECORDS_DEFAULT 1000        /* a checkpoint after this many records ... */
+#define NHI_AUDIT_CHECKPOINT_RECORDS_MAX 1000000
+#define NHI_AUDIT_CHECKPOINT_S_DEFAULT 10                /* ... or when the oldest unsigned one is this old */
+#define NHI_AUDIT_CHECKPOINT_S_MAX 86400
+#define NHI_AUDIT_CHECKPOINT_FAILURES_MAX 5              /* consecutive signing failures before failing closed */
+#define NHI_AUDIT_CHECKPOINT_RETRY_S 1                   /* wait after a failed checkpoint before the next try */
+#define NHI_AUDIT_LINE_MAX_BYTES (16 * 1024)             /* one record, newline excluded */
+#define NHI_AUDIT_VALUE_MAX_BYTES 512                    /* one string value; longer ones are truncated */
+#define NHI_AUDIT_NAME_MAX_BYTES 64                      /* event and field names */
+#define NHI_AUDIT_FIELDS_MAX 64                          /* members of one object / entries of one array */
+#define NHI_AUDIT_FIELD_DEPTH_MAX 3                      /* nesting of field values */
+#define NHI_AUDIT_BATCH_MAX 1024                         /* records in one group commit */
+#define NHI_AUDIT_BATCH_MAX_BYTES (1024 * 1024)          /* bytes in one group commit */
+#define NHI_AUDIT_GATHER_MAX_US 500                      /* longest wait for a batch's callers to come back */
+#define NHI_AUDIT_TORN_MAX_BYTES (NHI_AUDIT_BATCH_MAX_BYTES + NHI_AUDIT_LINE_MAX_BYTES) /* partial tail cut at open */
+
 #endif
