@@ -85,15 +85,17 @@ UNIT_BINS := $(patsubst %.c,$(TST)/%,$(UNIT_SRCS))
 # fuzz targets: gcc + stdin/file driver for make check; clang libFuzzer for make fuzz
 $(TST)/fuzz/%: $(TST)/tests/fuzz/%.o $(TST)/tests/fuzz/driver.o $(TST)/libnhictl.a $(TST)/libnhi.a
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_TEST) $^ $(LIBS) -o $@
+	$(CC) $(LDFLAGS_TEST) $^ $(LIBS) $(MBED_LIBS) -ljansson -o $@
+# the agent's fuzz target compiles the agent's sources in (the agent links no libnhi)
+$(TST)/tests/fuzz/agent_response.o: $(wildcard agent/*.c agent/*.h)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(TST)/fuzz/%,$(FUZZ_SRCS))
 
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS) $(PROV_SRCS)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS) $(PROV_SRCS) $(wildcard agent/*.c agent/*.h)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(BASE_CFLAGS) -Wno-unused-command-line-argument -O1 -fsanitize=fuzzer,address,undefined \
-	  -DNHI_TEST_BUILD $< $(PROV_SRCS) $(LIB_SRCS) $(LIBS) -o $@
+	$(FUZZ_CC) $(BASE_CFLAGS) -Wno-unknown-warning-option -Wno-unused-command-line-argument -O1 \
+	  -fsanitize=fuzzer,address,undefined -DNHI_TEST_BUILD $< $(PROV_SRCS) $(LIB_SRCS) $(LIBS) $(MBED_LIBS) -ljansson -o $@
 fuzz: deps-fuzz $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 	@for t in $(patsubst tests/fuzz/%.c,%,$(FUZZ_SRCS)); do \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; mkdir -p build/fuzz/corpus-$$t; \

@@ -35,7 +35,7 @@ const char *nhi_err_name(nhi_err e)
 	return nhi_err_names[e];
 }
 
-static void set_detail(const char *fmt, va_list ap)
+__attribute__((format(printf, 1, 0))) static void set_detail(const char *fmt, va_list ap)
 {
 	char tmp[NHI_ERR_DETAIL_MAX];
 
