@@ -16,4 +16,9 @@ for b in build/rel/bench/bench_*; do
 	echo "== $(basename "$b")"
 	"$b" "$SECS" || { echo "  $(basename "$b") FAILED"; rc=1; }
 done
+for b in bench/*.sh; do
+	[ -x "$b" ] || continue
+	echo "== $(basename "$b")"
+	"$b" "$SECS" || { echo "  $(basename "$b") FAILED"; rc=1; }
+done
 exit $rc

@@ -52,9 +52,7 @@ CONF
 for a in "${AGENTS[@]}"; do
 	"$NHICTL" enroll "$a" --config "$DEV/ceremony.conf" --pin-file "$DEV/user.pin"
 done
-# identity backup: added by the identity issue (scripts/dev-backup.sh)
-if [ -x "$ROOT/scripts/dev-backup.sh" ]; then
-	"$ROOT/scripts/dev-backup.sh" "$DEV"
-fi
+NHICTL=$NHICTL "$ROOT/scripts/dev-backup.sh" "$DEV"
+"$ROOT/scripts/dev-config.sh" "$DEV"
 touch "$DEV/.complete"
 echo "dev deployment ready in $DEV"

@@ -1,0 +1,311 @@
+/*
+ * server/config.c — nhid's config file ([nhid] section, OpenSSL NCONF syntax via
+ * common/conf.c) and the deployment-contract checks made before anything opens.
+ */
+#include "server_internal.h"
+#include "../common/conf.h"
+#include "../common/limits.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/magic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+static const char *const known_keys[] = {
+	"listen",          "threads",          "hsm_module",        "hsm_token",
+	"hsm_pin_file",    "ca_file",          "cert_file",         "tls_key",
+	"token_keys",      "issuer",           "audiences",         "token_ttl_default_s",
+	"token_ttl_max_s", "leeway_s",         "backup",            "backup_sign_key",
+	"state_dir",       "audit_log",        "audit_key",         "audit_checkpoint_records",
+	"audit_checkpoint_s", "admin_token_hash", "max_connections", "body_max_bytes",
+	"header_max_bytes", "idle_timeout_s",  "requests_per_connection", "trust_domain",
+};
+
+static bool valid_label(const char *s)
+{
+	size_t n = strlen(s), i;
+
+	if (n == 0 || n > 64)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+		      s[i] == '-' || s[i] == '_' || s[i] == '.'))
+			return false;
+	return true;
+}
+
+static bool valid_audience(const char *s)
+{
+	size_t n = strlen(s), i;
+
+	if (n == 0 || n >= 128)
+		return false;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || s[i] == '"' || s[i] == '\\' || (unsigned char)s[i] >= 0x7f)
+			return false;
+	return true;
+}
+
+/* "host:port", "[v6]:port" */
+static nhi_err parse_listen(struct nhi_server_config *c, const char *val)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char host[64];
+	const char *colon;
+	unsigned long long port = 0;
+	unsigned char addr[16];
+	size_t hl;
+
+	if (val[0] == '[') {
+		colon = strstr(val, "]:");
+		NHI_CHECK(colon != NULL, NHI_ERR_CONFIG, "config key 'listen': '%.64s' is not [IPv6]:port", val);
+		hl = (size_t)(colon - val - 1);
+		NHI_CHECK(hl < sizeof(host), NHI_ERR_CONFIG, "config key 'listen': address too long");
+		memcpy(host, val + 1, hl);
+		host[hl] = '\0';
+		colon++;
+	} else {
+		colon = strrchr(val, ':');
+		NHI_CHECK(colon != NULL, NHI_ERR_CONFIG, "config key 'listen': '%.64s' is not host:port", val);
+		hl = (size_t)(colon - val);
+		NHI_CHECK(hl < sizeof(host), NHI_ERR_CONFIG, "config key 'listen': address too long");
+		memcpy(host, val, hl);
+		host[hl] = '\0';
+	}
+	/* an address, never a name: resolving one could mean a DNS query */
+	NHI_CHECK(inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1, NHI_ERR_CONFIG,
+		  "config key 'listen': '%.64s' is not an IP address (names are not resolved)", host);
+	NHI_TRY(nhi_conf_uint(&port, "listen", colon + 1, 1, 65535));
+	memcpy(c->listen_host, host, hl + 1);
+	c->listen_port = (int)port;
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+static nhi_err set_uint(unsigned *dst, const char *key, const char *val, unsigned long long min,
+			unsigned long long max)
+{
+	unsigned long long v = 0;
+	nhi_err rv = nhi_conf_uint(&v, key, val, min, max);
+
+	if (rv == NHI_OK)
+		*dst = (unsigned)v;
+	return rv;
+}
+
+static nhi_err set_size(size_t *dst, const char *key, const char *val, unsigned long long min,
+			unsigned long long max)
+{
+	unsigned long long v = 0;
+	nhi_err rv = nhi_conf_uint(&v, key, val, min, max);
+
+	if (rv == NHI_OK)
+		*dst = (size_t)v;
+	return rv;
+}
+
+#define COPY(field) nhi_conf_copy(c->field, sizeof(c->field), key, val)
+
+static nhi_err apply(void *ctx, const char *key, const char *val)
+{
+	struct nhi_server_config *c = ctx;
+
+	if (strcmp(key, "listen") == 0)
+		return parse_listen(c, val);
+	if (strcmp(key, "threads") == 0)
+		return set_uint(&c->threads, key, val, 1, NHI_SERVER_THREADS_MAX);
+	if (strcmp(key, "hsm_module") == 0)
+		return COPY(hsm_module);
+	if (strcmp(key, "hsm_token") == 0)
+		return COPY(hsm_token);
+	if (strcmp(key, "hsm_pin_file") == 0)
+		return COPY(hsm_pin_file);
+	if (strcmp(key, "trust_domain") == 0)
+		return valid_audience(val) && strchr(val, '/') == NULL
+			       ? COPY(trust_domain)
+			       : nhi_err_set(NHI_ERR_CONFIG, "config key 'trust_domain' must be a SPIFFE trust domain");
+	if (strcmp(key, "ca_file") == 0)
+		return COPY(ca_file);
+	if (strcmp(key, "cert_file") == 0)
+		return COPY(cert_file);
+	if (strcmp(key, "backup") == 0)
+		return COPY(backup);
+	if (strcmp(key, "state_dir") == 0)
+		return COPY(state_dir);
+	if (strcmp(key, "audit_log") == 0)
+		return COPY(audit_log);
+	if (strcmp(key, "issuer") == 0)
+		return valid_audience(val) ? COPY(issuer)
+					   : nhi_err_set(NHI_ERR_CONFIG, "config key 'issuer' must be printable, no spaces");
+	if (strcmp(key, "admin_token_hash") == 0)
+		return strncmp(val, "scrypt:", 7) == 0
+			       ? COPY(admin_token_hash)
+			       : nhi_err_set(NHI_ERR_CONFIG, "config key 'admin_token_hash' must be an scrypt:... hash "
+							     "made by `nhid --hash-admin-token`");
+	if (strcmp(key, "tls_key") == 0 || strcmp(key, "backup_sign_key") == 0 || strcmp(key, "audit_key") == 0) {
+		if (!valid_label(val))
+			return nhi_err_set(NHI_ERR_CONFIG, "config key '%s': '%.64s' is not a key label", key, val);
+		return nhi_conf_copy(key[0] == 't' ? c->tls_key : key[0] == 'b' ? c->backup_sign_key : c->audit_key, 65,
+				     key, val);
+	}
+	if (strcmp(key, "token_keys") == 0)
+		return nhi_conf_list(key, val, &c->token_keys[0][0], sizeof(c->token_keys[0]), NHI_SERVER_LIST_MAX,
+				     &c->n_token_keys, valid_label, "a key label");
+	if (strcmp(key, "audiences") == 0)
+		return nhi_conf_list(key, val, &c->audiences[0][0], sizeof(c->audiences[0]), NHI_SERVER_LIST_MAX,
+				     &c->n_audiences, valid_audience, "a printable audience without spaces");
+	if (strcmp(key, "token_ttl_default_s") == 0)
+		return set_uint(&c->token_ttl_default_s, key, val, 1, NHI_TOKEN_TTL_MAX_S);
+	if (strcmp(key, "token_ttl_max_s") == 0)
+		return set_uint(&c->token_ttl_max_s, key, val, 1, NHI_TOKEN_TTL_MAX_S);
+	if (strcmp(key, "leeway_s") == 0)
+		return set_uint(&c->leeway_s, key, val, 0, NHI_TOKEN_LEEWAY_MAX_S);
+	if (strcmp(key, "audit_checkpoint_records") == 0)
+		return set_uint(&c->audit_checkpoint_records, key, val, 1, 1000000);
+	if (strcmp(key, "audit_checkpoint_s") == 0)
+		return set_uint(&c->audit_checkpoint_s, key, val, 1, 86400);
+	if (strcmp(key, "max_connections") == 0)
+		return set_uint(&c->max_connections, key, val, 1, NHI_SERVER_CONNECTIONS_MAX);
+	if (strcmp(key, "body_max_bytes") == 0)
+		return set_size(&c->body_max_bytes, key, val, 256, NHI_SERVER_BODY_MAX_BYTES);
+	if (strcmp(key, "header_max_bytes") == 0)
+		return set_size(&c->header_max_bytes, key, val, 1024, NHI_SERVER_HEADER_MAX_BYTES);
+	if (strcmp(key, "idle_timeout_s") == 0)
+		return set_uint(&c->idle_timeout_s, key, val, 1, 3600);
+	if (strcmp(key, "requests_per_connection") == 0)
+		return set_uint(&c->requests_per_connection, key, val, 1, 1000000);
+	return nhi_err_set(NHI_ERR_CONFIG, "unknown config key '%s'", key);
+}
+
+nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_config *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	memset(c, 0, sizeof(*c));
+	c->threads = NHI_SERVER_THREADS_DEFAULT;
+	snprintf(c->tls_key, sizeof(c->tls_key), "nhid-tls");
+	snprintf(c->backup_sign_key, sizeof(c->backup_sign_key), "nhid-root");
+	snprintf(c->audit_key, sizeof(c->audit_key), "nhid-audit");
+	c->token_ttl_default_s = NHI_TOKEN_TTL_DEFAULT_S;
+	c->token_ttl_max_s = NHI_SERVER_TOKEN_TTL_MAX_DEFAULT_S;
+	c->leeway_s = NHI_TOKEN_LEEWAY_DEFAULT_S;
+	c->audit_checkpoint_records = NHI_SERVER_AUDIT_CHECKPOINT_RECORDS_DEFAULT;
+	c->audit_checkpoint_s = NHI_SERVER_AUDIT_CHECKPOINT_S_DEFAULT;
+	c->max_connections = NHI_SERVER_CONNECTIONS_DEFAULT;
+	c->body_max_bytes = NHI_SERVER_BODY_DEFAULT_BYTES;
+	c->header_max_bytes = NHI_SERVER_HEADER_DEFAULT_BYTES;
+	c->idle_timeout_s = NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S;
+	c->requests_per_connection = NHI_SERVER_REQUESTS_PER_CONN_DEFAULT;
+	NHI_TRY(nhi_conf_parse(text, len, "nhid", known_keys, sizeof(known_keys) / sizeof(known_keys[0]), apply, c));
+	NHI_CHECK(c->listen_port != 0, NHI_ERR_CONFIG, "config key 'listen' is required (e.g. 127.0.0.1:8443)");
+	NHI_CHECK(c->hsm_token[0] && c->hsm_pin_file[0], NHI_ERR_CONFIG,
+		  "config keys 'hsm_token' and 'hsm_pin_file' are required");
+	NHI_CHECK(c->trust_domain[0], NHI_ERR_CONFIG, "config key 'trust_domain' is required (as in the ceremony)");
+	NHI_CHECK(c->ca_file[0] && c->cert_file[0], NHI_ERR_CONFIG, "config keys 'ca_file' and 'cert_file' are required");
+	NHI_CHECK(c->n_token_keys > 0, NHI_ERR_CONFIG, "config key 'token_keys' is required (e.g. nhid-token-1)");
+	NHI_CHECK(c->issuer[0], NHI_ERR_CONFIG, "config key 'issuer' is required");
+	NHI_CHECK(c->backup[0], NHI_ERR_CONFIG, "config key 'backup' is required (the identity backup to load)");
+	NHI_CHECK(c->state_dir[0] && c->audit_log[0], NHI_ERR_CONFIG,
+		  "config keys 'state_dir' and 'audit_log' are required");
+	NHI_CHECK(c->token_ttl_default_s <= c->token_ttl_max_s, NHI_ERR_CONFIG,
+		  "token_ttl_default_s (%u) is above token_ttl_max_s (%u)", c->token_ttl_default_s, c->token_ttl_max_s);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* ---- the deployment contract ----------------------------------------------------- */
+
+const char *nhi_server_network_fs_name(long type)
+{
+	switch ((unsigned long)type) {
+	case NFS_SUPER_MAGIC: return "NFS";
+	case SMB_SUPER_MAGIC: return "SMB";
+	case 0xFF534D42UL: return "CIFS";
+	case 0xFE534D42UL: return "SMB2";
+	case AFS_SUPER_MAGIC: return "AFS";
+	case 0x6B414653UL: return "kAFS";
+	case CODA_SUPER_MAGIC: return "Coda";
+	case 0x65735546UL: return "FUSE (sshfs and friends)";
+	case 0x564C: return "NCP";
+	case 0x47504653UL: return "GPFS";
+	case 0x0BD00BD0UL: return "Lustre";
+	case 0x00C36400UL: return "Ceph";
+	case 0x19830326UL: return "FhGFS/BeeGFS";
+	case 0x013111A8UL: return "IBRIX";
+	case 0x01161970UL: return "GFS2";
+	case 0x7461636fUL: return "OCFS2";
+	default: return NULL;
+	}
+}
+
+static nhi_err local_fs(const char *what, const char *path)
+{
+	struct statfs sf;
+	const char *net;
+
+	if (statfs(path, &sf) != 0)
+		return nhi_err_set(errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "%s %s: %s (create it first)", what,
+				   path, strerror(errno));
+	net = nhi_server_network_fs_name((long)sf.f_type);
+	if (net != NULL)
+		return nhi_err_set(NHI_ERR_CONFIG,
+				   "%s %s is on %s, a network filesystem: move it to a local filesystem (fsync and "
+				   "rename are not durable there, and the state would leave the host)",
+				   what, path, net);
+	return NHI_OK;
+}
+
+static nhi_err private_file(const char *what, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return nhi_err_set(errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "%s %s: %s", what, path,
+				   strerror(errno));
+	if (st.st_mode & 077)
+		return nhi_err_set(NHI_ERR_PERM, "%s %s is mode %04o, readable by group or others: chmod 600 %s", what,
+				   path, (unsigned)(st.st_mode & 07777), path);
+	if (st.st_uid != geteuid())
+		return nhi_err_set(NHI_ERR_PERM, "%s %s is owned by uid %u, not %u: chown %u %s", what, path,
+				   (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
+	return NHI_OK;
+}
+
+nhi_err nhi_server_preflight(const struct nhi_server_config *c, const char *config_path)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char dir[600], *slash;
+
+	NHI_TRY(private_file("config file", config_path));
+	NHI_TRY(private_file("PIN file", c->hsm_pin_file));
+	NHI_TRY(local_fs("state_dir", c->state_dir));
+	snprintf(dir, sizeof(dir), "%s", c->audit_log);
+	slash = strrchr(dir, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	NHI_TRY(local_fs("audit log directory", slash != NULL ? (dir[0] ? dir : "/") : "."));
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+nhi_err nhi_server_config_load(const char *path, struct nhi_server_config *out, uint8_t digest[32])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf b = {0};
+
+	NHI_TRY(nhi_file_read(path, NHI_CONFIG_MAX_BYTES, &b));
+	NHI_TRY(nhi_sha256(b.data, b.len, digest));
+	rv = nhi_server_config_parse((const char *)b.data, b.len, out);
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "%s", path);
+out:
+	nhi_buf_free(&b);
+	return rv;
+}

@@ -1,0 +1,141 @@
+/*
+ * server/main.c — `nhid --config FILE`: one process, worker threads inside. Signals
+ * are handled by one thread with sigwait: SIGTERM/SIGINT drain and exit, SIGHUP
+ * reloads the identity backup and the certificate chain.
+ */
+#include "server.h"
+#include "../common/limits.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+struct sig_ctx {
+	struct nhi_server *srv;
+	sigset_t set;
+};
+
+static void *signal_thread(void *arg)
+{
+	struct sig_ctx *c = arg;
+	int sig;
+
+	for (;;) {
+		if (sigwait(&c->set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			if (nhi_server_reload(c->srv, "SIGHUP") != NHI_OK)
+				fprintf(stderr, "nhid: reload failed, still serving the previous state: %s\n", nhi_err_detail());
+			else
+				fprintf(stderr, "nhid: reloaded identity backup and certificates\n");
+			continue;
+		}
+		fprintf(stderr, "nhid: %s: draining and stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		nhi_server_stop(c->srv);
+		return NULL;
+	}
+}
+
+static int hash_admin_token(void)
+{
+	char secret[512];
+	struct nhi_buf out = {0};
+	size_t n;
+	nhi_err e;
+
+	/* read from stdin, never from argv where every user can see it */
+	n = fread(secret, 1, sizeof(secret) - 1, stdin);
+	while (n > 0 && (secret[n - 1] == '\n' || secret[n - 1] == '\r'))
+		n--;
+	e = nhi_admin_hash_make(secret, n, &out);
+	nhi_wipe(secret, sizeof(secret));
+	if (e != NHI_OK) {
+		fprintf(stderr, "nhid: %s\n", nhi_err_detail());
+		return 1;
+	}
+	printf("%s\n", (char *)out.data);
+	nhi_buf_free(&out);
+	return 0;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: nhid --config FILE [--check]\n"
+		   "       nhid --hash-admin-token < secret     (prints admin_token_hash for the config)\n");
+}
+
+int main(int argc, char **argv)
+{
+	const char *config = NULL;
+	bool check_only = false;
+	struct nhi_server_config cfg;
+	struct nhi_server *srv = NULL;
+	struct sig_ctx sc;
+	pthread_t st;
+	uint8_t digest[32];
+	nhi_err e;
+	int i;
+
+	/* no core dumps: they would carry session state and the PIN's pages' neighbours */
+	(void)prctl(PR_SET_DUMPABLE, 0);
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+			config = argv[++i];
+		} else if (strcmp(argv[i], "--check") == 0) {
+			check_only = true;
+		} else if (strcmp(argv[i], "--hash-admin-token") == 0) {
+			return hash_admin_token();
+		} else if (strncmp(argv[i], "--workers", 9) == 0 || strncmp(argv[i], "--processes", 11) == 0) {
+			fprintf(stderr, "nhid: %s refused: nhid is one process with worker threads (one token login, one "
+					"audit chain). Set 'threads = N' in the config instead.\n",
+				argv[i]);
+			return 2;
+		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "nhid: unknown argument '%s'\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (config == NULL) {
+		usage(stderr);
+		return 2;
+	}
+	if ((e = nhi_server_config_load(config, &cfg, digest)) != NHI_OK ||
+	    (e = nhi_server_preflight(&cfg, config)) != NHI_OK) {
+		fprintf(stderr, "nhid: refusing to start: %s [%s]\n", nhi_err_detail(), nhi_err_name(e));
+		return 1;
+	}
+	if (check_only) {
+		printf("nhid: %s is valid\n", config);
+		return 0;
+	}
+	/* signals go to the signal thread only: block them before any thread starts */
+	sigemptyset(&sc.set);
+	sigaddset(&sc.set, SIGTERM);
+	sigaddset(&sc.set, SIGINT);
+	sigaddset(&sc.set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if ((e = nhi_server_new(&cfg, digest, &srv)) != NHI_OK) {
+		fprintf(stderr, "nhid: refusing to start: %s [%s]\n", nhi_err_detail(), nhi_err_name(e));
+		return 1;
+	}
+	sc.srv = srv;
+	pthread_create(&st, NULL, signal_thread, &sc);
+	fprintf(stderr, "nhid: listening on https://%s:%d (%u threads)\n", cfg.listen_host, cfg.listen_port, cfg.threads);
+	e = nhi_server_run(srv);
+	pthread_join(st, NULL);
+	nhi_server_free(srv);
+	if (e != NHI_OK) {
+		fprintf(stderr, "nhid: %s\n", nhi_err_detail());
+		return 1;
+	}
+	fprintf(stderr, "nhid: stopped\n");
+	return 0;
+}

@@ -1,0 +1,509 @@
+/*
+ * server/routes.c — the HTTP/1.1 JSON API (docs/api.md). evhttp parses HTTP; this
+ * file routes, parses bodies with jansson (duplicate keys refused), applies the
+ * policy, audits, and answers. Every error is {"error":"code","detail":"..."}.
+ */
+#include "server_internal.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+struct ctx {
+	struct nhi_server *s;
+	struct nhi_worker *w;
+	struct evhttp_request *req;
+	struct nhi_conn *conn;
+	enum nhi_route route;
+	struct timespec t0;
+	int status;
+};
+
+static const char *reason_phrase(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 503: return "Service Unavailable";
+	default: return status >= 500 ? "Internal Server Error" : "Error";
+	}
+}
+
+/* one place that answers: JSON body, no caching, connection policy, metrics */
+static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
+		      const struct timespec *t0, bool close_conn, int status, json_t *body)
+{
+	struct evbuffer *b = evbuffer_new();
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	struct timespec t1;
+
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Cache-Control", "no-store");
+	if (close_conn)
+		evhttp_add_header(h, "Connection", "close");
+	if (b != NULL && text != NULL) {
+		evbuffer_add(b, text, strlen(text));
+		evbuffer_add(b, "\n", 1);
+	}
+	evhttp_send_reply(req, status, reason_phrase(status), b);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	nhi_metrics_observe(&s->metrics, route, status,
+			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
+	free(text);
+	if (b != NULL)
+		evbuffer_free(b);
+	json_decref(body);
+}
+
+static bool closing(const struct ctx *c)
+{
+	return c->conn != NULL && c->conn->requests >= c->s->cfg.requests_per_connection;
+}
+
+static void reply(struct ctx *c, int status, json_t *body)
+{
+	c->status = status;
+	send_json(c->s, c->req, c->route, &c->t0, closing(c), status, body);
+}
+
+/*
+ * A response that must wait until its audit record is durable. The record goes to
+ * the audit writer (group commit with every other request in flight); the reply
+ * is sent from this worker's loop when the writer says it is on disk. If the
+ * client went away meanwhile, libevent has detached the request and sending to it
+ * only frees it. The connection record is not touched after this point.
+ */
+struct pending {
+	struct nhi_server *s;
+	struct evhttp_request *req;
+	struct event *ev;
+	enum nhi_route route;
+	struct timespec t0;
+	bool close_conn;
+	int status;
+	json_t *body;
+	nhi_err rv;
+};
+
+static void pending_fire(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending *p = arg;
+
+	(void)fd;
+	(void)what;
+	if (p->rv == NHI_OK) {
+		send_json(p->s, p->req, p->route, &p->t0, p->close_conn, p->status, p->body);
+	} else {
+		json_decref(p->body);
+		send_json(p->s, p->req, p->route, &p->t0, true, 503,
+			  json_pack("{s:s, s:s}", "error", "audit_unavailable",
+				    "the audit log could not record the event"));
+	}
+	event_free(p->ev);
+	free(p);
+}
+
+/* audit writer thread: hand the outcome to the request's loop */
+static void pending_done(void *arg, nhi_err rv, const char *detail)
+{
+	struct pending *p = arg;
+
+	if (rv != NHI_OK)
+		fprintf(stderr, "nhid: audit failed, response withheld: %s\n", detail ? detail : "");
+	p->rv = rv;
+	event_active(p->ev, 0, 0);
+}
+
+static void reply_audited(struct ctx *c, const char *event, json_t *fields, int status, json_t *body)
+{
+	struct pending *p = calloc(1, sizeof(*p));
+
+	if (p == NULL || (p->ev = event_new(c->w->base, -1, 0, pending_fire, p)) == NULL) {
+		free(p);
+		json_decref(fields);
+		json_decref(body);
+		reply(c, 503, json_pack("{s:s, s:s}", "error", "internal", "out of memory"));
+		return;
+	}
+	p->s = c->s;
+	p->req = c->req;
+	p->route = c->route;
+	p->t0 = c->t0;
+	p->close_conn = closing(c);
+	p->status = status;
+	p->body = body;
+	c->status = status;
+	if (nhi_audit_submit(c->s->audit, event, fields, pending_done, p) != NHI_OK) {
+		fprintf(stderr, "nhid: audit %s refused: %s\n", event, nhi_err_detail());
+		p->rv = NHI_ERR_IO;
+		pending_fire(-1, 0, p);
+	}
+}
+
+static void reply_error(struct ctx *c, int status, const char *code, const char *detail)
+{
+	reply(c, status, json_pack("{s:s, s:s}", "error", code, "detail", detail ? detail : ""));
+}
+
+/* the body as a JSON object; on failure an error reply has been sent */
+static json_t *body_json(struct ctx *c)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+	size_t len = evbuffer_get_length(in);
+	json_error_t err;
+	json_t *j;
+	char detail[200];
+
+	if (len > c->s->cfg.body_max_bytes) {
+		reply_error(c, 413, "too_large", "request body is over the limit");
+		return NULL;
+	}
+	j = json_loadb((const char *)evbuffer_pullup(in, -1), len, JSON_REJECT_DUPLICATES, &err);
+	if (j == NULL || !json_is_object(j)) {
+		snprintf(detail, sizeof(detail), "body must be one JSON object: %s", j ? "not an object" : err.text);
+		json_decref(j);
+		reply_error(c, 400, "bad_request", detail);
+		return NULL;
+	}
+	return j;
+}
+
+/* refuse members we do not know: a typo must not silently change meaning */
+static bool only_members(struct ctx *c, json_t *j, const char *const *allowed, size_t n)
+{
+	const char *key;
+	json_t *v;
+	char detail[160];
+	size_t i;
+
+	json_object_foreach(j, key, v) {
+		for (i = 0; i < n && strcmp(key, allowed[i]) != 0; i++)
+			;
+		if (i == n) {
+			snprintf(detail, sizeof(detail), "unknown member '%.64s'", key);
+			reply_error(c, 400, "bad_request", detail);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* the calling agent: verified certificate -> URI SAN -> active record whose enrolled
+ * thumbprint is this certificate's; on failure a 403 has been sent and audited */
+static struct nhi_agent *caller(struct ctx *c)
+{
+	struct nhi_agent *a = NULL;
+	SSL *ssl = bufferevent_openssl_get_ssl(evhttp_connection_get_bufferevent(evhttp_request_get_connection(c->req)));
+	char hex[65];
+	nhi_err e;
+
+	nhi_tls_identify(c->conn, ssl, c->s->cfg.trust_domain);
+	if (c->conn->identity_err != NHI_OK) {
+		reply_error(c, 403, "unknown_agent", c->conn->identity_detail);
+		return NULL;
+	}
+	e = nhi_store_resolve_thumbprint(c->s->store, c->conn->cert_sha256, (long long)time(NULL), &a);
+	if (e == NHI_OK && strcmp(a->id, c->conn->agent_id) != 0) {
+		nhi_agent_free(a);
+		a = NULL;
+		e = nhi_err_set(NHI_ERR_DENIED, "certificate is enrolled for another agent");
+	}
+	if (e != NHI_OK) {
+		nhi_hex(c->conn->cert_sha256, 32, hex);
+		reply_audited(c, "agent_refused",
+			      json_pack("{s:s, s:s, s:s, s:s}", "agent", c->conn->agent_id, "cert_sha256", hex, "route",
+					evhttp_request_get_uri(c->req), "reason", nhi_err_detail()),
+			      403,
+			      json_pack("{s:s, s:s}", "error", e == NHI_ERR_NOT_FOUND ? "not_enrolled" : "agent_not_active",
+					"detail",
+					e == NHI_ERR_NOT_FOUND ? "this client certificate is not enrolled for any agent"
+							       : nhi_err_detail()));
+		return NULL;
+	}
+	return a;
+}
+
+static json_t *string_array(const char *const *v, size_t n)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; a != NULL && i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+static void h_health(struct ctx *c)
+{
+	reply(c, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static void h_jwks(struct ctx *c)
+{
+	reply(c, 200, json_loadb((const char *)c->s->jwks.data, c->s->jwks.len, 0, NULL));
+}
+
+static void h_metrics(struct ctx *c)
+{
+	struct nhi_buf text = {0};
+	struct evbuffer *b = evbuffer_new();
+	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+
+	if (b == NULL || nhi_metrics_render(c->s, &text) != NHI_OK) {
+		if (b != NULL)
+			evbuffer_free(b);
+		nhi_buf_free(&text);
+		reply_error(c, 500, "internal", "metrics unavailable");
+		return;
+	}
+	nhi_metrics_observe(&c->s->metrics, c->route, 200, 0);
+	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4");
+	evbuffer_add(b, text.data, text.len);
+	evhttp_send_reply(c->req, 200, "OK", b);
+	evbuffer_free(b);
+	nhi_buf_free(&text);
+}
+
+static void h_tokens(struct ctx *c)
+{
+	static const char *const members[] = {"aud", "ttl"};
+	struct nhi_agent *a = NULL;
+	json_t *body = NULL, *jttl;
+	const char *aud;
+	struct nhi_token_request tr = {0};
+	struct nhi_token_issued info;
+	struct nhi_buf tok = {0};
+	char hex[65];
+
+	if ((body = body_json(c)) == NULL || !only_members(c, body, members, 2))
+		goto out;
+	aud = json_string_value(json_object_get(body, "aud"));
+	jttl = json_object_get(body, "ttl");
+	if (aud == NULL || aud[0] == '\0' || strlen(aud) > NHI_TOKEN_CLAIM_MAX_BYTES) {
+		reply_error(c, 400, "bad_request", "'aud' must be a non-empty string");
+		goto out;
+	}
+	if (jttl != NULL && (!json_is_integer(jttl) || json_integer_value(jttl) < 1 ||
+			     json_integer_value(jttl) > (json_int_t)c->s->cfg.token_ttl_max_s)) {
+		reply_error(c, 400, "bad_request", "'ttl' must be a whole number of seconds within the server's cap");
+		goto out;
+	}
+	if ((a = caller(c)) == NULL)
+		goto out;
+	if (!nhi_agent_allows_audience(a, aud)) {
+		reply_audited(c, "token_refused",
+			      json_pack("{s:s, s:s, s:s}", "agent", a->id, "aud", aud, "reason", "audience_not_allowed"), 403,
+			      json_pack("{s:s, s:s}", "error", "audience_not_allowed", "detail",
+					"this agent may not request tokens for that audience"));
+		goto out;
+	}
+	tr.sub = a->id;
+	tr.aud = aud;
+	tr.roles = a->roles;
+	tr.n_roles = a->n_roles;
+	tr.cert_sha256 = c->conn->cert_sha256;
+	tr.ttl_s = jttl ? (unsigned)json_integer_value(jttl) : 0;
+	if (nhi_token_issue(c->s->issuer, &tr, &tok, &info) != NHI_OK) {
+		fprintf(stderr, "nhid: token issue failed: %s\n", nhi_err_detail());
+		reply_error(c, 500, "internal", "token signing failed");
+		goto out;
+	}
+	nhi_hex(c->conn->cert_sha256, 32, hex);
+	/* durable before the response; the record names the token, never carries it */
+	reply_audited(c, "token_issued",
+		      json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "sub", a->id, "aud", aud, "jti", info.jti, "kid",
+				info.kid, "exp", (json_int_t)info.exp, "cert_sha256", hex),
+		      200, json_pack("{s:s, s:I}", "token", (const char *)tok.data, "expires_at", (json_int_t)info.exp));
+out:
+	nhi_wipe(tok.data, tok.len);
+	nhi_buf_free(&tok);
+	nhi_agent_free(a);
+	json_decref(body);
+}
+
+static nhi_err presenter_der(const char *pem, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	BIO *b = BIO_new_mem_buf(pem, -1);
+	X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+	unsigned char *der = NULL;
+	int n;
+
+	NHI_CHECK_SSL(x != NULL, NHI_ERR_FORMAT, "'presenter_cert' is not a PEM certificate");
+	n = i2d_X509(x, &der);
+	NHI_CHECK_SSL(n > 0, NHI_ERR_FORMAT, "'presenter_cert' cannot be encoded");
+	NHI_TRY(nhi_buf_append(out, der, (size_t)n));
+	rv = NHI_OK;
+out:
+	OPENSSL_free(der);
+	X509_free(x);
+	BIO_free(b);
+	return rv;
+}
+
+static json_t *agent_json(const struct nhi_agent *a)
+{
+	json_t *attrs = json_loads(a->attributes, 0, NULL);
+
+	return json_pack("{s:s, s:s, s:o, s:o, s:I, s:I, s:o, s:I}", "id", a->id, "status",
+			 nhi_agent_status_name(a->status), "roles", string_array(a->roles, a->n_roles), "audiences",
+			 string_array(a->audiences, a->n_audiences), "not_before", (json_int_t)a->not_before, "not_after",
+			 (json_int_t)a->not_after, "attributes", attrs ? attrs : json_object(), "backup_serial",
+			 (json_int_t)a->backup_serial);
+}
+
+static void h_resolve(struct ctx *c)
+{
+	static const char *const members[] = {"token", "presenter_cert"};
+	struct nhi_agent *me = NULL, *subject = NULL;
+	struct nhi_token_claims *cl = NULL;
+	struct nhi_token_check chk = {0};
+	enum nhi_token_error why = NHI_TOKEN_OK;
+	struct nhi_buf pdr = {0};
+	json_t *body = NULL, *claims, *fields;
+	const char *tok, *pem;
+	char detail[NHI_ERR_DETAIL_MAX];
+
+	if ((body = body_json(c)) == NULL || !only_members(c, body, members, 2))
+		goto out;
+	if ((me = caller(c)) == NULL)
+		goto out;
+	if (!nhi_agent_has_role(me, "resolver")) {
+		reply_audited(c, "resolve_refused", json_pack("{s:s, s:s}", "caller", me->id, "reason", "not_resolver"), 403,
+			      json_pack("{s:s, s:s}", "error", "forbidden", "detail", "the 'resolver' role is required"));
+		goto out;
+	}
+	tok = json_string_value(json_object_get(body, "token"));
+	if (tok == NULL) {
+		reply_error(c, 400, "bad_request", "'token' must be a string");
+		goto out;
+	}
+	pem = json_string_value(json_object_get(body, "presenter_cert"));
+	if (json_object_get(body, "presenter_cert") != NULL) {
+		if (pem == NULL || presenter_der(pem, &pdr) != NHI_OK) {
+			reply_error(c, 400, "bad_request", "'presenter_cert' must be a PEM certificate");
+			goto out;
+		}
+		chk.cert_der = pdr.data;
+		chk.cert_der_len = pdr.len;
+	}
+	if (nhi_token_verify(c->s->verifier, tok, strlen(tok), &chk, &cl, &why) != NHI_OK) {
+		snprintf(detail, sizeof(detail), "%s", nhi_token_error_name(why));
+		if ((unsigned)why < NHI_TOKEN_E__COUNT)
+			atomic_fetch_add(&c->s->metrics.token_errors[why], 1);
+		fields = json_pack("{s:s, s:s}", "caller", me->id, "reason", detail);
+		if (fields != NULL && nhi_audit_token_fields(fields, tok, strlen(tok), false) != NHI_OK)
+			json_object_set_new(fields, "token_malformed", json_true());
+		reply_audited(c, "resolve_failed", fields, 401,
+			      json_pack("{s:s, s:s}", "error", "invalid_token", "detail", detail));
+		goto out;
+	}
+	/* status is checked now, not at issue time: a revoked agent's tokens die at once */
+	if (nhi_store_resolve_id(c->s->store, cl->sub, (long long)time(NULL), &subject) != NHI_OK) {
+		snprintf(detail, sizeof(detail), "agent_not_active: %s", nhi_err_detail());
+		reply_audited(c, "resolve_failed",
+			      json_pack("{s:s, s:s, s:s, s:s}", "caller", me->id, "sub", cl->sub, "jti", cl->jti, "reason",
+					detail),
+			      401, json_pack("{s:s, s:s}", "error", "invalid_token", "detail", detail));
+		goto out;
+	}
+	claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s}", "iss", cl->iss, "sub", cl->sub, "aud",
+			   cl->aud, "iat", (json_int_t)cl->iat, "nbf", (json_int_t)cl->nbf, "exp", (json_int_t)cl->exp,
+			   "jti", cl->jti, "roles", string_array(cl->roles, cl->n_roles), "kid", cl->kid);
+	reply_audited(c, "resolve_ok", json_pack("{s:s, s:s, s:s}", "caller", me->id, "sub", cl->sub, "jti", cl->jti),
+		      200, json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims));
+out:
+	nhi_buf_free(&pdr);
+	nhi_token_claims_free(cl);
+	nhi_agent_free(subject);
+	nhi_agent_free(me);
+	json_decref(body);
+}
+
+static void h_reload(struct ctx *c)
+{
+	struct nhi_agent *a = NULL;
+	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(c->req), "Authorization");
+	nhi_err e;
+
+	if ((a = caller(c)) == NULL)
+		goto out;
+	if (!nhi_agent_has_role(a, "admin") || c->s->cfg.admin_token_hash[0] == '\0' || auth == NULL ||
+	    strncmp(auth, "Bearer ", 7) != 0 ||
+	    nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth + 7, strlen(auth + 7)) != NHI_OK) {
+		reply_audited(c, "admin_refused", json_pack("{s:s, s:s}", "agent", a->id, "action", "reload"), 403,
+			      json_pack("{s:s, s:s}", "error", "forbidden", "detail",
+					"the 'admin' role and a valid admin bearer token are required"));
+		goto out;
+	}
+	/* the admin action runs on this worker (rare, operator-driven); reload audits itself */
+	e = nhi_server_reload(c->s, a->id);
+	if (e != NHI_OK) {
+		reply_error(c, e == NHI_ERR_ROLLBACK ? 409 : 500, nhi_err_name(e), nhi_err_detail());
+		goto out;
+	}
+	reply(c, 200, json_pack("{s:s}", "status", "reloaded"));
+out:
+	nhi_agent_free(a);
+}
+
+struct route {
+	const char *path;
+	enum evhttp_cmd_type method;
+	const char *allow;
+	enum nhi_route id;
+	void (*fn)(struct ctx *c);
+};
+
+static const struct route routes[] = {
+	{"/v1/health", EVHTTP_REQ_GET, "GET", NHI_ROUTE_HEALTH, h_health},
+	{"/v1/tokens", EVHTTP_REQ_POST, "POST", NHI_ROUTE_TOKENS, h_tokens},
+	{"/v1/resolve", EVHTTP_REQ_POST, "POST", NHI_ROUTE_RESOLVE, h_resolve},
+	{"/v1/jwks", EVHTTP_REQ_GET, "GET", NHI_ROUTE_JWKS, h_jwks},
+	{"/v1/metrics", EVHTTP_REQ_GET, "GET", NHI_ROUTE_METRICS, h_metrics},
+	{"/v1/admin/reload", EVHTTP_REQ_POST, "POST", NHI_ROUTE_RELOAD, h_reload},
+};
+
+void nhi_routes_handle(struct evhttp_request *req, void *arg)
+{
+	struct nhi_worker *w = arg;
+	struct ctx c = {.s = w->srv, .w = w, .req = req, .route = NHI_ROUTE_OTHER};
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	SSL *ssl = bufferevent_openssl_get_ssl(evhttp_connection_get_bufferevent(evcon));
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	size_t i;
+
+	clock_gettime(CLOCK_MONOTONIC, &c.t0);
+	c.conn = nhi_tls_conn(ssl);
+	if (c.conn == NULL) { /* cannot happen: every connection is TLS with a record */
+		reply_error(&c, 500, "internal", "connection without TLS state");
+		return;
+	}
+	c.conn->requests++;
+	for (i = 0; path != NULL && i < sizeof(routes) / sizeof(routes[0]); i++) {
+		if (strcmp(path, routes[i].path) != 0)
+			continue;
+		c.route = routes[i].id;
+		if (evhttp_request_get_command(req) != routes[i].method) {
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", routes[i].allow);
+			reply_error(&c, 405, "method_not_allowed", routes[i].allow);
+			return;
+		}
+		routes[i].fn(&c);
+		return;
+	}
+	reply_error(&c, 404, "not_found", "no such endpoint");
+}

@@ -1,0 +1,403 @@
+/*
+ * server/server.c — nhid's life cycle: open the token, load the identity backup,
+ * build TLS, tokens and audit; one listening socket and one event loop per worker
+ * thread (SO_REUSEPORT spreads connections); drain on stop; reload without
+ * dropping connections (new handshakes get the new context, open ones keep theirs).
+ */
+#include "server_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+nhi_err nhi_server_audit(struct nhi_server *s, const char *event, json_t *fields)
+{
+	if (s->audit == NULL) {
+		json_decref(fields);
+		return NHI_OK;
+	}
+	return nhi_audit_record(s->audit, event, fields);
+}
+
+SSL_CTX *nhi_server_ctx_get(struct nhi_server *s)
+{
+	SSL_CTX *ctx;
+
+	pthread_mutex_lock(&s->ctx_mu);
+	ctx = s->ssl_ctx;
+	SSL_CTX_up_ref(ctx);
+	pthread_mutex_unlock(&s->ctx_mu);
+	return ctx;
+}
+
+/* evhttp asks for a bufferevent per accepted connection: a TLS one, always */
+static struct bufferevent *bev_cb(struct event_base *base, void *arg)
+{
+	struct nhi_worker *w = arg;
+	struct nhi_server *s = w->srv;
+	SSL_CTX *ctx = nhi_server_ctx_get(s);
+	SSL *ssl = SSL_new(ctx);
+	struct nhi_conn *c = calloc(1, sizeof(*c));
+	struct bufferevent *bev;
+	unsigned long long active;
+
+	SSL_CTX_free(ctx); /* the SSL holds its own reference */
+	if (ssl == NULL || c == NULL) {
+		/* evhttp would fall back to a plaintext bufferevent on NULL: fail closed */
+		fprintf(stderr, "nhid: out of memory creating a TLS connection: stopping\n");
+		abort();
+	}
+	c->srv = s;
+	active = atomic_fetch_add(&s->metrics.connections_active, 1) + 1;
+	atomic_fetch_add(&s->metrics.connections_total, 1);
+	if (active > s->cfg.max_connections || atomic_load(&s->stopping)) {
+		c->over_limit = true;
+		atomic_fetch_add(&s->metrics.connections_refused, 1);
+	}
+	SSL_set_ex_data(ssl, nhi_tls_conn_index(), c);
+	bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+					     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (bev == NULL) {
+		fprintf(stderr, "nhid: cannot create a TLS bufferevent: stopping\n");
+		abort();
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+static nhi_err open_listener(const struct nhi_server_config *c, int *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct sockaddr_storage ss = {0};
+	struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+	socklen_t len;
+	int fd = -1, one = 1;
+
+	if (inet_pton(AF_INET, c->listen_host, &v4->sin_addr) == 1) {
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons((uint16_t)c->listen_port);
+		len = sizeof(*v4);
+	} else {
+		NHI_CHECK(inet_pton(AF_INET6, c->listen_host, &v6->sin6_addr) == 1, NHI_ERR_CONFIG, "listen address %s",
+			  c->listen_host);
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons((uint16_t)c->listen_port);
+		len = sizeof(*v6);
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	NHI_CHECK(fd >= 0, NHI_ERR_IO, "socket: %s", strerror(errno));
+	NHI_CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+			  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0,
+		  NHI_ERR_IO, "setsockopt: %s", strerror(errno));
+	/* small JSON replies must not wait for Nagle + delayed ACK (~40 ms); accepted
+	 * sockets inherit the option from the listener on Linux */
+	NHI_CHECK(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0, NHI_ERR_IO, "TCP_NODELAY: %s",
+		  strerror(errno));
+	if (ss.ss_family == AF_INET6)
+		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	NHI_CHECK(bind(fd, (struct sockaddr *)&ss, len) == 0, NHI_ERR_IO,
+		  "cannot listen on %s:%d: %s (another nhid running? pick another port)", c->listen_host, c->listen_port,
+		  strerror(errno));
+	NHI_CHECK(listen(fd, NHI_SERVER_LISTEN_BACKLOG) == 0, NHI_ERR_IO, "listen: %s", strerror(errno));
+	*out = fd;
+	fd = -1;
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	return rv;
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct nhi_worker *w = arg;
+	struct timeval grace = {2, 0};
+
+	(void)fd;
+	(void)what;
+	/* drain: stop accepting, let requests in flight finish, then leave */
+	if (w->bound != NULL) {
+		evhttp_del_accept_socket(w->http, w->bound);
+		w->bound = NULL;
+	}
+	event_base_loopexit(w->base, &grace);
+}
+
+static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned idx)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct timeval tv = {(time_t)s->cfg.idle_timeout_s, 0};
+	int fd = -1;
+
+	w->srv = s;
+	w->idx = idx;
+	w->base = event_base_new();
+	NHI_CHECK(w->base != NULL, NHI_ERR_NOMEM, "event_base_new");
+	w->http = evhttp_new(w->base);
+	NHI_CHECK(w->http != NULL, NHI_ERR_NOMEM, "evhttp_new");
+	evhttp_set_bevcb(w->http, bev_cb, w);
+	evhttp_set_gencb(w->http, nhi_routes_handle, w);
+	evhttp_set_max_body_size(w->http, (ev_ssize_t)s->cfg.body_max_bytes);
+	evhttp_set_max_headers_size(w->http, (ev_ssize_t)s->cfg.header_max_bytes);
+	evhttp_set_timeout_tv(w->http, &tv);
+	evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+						    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+	NHI_TRY(open_listener(&s->cfg, &fd));
+	w->bound = evhttp_accept_socket_with_handle(w->http, fd);
+	NHI_CHECK(w->bound != NULL, NHI_ERR_IO, "evhttp_accept_socket failed");
+	fd = -1;
+	w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
+	NHI_CHECK(w->stop_ev != NULL, NHI_ERR_NOMEM, "event_new");
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	return rv;
+}
+
+static nhi_err load_backup(struct nhi_server *s, const char *who, bool startup)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_store_import_result res;
+	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
+	char serial_path[600], buf[32];
+	struct nhi_buf hw = {0};
+
+	/* rollback protection across restarts: the highest serial ever loaded */
+	snprintf(serial_path, sizeof(serial_path), "%s/backup.serial", s->cfg.state_dir);
+	if (nhi_file_read(serial_path, 32, &hw) == NHI_OK)
+		o.min_serial = strtoull((const char *)hw.data, NULL, 10);
+	nhi_err_clear();
+	rv = nhi_store_import_file(s->store, s->hsm, s->cfg.backup, &o, &res);
+	if (rv != NHI_OK) {
+		char detail[NHI_ERR_DETAIL_MAX];
+
+		snprintf(detail, sizeof(detail), "%s", nhi_err_detail());
+		if (nhi_server_audit(s, "backup_import_failed",
+				     json_pack("{s:s, s:s, s:s}", "by", who, "file", s->cfg.backup, "reason", detail)) !=
+		    NHI_OK)
+			fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
+		nhi_err_set(rv, "identity backup %s: %s%s", s->cfg.backup, detail,
+			    startup ? "" : " (the loaded identities stay in service)");
+		goto out;
+	}
+	snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)res.info.serial);
+	if (res.info.serial > o.min_serial)
+		NHI_TRY(nhi_file_write_atomic(serial_path, buf, strlen(buf), 0600));
+	NHI_TRY(nhi_server_audit(s, "backup_loaded",
+				 json_pack("{s:s, s:s, s:I, s:I, s:f}", "by", who, "file", s->cfg.backup, "serial",
+					   (json_int_t)res.info.serial, "agents", (json_int_t)res.info.record_count,
+					   "seconds", res.total_s)));
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&hw);
+	return rv;
+}
+
+nhi_err nhi_server_reload(struct nhi_server *s, const char *who)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	SSL_CTX *fresh = NULL, *old;
+
+	pthread_mutex_lock(&s->reload_mu);
+	rv = load_backup(s, who, false);
+	if (rv != NHI_OK)
+		goto out;
+	NHI_TRY(nhi_tls_ctx_new(s, &fresh));
+	pthread_mutex_lock(&s->ctx_mu);
+	old = s->ssl_ctx;
+	s->ssl_ctx = fresh;
+	pthread_mutex_unlock(&s->ctx_mu);
+	SSL_CTX_free(old); /* open connections hold their own reference */
+	fresh = NULL;
+	NHI_TRY(nhi_server_audit(s, "reload", json_pack("{s:s, s:s}", "by", who, "cert_file", s->cfg.cert_file)));
+	atomic_fetch_add(&s->metrics.reloads, 1);
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		atomic_fetch_add(&s->metrics.reload_failures, 1);
+	SSL_CTX_free(fresh);
+	pthread_mutex_unlock(&s->reload_mu);
+	return rv;
+}
+
+static nhi_err build_tokens(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_token_issuer_cfg ic;
+	struct nhi_token_verify_cfg vc;
+	const char *retired[NHI_SERVER_LIST_MAX], *auds[NHI_SERVER_LIST_MAX];
+	size_t i;
+
+	for (i = 1; i < s->cfg.n_token_keys; i++)
+		retired[i - 1] = s->cfg.token_keys[i];
+	for (i = 0; i < s->cfg.n_audiences; i++)
+		auds[i] = s->cfg.audiences[i];
+	nhi_token_issuer_cfg_init(&ic);
+	ic.hsm = s->hsm;
+	ic.signing_key = s->cfg.token_keys[0];
+	ic.retired_keys = retired;
+	ic.n_retired_keys = s->cfg.n_token_keys - 1;
+	ic.issuer = s->cfg.issuer;
+	ic.ttl_default_s = s->cfg.token_ttl_default_s;
+	ic.ttl_max_s = s->cfg.token_ttl_max_s;
+	NHI_TRY(nhi_token_issuer_new(&ic, &s->issuer));
+	NHI_TRY(nhi_token_issuer_jwks(s->issuer, &s->jwks));
+	nhi_token_verify_cfg_init(&vc);
+	vc.issuer = s->cfg.issuer;
+	vc.audiences = auds;
+	vc.n_audiences = s->cfg.n_audiences;
+	vc.leeway_s = s->cfg.leeway_s;
+	vc.lifetime_max_s = s->cfg.token_ttl_max_s;
+	NHI_TRY(nhi_token_verifier_new(&vc, &s->verifier));
+	/* the verifier trusts exactly what the JWKS publishes */
+	NHI_TRY(nhi_token_verifier_add_jwks(s->verifier, (const char *)s->jwks.data, s->jwks.len));
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config_digest[32], struct nhi_server **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_server *s = NULL;
+	struct nhi_hsm_config hc = {0};
+	struct nhi_audit_config ac = {0};
+	char digest_hex[65];
+	unsigned i;
+
+	*out = NULL;
+	NHI_TRY(nhi_tls_init());
+	NHI_CHECK(evthread_use_pthreads() == 0, NHI_ERR_INTERNAL, "libevent threading");
+	s = calloc(1, sizeof(*s));
+	NHI_CHECK(s != NULL, NHI_ERR_NOMEM, "out of memory");
+	s->cfg = *cfg;
+	memcpy(s->config_digest, config_digest, 32);
+	pthread_mutex_init(&s->ctx_mu, NULL);
+	pthread_mutex_init(&s->reload_mu, NULL);
+	s->started_at = (long long)time(NULL);
+	hc.module_path = cfg->hsm_module[0] ? cfg->hsm_module : NULL;
+	hc.token = cfg->hsm_token;
+	hc.pin_file = cfg->hsm_pin_file;
+	hc.sessions = cfg->threads + 2; /* one per worker, the audit writer, reloads */
+	NHI_TRY(nhi_hsm_open(&hc, &s->hsm));
+	ac.path = cfg->audit_log;
+	ac.hsm = s->hsm;
+	ac.key_label = cfg->audit_key;
+	ac.checkpoint_records = cfg->audit_checkpoint_records;
+	ac.checkpoint_seconds = cfg->audit_checkpoint_s;
+	NHI_TRY(nhi_audit_open(&ac, &s->audit));
+	nhi_hex(config_digest, 32, digest_hex);
+	NHI_TRY(nhi_server_audit(s, "startup", json_pack("{s:s, s:s, s:i, s:i}", "config_sha256", digest_hex,
+							 "listen", cfg->listen_host, "port", cfg->listen_port,
+							 "threads", (int)cfg->threads)));
+	NHI_TRY(nhi_store_new(&s->store));
+	NHI_TRY(load_backup(s, "startup", true));
+	NHI_TRY(build_tokens(s));
+	NHI_TRY(nhi_hsm_find(s->hsm, cfg->tls_key, &s->tls_key));
+	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, s->tls_key, &s->tls_pkey));
+	NHI_TRY(nhi_tls_ctx_new(s, &s->ssl_ctx));
+	s->workers = calloc(cfg->threads, sizeof(*s->workers));
+	NHI_CHECK(s->workers != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (i = 0; i < cfg->threads; i++)
+		NHI_TRY(worker_init(s, &s->workers[i], i));
+	*out = s;
+	s = NULL;
+	rv = NHI_OK;
+out:
+	nhi_server_free(s);
+	return rv;
+}
+
+static void *worker_main(void *arg)
+{
+	struct nhi_worker *w = arg;
+
+	event_base_dispatch(w->base);
+	return NULL;
+}
+
+nhi_err nhi_server_run(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	unsigned i;
+
+	for (i = 0; i < s->cfg.threads; i++) {
+		NHI_CHECK(pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) == 0, NHI_ERR_INTERNAL,
+			  "cannot start worker thread %u", i);
+		s->workers[i].started = true;
+	}
+	rv = NHI_OK;
+out:
+	for (i = 0; i < s->cfg.threads; i++)
+		if (s->workers[i].started) {
+			if (rv != NHI_OK)
+				event_active(s->workers[i].stop_ev, 0, 0);
+			pthread_join(s->workers[i].thread, NULL);
+			s->workers[i].started = false;
+		}
+	return rv;
+}
+
+void nhi_server_stop(struct nhi_server *s)
+{
+	unsigned i;
+
+	atomic_store(&s->stopping, true);
+	for (i = 0; i < s->cfg.threads; i++)
+		if (s->workers[i].stop_ev != NULL)
+			event_active(s->workers[i].stop_ev, 0, 0);
+}
+
+void nhi_server_free(struct nhi_server *s)
+{
+	unsigned i;
+
+	if (s == NULL)
+		return;
+	if (s->audit != NULL && nhi_server_audit(s, "shutdown", json_pack("{s:b}", "clean", 1)) != NHI_OK)
+		fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
+	/* every submitted record is durable after close; then run the loops once more so
+	 * the replies that waited for them go out before the loops are freed */
+	if (s->audit != NULL && nhi_audit_close(s->audit) != NHI_OK)
+		fprintf(stderr, "nhid: audit close: %s\n", nhi_err_detail());
+	s->audit = NULL; /* closed and freed */
+	for (i = 0; s->workers != NULL && i < s->cfg.threads; i++)
+		if (s->workers[i].base != NULL)
+			event_base_loop(s->workers[i].base, EVLOOP_NONBLOCK);
+	for (i = 0; s->workers != NULL && i < s->cfg.threads; i++) {
+		struct nhi_worker *w = &s->workers[i];
+
+		if (w->stop_ev != NULL)
+			event_free(w->stop_ev);
+		if (w->http != NULL)
+			evhttp_free(w->http);
+		if (w->base != NULL)
+			event_base_free(w->base);
+	}
+	free(s->workers);
+	SSL_CTX_free(s->ssl_ctx);
+	EVP_PKEY_free(s->tls_pkey);
+	nhi_hsm_key_free(s->tls_key);
+	nhi_token_verifier_free(s->verifier);
+	nhi_token_issuer_free(s->issuer);
+	nhi_buf_free(&s->jwks);
+	nhi_store_free(s->store);
+	nhi_audit_free(s->audit);
+	nhi_hsm_free(s->hsm);
+	pthread_mutex_destroy(&s->ctx_mu);
+	pthread_mutex_destroy(&s->reload_mu);
+	free(s);
+}

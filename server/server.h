@@ -1,0 +1,80 @@
+/*
+ * server/server.h — nhid, the mTLS HTTP/1.1 JSON service: configuration, startup
+ * checks, and the server's life cycle. One process; worker threads inside, each
+ * with its own libevent loop and its own listening socket (SO_REUSEPORT).
+ */
+#ifndef NHI_SERVER_H
+#define NHI_SERVER_H
+
+#include "../common/nhi.h"
+
+#define NHI_SERVER_LIST_MAX 16
+
+struct nhi_server_config {
+	char listen_host[64];
+	int listen_port;
+	unsigned threads;
+
+	char hsm_module[512];
+	char hsm_token[256];
+	char hsm_pin_file[512];
+
+	char trust_domain[128]; /* client URI SAN must be spiffe://<trust_domain>/agent/<name> */
+	char ca_file[512];
+	char cert_file[512];
+	char tls_key[65];
+
+	char token_keys[NHI_SERVER_LIST_MAX][65]; /* [0] signs; the rest are retired but trusted */
+	size_t n_token_keys;
+	char issuer[256];
+	char audiences[NHI_SERVER_LIST_MAX][128]; /* accepted by /v1/resolve when the resolver names none */
+	size_t n_audiences;
+	unsigned token_ttl_default_s, token_ttl_max_s, leeway_s;
+
+	char backup[512];
+	char backup_sign_key[65];
+	char state_dir[512];
+	char audit_log[512];
+	char audit_key[65];
+	unsigned audit_checkpoint_records, audit_checkpoint_s;
+	char admin_token_hash[256]; /* "scrypt:N:r:p:<salt b64url>:<hash b64url>", "" = admin API off */
+
+	unsigned max_connections;
+	size_t body_max_bytes, header_max_bytes;
+	unsigned idle_timeout_s, requests_per_connection;
+};
+
+/*
+ * Parse and validate a server config (OpenSSL NCONF syntax, section [nhid]).
+ * Unknown keys, out-of-range limits and malformed values are errors naming the key.
+ * Limits default to common/limits.h and can only be lowered past their maximums.
+ */
+nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_config *out) NHI_MUST_CHECK;
+/* Read (capped, must not be group/world readable) and parse; digest = SHA-256 of the file. */
+nhi_err nhi_server_config_load(const char *path, struct nhi_server_config *out, uint8_t digest[32]) NHI_MUST_CHECK;
+
+/*
+ * The deployment contract, checked before anything is opened: state and audit
+ * directories on a local filesystem (not NFS, SMB/CIFS, AFS, FUSE...), PIN and
+ * config files not readable by group or others. The detail names the fix.
+ */
+nhi_err nhi_server_preflight(const struct nhi_server_config *cfg, const char *config_path) NHI_MUST_CHECK;
+
+/* Admin bearer tokens: "scrypt:N:r:p:salt:hash" (all base64url). */
+nhi_err nhi_admin_hash_make(const char *secret, size_t len, struct nhi_buf *out) NHI_MUST_CHECK;
+/* NHI_OK when `secret` matches `encoded` (constant-time compare), NHI_ERR_DENIED otherwise. */
+nhi_err nhi_admin_hash_check(const char *encoded, const char *secret, size_t len) NHI_MUST_CHECK;
+
+struct nhi_server;
+/* Open the token, load the backup, build TLS, audit, tokens; bind the sockets. */
+nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config_digest[32],
+		       struct nhi_server **out) NHI_MUST_CHECK;
+/* Run the worker threads until nhi_server_stop; returns after they drained. */
+nhi_err nhi_server_run(struct nhi_server *s) NHI_MUST_CHECK;
+/* Async-signal-safe requests from the signal thread. */
+void nhi_server_stop(struct nhi_server *s);
+/* Re-import the backup and reload the certificate chain; open connections stay up. */
+nhi_err nhi_server_reload(struct nhi_server *s, const char *who) NHI_MUST_CHECK;
+void nhi_server_free(struct nhi_server *s);
+
+#endif

@@ -1,0 +1,116 @@
+/* server/server_internal.h — what the server/ files share; not for other modules. */
+#ifndef NHI_SERVER_INTERNAL_H
+#define NHI_SERVER_INTERNAL_H
+
+#include "server.h"
+#include "audit.h"
+#include "../common/limits.h"
+#include "../hsm/hsm.h"
+#include "../identity/identity.h"
+#include "../tokens/tokens.h"
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* ---- metrics (metrics.c) ---------------------------------------------------------- */
+
+enum nhi_route {
+	NHI_ROUTE_HEALTH,
+	NHI_ROUTE_TOKENS,
+	NHI_ROUTE_RESOLVE,
+	NHI_ROUTE_JWKS,
+	NHI_ROUTE_METRICS,
+	NHI_ROUTE_RELOAD,
+	NHI_ROUTE_OTHER,
+	NHI_ROUTE__COUNT
+};
+#define NHI_LATENCY_BUCKETS 12
+
+struct nhi_metrics {
+	atomic_ullong requests[NHI_ROUTE__COUNT][6]; /* by status class: 1xx..5xx, [0] unused */
+	atomic_ullong latency_bucket[NHI_ROUTE__COUNT][NHI_LATENCY_BUCKETS + 1];
+	atomic_ullong latency_sum_us[NHI_ROUTE__COUNT];
+	atomic_ullong token_errors[NHI_TOKEN_E__COUNT];
+	atomic_ullong handshakes_rejected, connections_refused, connections_active, connections_total;
+	atomic_ullong reloads, reload_failures;
+};
+void nhi_metrics_observe(struct nhi_metrics *m, enum nhi_route r, int status, unsigned long long us);
+nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *out) NHI_MUST_CHECK;
+
+/* ---- TLS (tls.c) -------------------------------------------------------------------- */
+
+/* Per connection, hung on the SSL object (freed with it). */
+struct nhi_conn {
+	struct nhi_server *srv;
+	unsigned requests;
+	bool over_limit;
+	bool identity_done;
+	nhi_err identity_err;
+	char identity_detail[160];
+	char agent_id[NHI_AGENT_ID_MAX_BYTES + 1]; /* from the URI SAN */
+	uint8_t cert_sha256[32];
+	uint8_t *cert_der;
+	size_t cert_der_len;
+};
+
+nhi_err nhi_tls_init(void) NHI_MUST_CHECK;
+/* A server SSL_CTX: TLS 1.2/1.3 AEAD, client certificate required against ca_file. */
+nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out) NHI_MUST_CHECK;
+/* The connection record of an SSL (creating it on first use). */
+struct nhi_conn *nhi_tls_conn(SSL *ssl);
+int nhi_tls_conn_index(void);
+/* Fill conn's identity from the verified peer certificate (once per connection). */
+void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
+
+/* ---- the server -------------------------------------------------------------------- */
+
+struct nhi_worker {
+	struct nhi_server *srv;
+	unsigned idx;
+	struct event_base *base;
+	struct evhttp *http;
+	struct evhttp_bound_socket *bound;
+	struct event *stop_ev;
+	pthread_t thread;
+	bool started;
+};
+
+struct nhi_server {
+	struct nhi_server_config cfg;
+	uint8_t config_digest[32];
+	char trust_domain[128];
+
+	struct nhi_hsm *hsm;
+	struct nhi_hsm_key *tls_key;
+	EVP_PKEY *tls_pkey; /* HSM-backed */
+	struct nhi_store *store;
+	struct nhi_token_issuer *issuer;
+	struct nhi_token_verifier *verifier;
+	struct nhi_buf jwks;
+	struct nhi_audit *audit;
+
+	pthread_mutex_t ctx_mu; /* guards ssl_ctx swaps */
+	SSL_CTX *ssl_ctx;
+	pthread_mutex_t reload_mu;
+
+	struct nhi_worker *workers;
+	atomic_bool stopping;
+	struct nhi_metrics metrics;
+	long long started_at;
+};
+
+/* Name of a network filesystem for a statfs f_type, NULL for a local one (config.c). */
+const char *nhi_server_network_fs_name(long type);
+
+/* Current SSL_CTX with a reference the caller drops with SSL_CTX_free. */
+SSL_CTX *nhi_server_ctx_get(struct nhi_server *s);
+/* Route one request (routes.c). */
+void nhi_routes_handle(struct evhttp_request *req, void *arg);
+/* Record a security event; fields are stolen. Errors are logged, never fatal to the caller. */
+nhi_err nhi_server_audit(struct nhi_server *s, const char *event, json_t *fields) NHI_MUST_CHECK;
+
+#endif

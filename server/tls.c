@@ -1,0 +1,205 @@
+/*
+ * server/tls.c — nhid's TLS: OpenSSL server context (TLS 1.3 and 1.2, AEAD suites,
+ * ECDHE, client certificate required and verified against the trust root, the
+ * server key in the token), the per-connection record, the client's identity from
+ * its URI SAN, and the audit of refused handshakes.
+ */
+#include "server_internal.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int conn_idx = -1;
+
+static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	struct nhi_conn *c = ptr;
+
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	if (c == NULL)
+		return;
+	atomic_fetch_sub(&c->srv->metrics.connections_active, 1);
+	free(c->cert_der);
+	free(c);
+}
+
+nhi_err nhi_tls_init(void)
+{
+	if (conn_idx < 0)
+		conn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, conn_free);
+	return conn_idx >= 0 ? NHI_OK : nhi_err_set_ssl(NHI_ERR_CRYPTO, "SSL_get_ex_new_index");
+}
+
+int nhi_tls_conn_index(void)
+{
+	return conn_idx;
+}
+
+struct nhi_conn *nhi_tls_conn(SSL *ssl)
+{
+	return ssl ? SSL_get_ex_data(ssl, conn_idx) : NULL;
+}
+
+/* RFC 5280 URI SAN "spiffe://<trust domain>/agent/<name>": the one identity an agent has */
+void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain)
+{
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+	GENERAL_NAMES *sans = NULL;
+	char prefix[200];
+	unsigned char *der = NULL;
+	int i, n, found = 0, der_len;
+
+	if (c->identity_done)
+		return;
+	c->identity_done = true;
+	c->identity_err = NHI_ERR_DENIED;
+	if (peer == NULL) {
+		snprintf(c->identity_detail, sizeof(c->identity_detail), "no client certificate");
+		return;
+	}
+	der_len = i2d_X509(peer, &der);
+	if (der_len <= 0 || nhi_sha256(der, (size_t)der_len, c->cert_sha256) != NHI_OK) {
+		OPENSSL_free(der);
+		snprintf(c->identity_detail, sizeof(c->identity_detail), "client certificate cannot be encoded");
+		return;
+	}
+	c->cert_der = malloc((size_t)der_len);
+	if (c->cert_der != NULL) {
+		memcpy(c->cert_der, der, (size_t)der_len);
+		c->cert_der_len = (size_t)der_len;
+	}
+	OPENSSL_free(der);
+	snprintf(prefix, sizeof(prefix), "spiffe://%s/agent/", trust_domain);
+	sans = X509_get_ext_d2i(peer, NID_subject_alt_name, NULL, NULL);
+	n = sans ? sk_GENERAL_NAME_num(sans) : 0;
+	for (i = 0; i < n; i++) {
+		GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+		const unsigned char *u;
+		size_t ulen, plen = strlen(prefix);
+
+		if (g->type != GEN_URI)
+			continue;
+		u = ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+		ulen = (size_t)ASN1_STRING_length(g->d.uniformResourceIdentifier);
+		if (ulen <= plen || ulen - plen > NHI_AGENT_ID_MAX_BYTES || memcmp(u, prefix, plen) != 0 ||
+		    memchr(u, '\0', ulen) != NULL || memchr(u + plen, '/', ulen - plen) != NULL)
+			continue;
+		found++;
+		memcpy(c->agent_id, u + plen, ulen - plen);
+		c->agent_id[ulen - plen] = '\0';
+	}
+	GENERAL_NAMES_free(sans);
+	if (found != 1) {
+		c->agent_id[0] = '\0';
+		snprintf(c->identity_detail, sizeof(c->identity_detail),
+			 found ? "client certificate has several agent URI SANs"
+			       : "client certificate has no URI SAN spiffe://%s/agent/<name>",
+			 trust_domain);
+		return;
+	}
+	c->identity_err = NHI_OK;
+}
+
+static void audit_queued(void *arg, nhi_err rv, const char *detail)
+{
+	(void)arg;
+	if (rv != NHI_OK)
+		fprintf(stderr, "nhid: audit: handshake_rejected not recorded: %s\n", detail ? detail : "");
+}
+
+/* a fatal alert we send during a handshake = a refused handshake: audit it */
+static void info_cb(const SSL *ssl, int where, int ret)
+{
+	struct nhi_conn *c;
+	long vr;
+	json_t *f;
+
+	if (!(where & SSL_CB_WRITE_ALERT) || (ret >> 8) != SSL3_AL_FATAL || SSL_is_init_finished(ssl))
+		return;
+	c = nhi_tls_conn((SSL *)ssl);
+	if (c == NULL || c->over_limit)
+		return;
+	atomic_fetch_add(&c->srv->metrics.handshakes_rejected, 1);
+	vr = SSL_get_verify_result(ssl);
+	f = json_pack("{s:s, s:s}", "alert", SSL_alert_desc_string_long(ret), "verify",
+		      vr == X509_V_OK ? (SSL_get0_peer_certificate(ssl) ? "ok" : "no client certificate")
+				      : X509_verify_cert_error_string(vr));
+	/* no response waits on this record: queue it, never block the loop on an fsync */
+	if (c->srv->audit != NULL && nhi_audit_submit(c->srv->audit, "handshake_rejected", f, audit_queued, NULL) != NHI_OK)
+		fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
+}
+
+/* connections over the limit are refused at the ClientHello, before any crypto */
+static int client_hello_cb(SSL *ssl, int *alert, void *arg)
+{
+	struct nhi_conn *c = nhi_tls_conn(ssl);
+
+	(void)arg;
+	if (c != NULL && c->over_limit) {
+		*alert = SSL_AD_HANDSHAKE_FAILURE;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	SSL_CTX *ctx = NULL;
+	STACK_OF(X509_NAME) *cas = NULL;
+	static const unsigned char sid_ctx[] = "nhid";
+
+	*out = NULL;
+	ctx = SSL_CTX_new(TLS_server_method());
+	NHI_CHECK_SSL(ctx != NULL, NHI_ERR_CRYPTO, "SSL_CTX_new");
+	NHI_CHECK_SSL(SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1 &&
+			      SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1,
+		      NHI_ERR_CRYPTO, "setting TLS versions");
+	/* TLS 1.2: ECDHE with ECDSA and AEAD only; TLS 1.3 suites are all AEAD */
+	NHI_CHECK_SSL(SSL_CTX_set_cipher_list(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+						   "ECDHE-ECDSA-CHACHA20-POLY1305") == 1 &&
+			      SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+							    "TLS_CHACHA20_POLY1305_SHA256") == 1,
+		      NHI_ERR_CRYPTO, "setting cipher suites");
+	NHI_CHECK_SSL(SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1, NHI_ERR_CRYPTO, "setting groups");
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+	NHI_CHECK_SSL(SSL_CTX_use_certificate_chain_file(ctx, s->cfg.cert_file) == 1, NHI_ERR_CONFIG,
+		      "loading the server certificate chain %s", s->cfg.cert_file);
+	/* the private key stays in the token: every handshake signature is made there */
+	NHI_CHECK_SSL(SSL_CTX_use_PrivateKey(ctx, s->tls_pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1,
+		      NHI_ERR_CONFIG,
+		      "%s does not match key '%s' in the token: wrong certificate file or token", s->cfg.cert_file,
+		      s->cfg.tls_key);
+	NHI_CHECK_SSL(SSL_CTX_load_verify_locations(ctx, s->cfg.ca_file, NULL) == 1, NHI_ERR_CONFIG,
+		      "loading the trust root %s", s->cfg.ca_file);
+	cas = SSL_load_client_CA_file(s->cfg.ca_file);
+	NHI_CHECK_SSL(cas != NULL, NHI_ERR_CONFIG, "reading CA names from %s", s->cfg.ca_file);
+	SSL_CTX_set_client_CA_list(ctx, cas);
+	cas = NULL;
+	/* no certificate, or one that does not chain to our root: the handshake fails */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT | SSL_VERIFY_CLIENT_ONCE, NULL);
+	SSL_CTX_set_verify_depth(ctx, 2);
+	NHI_CHECK_SSL(SSL_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) == 1, NHI_ERR_CRYPTO, "client purpose");
+	/* resumption: server-side cache and tickets; the id context is required with client certs */
+	NHI_CHECK_SSL(SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) == 1, NHI_ERR_CRYPTO,
+		      "session id context");
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+	SSL_CTX_sess_set_cache_size(ctx, 20000);
+	SSL_CTX_set_timeout(ctx, 3600);
+	SSL_CTX_set_info_callback(ctx, info_cb);
+	SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
+	*out = ctx;
+	ctx = NULL;
+	rv = NHI_OK;
+out:
+	sk_X509_NAME_pop_free(cas, X509_NAME_free);
+	SSL_CTX_free(ctx);
+	return rv;
+}

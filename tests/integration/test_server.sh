@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# nhid end to end over real mTLS: curl, openssl s_client and the mbedTLS nhi-agent
+# against the ASan build of nhid, a real SoftHSM2 token and a real identity backup.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/server_lib.sh"
+cd "$T"
+
+setup_deployment "$T/dev"       # ceremony, agents, backup, nhid.conf (server_lib.sh)
+D=$T/dev
+start_nhid "$D/nhid.conf"
+check "nhid answers /v1/health over mTLS (curl)" bash -c "curl_as demo-agent /v1/health | grep -q '\"status\":\"ok\"'"
+
+# --- TLS: no certificate, wrong CA, protocol floor ---
+check "a client without a certificate fails in the handshake (never reaches HTTP)" \
+	bash -c "code=\$(curl -s --max-time 5 --cacert '$D/ca.crt' https://127.0.0.1:$PORT/v1/health -o /dev/null -w '%{http_code}'); [ \"\$code\" = 000 ]"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -subj /CN=rogue -days 2 \
+	-addext "subjectAltName=URI:spiffe://nhid.local/agent/demo-agent" -out rogue.crt 2>/dev/null
+check "a certificate from another CA fails in the handshake" \
+	bash -c "! curl -sS --max-time 5 --cacert '$D/ca.crt' --cert rogue.crt --key rogue.key https://127.0.0.1:$PORT/v1/health >/dev/null 2>&1"
+check "openssl s_client: TLS 1.3 with a client certificate completes" \
+	bash -c "printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_3 -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' -verify_return_error 2>/dev/null | grep -q '\"status\":\"ok\"'"
+check "openssl s_client: TLS 1.2 ECDHE-ECDSA-AES128-GCM completes" \
+	bash -c "printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256 -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' -verify_return_error 2>/dev/null | grep -q '\"status\":\"ok\"'"
+check "TLS 1.1 is refused" bash -c "! openssl s_client -tls1_1 -connect 127.0.0.1:$PORT -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null >/dev/null 2>&1"
+check "a non-AEAD TLS 1.2 suite is refused" bash -c "! openssl s_client -tls1_2 -cipher ECDHE-ECDSA-AES128-SHA256 -connect 127.0.0.1:$PORT -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null >/dev/null 2>&1"
+check "session resumption works (s_client -reconnect)" \
+	bash -c "openssl s_client -tls1_2 -reconnect -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null 2>/dev/null | grep -c '^Reused' | grep -qv '^0$'"
+
+# --- tokens ---
+curl_as demo-agent /v1/tokens -d '{"aud":"inference"}' >tok.json
+check "demo-agent gets a token for its audience" grep -q '"token":"ey' tok.json
+TOKEN=$(python3 -c 'import json,sys; print(json.load(open("tok.json"))["token"])' 2>/dev/null)
+check "the token header is ES256/JWT with a kid" bash -c "python3 -c 'import base64,json,sys; h=json.loads(base64.urlsafe_b64decode(sys.argv[1].split(\".\")[0]+\"==\")); assert h[\"alg\"]==\"ES256\" and h[\"typ\"]==\"JWT\" and h[\"kid\"]' '$TOKEN'"
+check "a ttl above the cap is refused with 400" bash -c "curl_as demo-agent /v1/tokens -d '{\"aud\":\"inference\",\"ttl\":99999}' -w '%{http_code}' | grep -q '400$'"
+check_fails "an audience the agent may not use is refused (403 audience_not_allowed)" "audience_not_allowed" \
+	curl_as_fail demo-agent /v1/tokens -d '{"aud":"payroll"}'
+check_fails "a suspended agent is refused (403)" "agent_not_active" curl_as_fail suspended-agent /v1/tokens -d '{"aud":"inference"}'
+check_fails "a revoked agent is refused (403)" "agent_not_active" curl_as_fail revoked-agent /v1/tokens -d '{"aud":"inference"}'
+check_fails "a certificate not enrolled in the backup is refused (403 not_enrolled)" "not_enrolled" \
+	curl_as_fail stranger /v1/tokens -d '{"aud":"inference"}'
+check "nhi-agent (mbedTLS) fetches a token" bash -c "agent_as demo-agent token --aud inference | grep -q '^ey'"
+
+# --- resolve ---
+check "inference-gw resolves demo-agent's token (current record + claims)" \
+	bash -c "curl_as inference-gw /v1/resolve -d '{\"token\":\"$TOKEN\"}' | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r[\"agent\"][\"id\"]==\"demo-agent\" and r[\"claims\"][\"sub\"]==\"demo-agent\" and r[\"agent\"][\"status\"]==\"active\"'"
+check "nhi-agent resolves as inference-gw" bash -c "agent_as inference-gw resolve '$TOKEN' | grep -q '\"sub\":\"demo-agent\"'"
+check_fails "a caller without the resolver role is refused (403)" "resolver" \
+	curl_as_fail demo-agent /v1/resolve -d "{\"token\":\"$TOKEN\"}"
+check_fails "a tampered token is refused 401 invalid_token/signature" "signature" \
+	curl_as_fail inference-gw /v1/resolve -d "{\"token\":\"${TOKEN%?}$( [ "${TOKEN: -1}" = A ] && echo B || echo A)\"}"
+check_fails "garbage is refused 401 invalid_token" "invalid_token" curl_as_fail inference-gw /v1/resolve -d '{"token":"a.b.c"}'
+python3 -c "import json; print(json.dumps({'token': '$TOKEN', 'presenter_cert': open('$D/agents/admin.crt').read()}))" >bound-b.json
+python3 -c "import json; print(json.dumps({'token': '$TOKEN', 'presenter_cert': open('$D/agents/demo-agent.crt').read()}))" >bound-a.json
+check_fails "a token bound to demo-agent presented by admin is refused (cnf_mismatch)" "cnf_mismatch" \
+	curl_as_fail inference-gw /v1/resolve --data-binary @bound-b.json
+check "the same token presented by demo-agent passes the binding check" \
+	bash -c "curl_as inference-gw /v1/resolve --data-binary @bound-a.json | grep -q '\"sub\":\"demo-agent\"'"
+
+# --- HTTP errors ---
+check_fails "unknown path is 404 JSON" '"error":"not_found"' curl_as_fail demo-agent /v1/nope
+check "wrong method is 405 with Allow" bash -c "curl_as_raw demo-agent /v1/tokens -i -X GET | grep -qi '^allow: POST'"
+check_fails "malformed JSON is 400" '"error":"bad_request"' curl_as_fail demo-agent /v1/tokens -d '{"aud":'
+check_fails "duplicate JSON members are 400" '"error":"bad_request"' curl_as_fail demo-agent /v1/tokens -d '{"aud":"inference","aud":"x"}'
+check_fails "unknown members are 400" "unknown member" curl_as_fail demo-agent /v1/tokens -d '{"aud":"inference","admin":true}'
+head -c 100000 /dev/zero | tr '\0' 'a' >big.json
+check "a body over the cap is 413" bash -c "curl_as_raw demo-agent /v1/tokens --data-binary @big.json -o /dev/null -w '%{http_code}' | grep -q 413"
+check "jwks lists the ES256 signing key" bash -c "curl_as demo-agent /v1/jwks | grep -q '\"alg\":\"ES256\"'"
+check "metrics are Prometheus text with request counters" bash -c "curl_as demo-agent /v1/metrics | grep -q '^nhid_requests_total{route=\"tokens\",code=\"2xx\"}'"
+
+# --- admin reload ---
+check_fails "admin reload without the bearer token is refused" "forbidden" curl_as_fail admin /v1/admin/reload -X POST
+check_fails "admin reload by a non-admin agent is refused" "forbidden" \
+	curl_as_fail demo-agent /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET"
+check "admin reload with role and bearer token succeeds" \
+	bash -c "curl_as admin /v1/admin/reload -X POST -H 'Authorization: Bearer $ADMIN_SECRET' | grep -q reloaded"
+
+# --- slow clients do not starve others ---
+python3 -c 'import socket,sys,time; s=socket.create_connection(("127.0.0.1",int(sys.argv[1]))); time.sleep(30)' "$PORT" >slow.out 2>&1 &
+SLOW=$!; _pids+=("$SLOW")
+sleep 0.5
+check "a stalled client (open socket, no bytes) does not block others" bash -c "curl_as demo-agent /v1/health | grep -q ok"
+kill "$SLOW" 2>/dev/null
+
+# --- SIGHUP reload under load: no request fails ---
+load_loop 15 >load.out 2>&1 &
+LOAD=$!; _pids+=("$LOAD")
+sleep 1; kill -HUP "$NHID_PID"; sleep 1; kill -HUP "$NHID_PID"
+wait "$LOAD"
+check "SIGHUP reloads during load: every request succeeded" bash -c "grep -q '^failed=0 ' load.out && ! grep -q '^failed=0 ok=0' load.out"
+
+# --- clean stop, then the audit log verifies ---
+stop_nhid
+check "SIGTERM drains and exits 0" test "$NHID_RC" = 0
+check "the audit log verifies (chain and signed checkpoints)" "$BIN/nhictl" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
+check "the audit log never holds a token" bash -c "! grep -q 'eyJ' '$D/state/audit.jsonl'"
+check "the audit log holds a token_issued record with the jti" grep -q '"event":"token_issued"' "$D/state/audit.jsonl"
+check "refused handshakes are audited" grep -q '"event":"handshake_rejected"' "$D/state/audit.jsonl"
+finish

@@ -1,0 +1,147 @@
+/* tests/unit/test_server.c — nhid's config parser, startup checks and admin hash. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "../../server/server_internal.h"
+
+#include <linux/magic.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char good[] = "[nhid]\n"
+			   "listen = 127.0.0.1:8443\n"
+			   "hsm_token = nhid-dev\nhsm_pin_file = /srv/nhid/user.pin\n"
+			   "trust_domain = nhid.local\nca_file = /srv/nhid/ca.crt\ncert_file = /srv/nhid/server.crt\n"
+			   "token_keys = nhid-token-2, nhid-token-1\nissuer = https://nhid.local\naudiences = inference, update\n"
+			   "backup = /srv/nhid/identities.nhib\nstate_dir = /srv/nhid/state\n"
+			   "audit_log = /srv/nhid/state/audit.jsonl\n";
+
+static nhi_err parse_with(const char *extra, struct nhi_server_config *c)
+{
+	char text[4096];
+
+	snprintf(text, sizeof(text), "%s%s", good, extra);
+	return nhi_server_config_parse(text, strlen(text), c);
+}
+
+static void test_good_config_and_defaults(void **state)
+{
+	struct nhi_server_config c;
+
+	(void)state;
+	assert_int_equal(parse_with("", &c), NHI_OK);
+	assert_string_equal(c.listen_host, "127.0.0.1");
+	assert_int_equal(c.listen_port, 8443);
+	assert_int_equal(c.n_token_keys, 2);
+	assert_string_equal(c.token_keys[0], "nhid-token-2"); /* the first one signs */
+	assert_int_equal(c.n_audiences, 2);
+	assert_int_equal(c.threads, NHI_SERVER_THREADS_DEFAULT);
+	assert_int_equal(c.body_max_bytes, NHI_SERVER_BODY_DEFAULT_BYTES);
+	assert_string_equal(c.tls_key, "nhid-tls");
+	assert_int_equal(parse_with("listen = [::1]:9443\n", &c), NHI_OK);
+	assert_string_equal(c.listen_host, "::1");
+	assert_int_equal(c.listen_port, 9443);
+}
+
+struct bad_case {
+	const char *extra;
+	const char *expect; /* in the detail */
+};
+
+static void test_bad_configs_name_the_key(void **state)
+{
+	static const struct bad_case cases[] = {
+		{"colour = blue\n", "unknown config key 'colour'"},
+		{"threads = 0\n", "'threads'"},
+		{"threads = 65\n", "'threads'"},
+		{"threads = -1\n", "'threads'"},
+		{"threads = 2x\n", "'threads'"},
+		{"listen = localhost:8443\n", "names are not resolved"},
+		{"listen = 127.0.0.1\n", "host:port"},
+		{"listen = 127.0.0.1:0\n", "'listen'"},
+		{"listen = 127.0.0.1:70000\n", "'listen'"},
+		{"body_max_bytes = 99999999\n", "'body_max_bytes'"},
+		{"token_ttl_max_s = 7200\n", "'token_ttl_max_s'"},
+		{"token_ttl_default_s = 600\ntoken_ttl_max_s = 300\n", "above token_ttl_max_s"},
+		{"tls_key = bad label\n", "not a key label"},
+		{"admin_token_hash = plaintext\n", "admin_token_hash"},
+		{".include /etc/passwd\n", ".include"},
+		{"[other]\nx = 1\n", "unknown config section"},
+	};
+	struct nhi_server_config c;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		nhi_err e = parse_with(cases[i].extra, &c);
+
+		if (e == NHI_OK || strstr(nhi_err_detail(), cases[i].expect) == NULL)
+			fail_msg("case %zu (%s): got %s: %s", i, cases[i].expect, nhi_err_name(e), nhi_err_detail());
+	}
+}
+
+static void test_missing_required_keys(void **state)
+{
+	static const char *const required[] = {"listen", "hsm_token", "trust_domain", "ca_file", "token_keys",
+					       "issuer", "backup", "state_dir"};
+	struct nhi_server_config c;
+	char text[4096], *line, *end;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+		snprintf(text, sizeof(text), "%s", good);
+		line = strstr(text, required[i]);
+		assert_non_null(line);
+		end = strchr(line, '\n');
+		memmove(line, end + 1, strlen(end + 1) + 1);
+		assert_int_equal(nhi_server_config_parse(text, strlen(text), &c), NHI_ERR_CONFIG);
+		if (strstr(nhi_err_detail(), required[i]) == NULL)
+			fail_msg("missing %s: %s", required[i], nhi_err_detail());
+	}
+}
+
+static void test_network_filesystems_named(void **state)
+{
+	(void)state;
+	assert_string_equal(nhi_server_network_fs_name(NFS_SUPER_MAGIC), "NFS");
+	assert_string_equal(nhi_server_network_fs_name(0xFF534D42L), "CIFS");
+	assert_string_equal(nhi_server_network_fs_name(SMB_SUPER_MAGIC), "SMB");
+	assert_string_equal(nhi_server_network_fs_name(0xFE534D42L), "SMB2");
+	assert_string_equal(nhi_server_network_fs_name(AFS_SUPER_MAGIC), "AFS");
+	assert_non_null(strstr(nhi_server_network_fs_name(0x65735546L), "FUSE"));
+	assert_null(nhi_server_network_fs_name(EXT4_SUPER_MAGIC));
+	assert_null(nhi_server_network_fs_name(TMPFS_MAGIC));
+	assert_null(nhi_server_network_fs_name(0x58465342L)); /* XFS */
+}
+
+static void test_admin_hash(void **state)
+{
+	struct nhi_buf h = {0};
+	const char secret[] = "correct horse battery staple";
+
+	(void)state;
+	assert_int_equal(nhi_admin_hash_make(secret, strlen(secret), &h), NHI_OK);
+	assert_int_equal(strncmp((char *)h.data, "scrypt:16384:8:1:", 17), 0);
+	assert_null(strchr((char *)h.data, '$')); /* the config syntax would expand it */
+	assert_int_equal(nhi_admin_hash_check((char *)h.data, secret, strlen(secret)), NHI_OK);
+	assert_int_equal(nhi_admin_hash_check((char *)h.data, "correct horse battery stapl", 27), NHI_ERR_DENIED);
+	assert_int_equal(nhi_admin_hash_check((char *)h.data, "", 0), NHI_ERR_DENIED);
+	assert_int_equal(nhi_admin_hash_check("scrypt:1:1:1:AA:AA", secret, strlen(secret)), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_admin_hash_check("md5:abc", secret, strlen(secret)), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_admin_hash_make("short", 5, &h), NHI_ERR_ARG);
+	nhi_buf_free(&h);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_good_config_and_defaults), cmocka_unit_test(test_bad_configs_name_the_key),
+		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
+		cmocka_unit_test(test_admin_hash),
+	};
+
+	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
+}
