@@ -23,6 +23,7 @@
 struct enroll_opts {
 	const char *name, *config, *pin_file, *csr, *out_dir;
 	int days;
+	int backdate_days; /* test builds only: an already expired certificate */
 };
 
 static nhi_err load_csr_key(const char *path, EVP_PKEY **out)
@@ -122,7 +123,8 @@ static nhi_err enroll(const struct enroll_opts *o)
 	NHI_TRY(nhi_buf_printf(&san, "URI:spiffe://%s/agent/%s", cfg.trust_domain, o->name));
 	req = (struct nhi_cert_request){.profile = "agent", .cn = o->name, .org = cfg.organization,
 					.subject_key = agent, .issuer = ca, .issuer_key = root_hsm,
-					.days = o->days ? o->days : cfg.agent_days, .san = (char *)san.data, .hsm = h};
+					.days = o->days ? o->days : cfg.agent_days, .san = (char *)san.data, .hsm = h,
+					.backdate_days = o->backdate_days};
 	NHI_TRY(nhi_cert_issue(prof, &req, &cert));
 	NHI_TRY(nhi_cert_pem(cert, &cert_pem));
 	NHI_TRY(nhi_cert_fingerprint(cert, fp));
@@ -167,6 +169,9 @@ int nhictl_enroll(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'}, {"pin-file", required_argument, NULL, 'p'},
 		{"csr", required_argument, NULL, 'r'},    {"out-dir", required_argument, NULL, 'o'},
 		{"days", required_argument, NULL, 'd'},   {"help", no_argument, NULL, 'h'},
+#ifdef NHI_TEST_BUILD
+		{"testing-backdate-days", required_argument, NULL, 'B'},
+#endif
 		{NULL, 0, NULL, 0},
 	};
 	struct enroll_opts o = {0};
@@ -187,6 +192,9 @@ int nhictl_enroll(int argc, char **argv)
 				return 2;
 			}
 			break;
+#ifdef NHI_TEST_BUILD
+		case 'B': o.backdate_days = atoi(optarg); break;
+#endif
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}

@@ -74,6 +74,7 @@ struct nhi_cert_request {
 	int days;
 	const char *san;         /* OpenSSL SAN syntax built from validated parts, or NULL */
 	struct nhi_hsm *hsm;     /* source of the random serial */
+	int backdate_days;       /* tests only (NHI_TEST_BUILD): validity ends this many days ago */
 };
 /* Issue a certificate; the validity is refused above the profile's max_days. */
 nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_request *req, X509 **out) NHI_MUST_CHECK;

@@ -109,8 +109,10 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 	NHI_CHECK_SSL(X509_set_issuer_name(x, req->issuer ? X509_get_subject_name(req->issuer) : name) == 1,
 		      NHI_ERR_CRYPTO, "X509_set_issuer_name");
 	/* a minute of slack for clocks that disagree a little; never more */
-	NHI_CHECK_SSL(X509_gmtime_adj(X509_getm_notBefore(x), -60) != NULL &&
-			      X509_time_adj_ex(X509_getm_notAfter(x), req->days, 0, NULL) != NULL,
+	NHI_CHECK_SSL(X509_time_adj_ex(X509_getm_notBefore(x), -req->backdate_days - req->days * !!req->backdate_days,
+				       -60, NULL) != NULL &&
+			      X509_time_adj_ex(X509_getm_notAfter(x), req->backdate_days ? -req->backdate_days : req->days,
+					       0, NULL) != NULL,
 		      NHI_ERR_CRYPTO, "setting the validity");
 	NHI_CHECK_SSL(X509_set_pubkey(x, req->subject_key) == 1, NHI_ERR_CRYPTO, "X509_set_pubkey");
 	X509V3_set_ctx(&ctx, req->issuer ? req->issuer : x, x, NULL, NULL, 0);

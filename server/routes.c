@@ -157,47 +157,17 @@ static void reply_error(struct ctx *c, int status, const char *code, const char 
 	reply(c, status, json_pack("{s:s, s:s}", "error", code, "detail", detail ? detail : ""));
 }
 
-/* the body as a JSON object; on failure an error reply has been sent */
-static json_t *body_json(struct ctx *c)
+/* the raw body, bounded; NULL and a 413 already sent when over the cap */
+static const char *body_bytes(struct ctx *c, size_t *len)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
-	size_t len = evbuffer_get_length(in);
-	json_error_t err;
-	json_t *j;
-	char detail[200];
 
-	if (len > c->s->cfg.body_max_bytes) {
+	*len = evbuffer_get_length(in);
+	if (*len > c->s->cfg.body_max_bytes) {
 		reply_error(c, 413, "too_large", "request body is over the limit");
 		return NULL;
 	}
-	j = json_loadb((const char *)evbuffer_pullup(in, -1), len, JSON_REJECT_DUPLICATES, &err);
-	if (j == NULL || !json_is_object(j)) {
-		snprintf(detail, sizeof(detail), "body must be one JSON object: %s", j ? "not an object" : err.text);
-		json_decref(j);
-		reply_error(c, 400, "bad_request", detail);
-		return NULL;
-	}
-	return j;
-}
-
-/* refuse members we do not know: a typo must not silently change meaning */
-static bool only_members(struct ctx *c, json_t *j, const char *const *allowed, size_t n)
-{
-	const char *key;
-	json_t *v;
-	char detail[160];
-	size_t i;
-
-	json_object_foreach(j, key, v) {
-		for (i = 0; i < n && strcmp(key, allowed[i]) != 0; i++)
-			;
-		if (i == n) {
-			snprintf(detail, sizeof(detail), "unknown member '%.64s'", key);
-			reply_error(c, 400, "bad_request", detail);
-			return false;
-		}
-	}
-	return true;
+	return *len ? (const char *)evbuffer_pullup(in, -1) : "";
 }
 
 /* the calling agent: verified certificate -> URI SAN -> active record whose enrolled
@@ -278,26 +248,19 @@ static void h_metrics(struct ctx *c)
 
 static void h_tokens(struct ctx *c)
 {
-	static const char *const members[] = {"aud", "ttl"};
 	struct nhi_agent *a = NULL;
-	json_t *body = NULL, *jttl;
-	const char *aud;
+	struct nhi_api_token_req q;
 	struct nhi_token_request tr = {0};
 	struct nhi_token_issued info;
 	struct nhi_buf tok = {0};
+	const char *body, *aud = q.aud;
+	size_t len;
 	char hex[65];
 
-	if ((body = body_json(c)) == NULL || !only_members(c, body, members, 2))
+	if ((body = body_bytes(c, &len)) == NULL)
 		goto out;
-	aud = json_string_value(json_object_get(body, "aud"));
-	jttl = json_object_get(body, "ttl");
-	if (aud == NULL || aud[0] == '\0' || strlen(aud) > NHI_TOKEN_CLAIM_MAX_BYTES) {
-		reply_error(c, 400, "bad_request", "'aud' must be a non-empty string");
-		goto out;
-	}
-	if (jttl != NULL && (!json_is_integer(jttl) || json_integer_value(jttl) < 1 ||
-			     json_integer_value(jttl) > (json_int_t)c->s->cfg.token_ttl_max_s)) {
-		reply_error(c, 400, "bad_request", "'ttl' must be a whole number of seconds within the server's cap");
+	if (nhi_api_parse_token_req(body, len, c->s->cfg.body_max_bytes, c->s->cfg.token_ttl_max_s, &q) != NHI_OK) {
+		reply_error(c, 400, "bad_request", nhi_err_detail());
 		goto out;
 	}
 	if ((a = caller(c)) == NULL)
@@ -314,7 +277,7 @@ static void h_tokens(struct ctx *c)
 	tr.roles = a->roles;
 	tr.n_roles = a->n_roles;
 	tr.cert_sha256 = c->conn->cert_sha256;
-	tr.ttl_s = jttl ? (unsigned)json_integer_value(jttl) : 0;
+	tr.ttl_s = q.ttl_s;
 	if (nhi_token_issue(c->s->issuer, &tr, &tok, &info) != NHI_OK) {
 		fprintf(stderr, "nhid: token issue failed: %s\n", nhi_err_detail());
 		reply_error(c, 500, "internal", "token signing failed");
@@ -330,27 +293,6 @@ out:
 	nhi_wipe(tok.data, tok.len);
 	nhi_buf_free(&tok);
 	nhi_agent_free(a);
-	json_decref(body);
-}
-
-static nhi_err presenter_der(const char *pem, struct nhi_buf *out)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	BIO *b = BIO_new_mem_buf(pem, -1);
-	X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-	unsigned char *der = NULL;
-	int n;
-
-	NHI_CHECK_SSL(x != NULL, NHI_ERR_FORMAT, "'presenter_cert' is not a PEM certificate");
-	n = i2d_X509(x, &der);
-	NHI_CHECK_SSL(n > 0, NHI_ERR_FORMAT, "'presenter_cert' cannot be encoded");
-	NHI_TRY(nhi_buf_append(out, der, (size_t)n));
-	rv = NHI_OK;
-out:
-	OPENSSL_free(der);
-	X509_free(x);
-	BIO_free(b);
-	return rv;
 }
 
 static json_t *agent_json(const struct nhi_agent *a)
@@ -366,18 +308,22 @@ static json_t *agent_json(const struct nhi_agent *a)
 
 static void h_resolve(struct ctx *c)
 {
-	static const char *const members[] = {"token", "presenter_cert"};
 	struct nhi_agent *me = NULL, *subject = NULL;
 	struct nhi_token_claims *cl = NULL;
 	struct nhi_token_check chk = {0};
 	enum nhi_token_error why = NHI_TOKEN_OK;
-	struct nhi_buf pdr = {0};
-	json_t *body = NULL, *claims, *fields;
-	const char *tok, *pem;
+	struct nhi_api_resolve_req q = {0};
+	json_t *claims, *fields;
+	const char *body, *tok;
+	size_t len;
 	char detail[NHI_ERR_DETAIL_MAX];
 
-	if ((body = body_json(c)) == NULL || !only_members(c, body, members, 2))
+	if ((body = body_bytes(c, &len)) == NULL)
 		goto out;
+	if (nhi_api_parse_resolve_req(body, len, c->s->cfg.body_max_bytes, &q) != NHI_OK) {
+		reply_error(c, 400, "bad_request", nhi_err_detail());
+		goto out;
+	}
 	if ((me = caller(c)) == NULL)
 		goto out;
 	if (!nhi_agent_has_role(me, "resolver")) {
@@ -385,26 +331,17 @@ static void h_resolve(struct ctx *c)
 			      json_pack("{s:s, s:s}", "error", "forbidden", "detail", "the 'resolver' role is required"));
 		goto out;
 	}
-	tok = json_string_value(json_object_get(body, "token"));
-	if (tok == NULL) {
-		reply_error(c, 400, "bad_request", "'token' must be a string");
-		goto out;
+	tok = q.token;
+	if (q.presenter_der.len > 0) {
+		chk.cert_der = q.presenter_der.data;
+		chk.cert_der_len = q.presenter_der.len;
 	}
-	pem = json_string_value(json_object_get(body, "presenter_cert"));
-	if (json_object_get(body, "presenter_cert") != NULL) {
-		if (pem == NULL || presenter_der(pem, &pdr) != NHI_OK) {
-			reply_error(c, 400, "bad_request", "'presenter_cert' must be a PEM certificate");
-			goto out;
-		}
-		chk.cert_der = pdr.data;
-		chk.cert_der_len = pdr.len;
-	}
-	if (nhi_token_verify(c->s->verifier, tok, strlen(tok), &chk, &cl, &why) != NHI_OK) {
+	if (nhi_token_verify(c->s->verifier, tok, q.token_len, &chk, &cl, &why) != NHI_OK) {
 		snprintf(detail, sizeof(detail), "%s", nhi_token_error_name(why));
 		if ((unsigned)why < NHI_TOKEN_E__COUNT)
 			atomic_fetch_add(&c->s->metrics.token_errors[why], 1);
 		fields = json_pack("{s:s, s:s}", "caller", me->id, "reason", detail);
-		if (fields != NULL && nhi_audit_token_fields(fields, tok, strlen(tok), false) != NHI_OK)
+		if (fields != NULL && nhi_audit_token_fields(fields, tok, q.token_len, false) != NHI_OK)
 			json_object_set_new(fields, "token_malformed", json_true());
 		reply_audited(c, "resolve_failed", fields, 401,
 			      json_pack("{s:s, s:s}", "error", "invalid_token", "detail", detail));
@@ -425,11 +362,10 @@ static void h_resolve(struct ctx *c)
 	reply_audited(c, "resolve_ok", json_pack("{s:s, s:s, s:s}", "caller", me->id, "sub", cl->sub, "jti", cl->jti),
 		      200, json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims));
 out:
-	nhi_buf_free(&pdr);
+	nhi_api_resolve_req_free(&q);
 	nhi_token_claims_free(cl);
 	nhi_agent_free(subject);
 	nhi_agent_free(me);
-	json_decref(body);
 }
 
 static void h_reload(struct ctx *c)
@@ -459,21 +395,9 @@ out:
 	nhi_agent_free(a);
 }
 
-struct route {
-	const char *path;
-	enum evhttp_cmd_type method;
-	const char *allow;
-	enum nhi_route id;
-	void (*fn)(struct ctx *c);
-};
-
-static const struct route routes[] = {
-	{"/v1/health", EVHTTP_REQ_GET, "GET", NHI_ROUTE_HEALTH, h_health},
-	{"/v1/tokens", EVHTTP_REQ_POST, "POST", NHI_ROUTE_TOKENS, h_tokens},
-	{"/v1/resolve", EVHTTP_REQ_POST, "POST", NHI_ROUTE_RESOLVE, h_resolve},
-	{"/v1/jwks", EVHTTP_REQ_GET, "GET", NHI_ROUTE_JWKS, h_jwks},
-	{"/v1/metrics", EVHTTP_REQ_GET, "GET", NHI_ROUTE_METRICS, h_metrics},
-	{"/v1/admin/reload", EVHTTP_REQ_POST, "POST", NHI_ROUTE_RELOAD, h_reload},
+static void (*const handlers[NHI_ROUTE__COUNT])(struct ctx *c) = {
+	[NHI_ROUTE_HEALTH] = h_health, [NHI_ROUTE_TOKENS] = h_tokens,   [NHI_ROUTE_RESOLVE] = h_resolve,
+	[NHI_ROUTE_JWKS] = h_jwks,     [NHI_ROUTE_METRICS] = h_metrics, [NHI_ROUTE_RELOAD] = h_reload,
 };
 
 void nhi_routes_handle(struct evhttp_request *req, void *arg)
@@ -483,8 +407,9 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
 	SSL *ssl = bufferevent_openssl_get_ssl(evhttp_connection_get_bufferevent(evcon));
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	size_t i;
+	const struct nhi_api_route *r = nhi_api_route_find(uri ? evhttp_uri_get_path(uri) : NULL);
+	const char *method = evhttp_request_get_command(req) == EVHTTP_REQ_GET ? "GET"
+			     : evhttp_request_get_command(req) == EVHTTP_REQ_POST ? "POST" : "";
 
 	clock_gettime(CLOCK_MONOTONIC, &c.t0);
 	c.conn = nhi_tls_conn(ssl);
@@ -493,17 +418,15 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	c.conn->requests++;
-	for (i = 0; path != NULL && i < sizeof(routes) / sizeof(routes[0]); i++) {
-		if (strcmp(path, routes[i].path) != 0)
-			continue;
-		c.route = routes[i].id;
-		if (evhttp_request_get_command(req) != routes[i].method) {
-			evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", routes[i].allow);
-			reply_error(&c, 405, "method_not_allowed", routes[i].allow);
-			return;
-		}
-		routes[i].fn(&c);
+	if (r == NULL) {
+		reply_error(&c, 404, "not_found", "no such endpoint");
 		return;
 	}
-	reply_error(&c, 404, "not_found", "no such endpoint");
+	c.route = r->id;
+	if (strcmp(method, r->method) != 0) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", r->method);
+		reply_error(&c, 405, "method_not_allowed", r->method);
+		return;
+	}
+	handlers[r->id](&c);
 }

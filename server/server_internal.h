@@ -103,6 +103,35 @@ struct nhi_server {
 	long long started_at;
 };
 
+/* ---- request parsing (api.c; fuzzed by tests/fuzz/api_request.c) ------------------- */
+
+struct nhi_api_route {
+	const char *path;
+	const char *method; /* the one method it takes */
+	enum nhi_route id;
+};
+/* The route of a path, or NULL (404). */
+const struct nhi_api_route *nhi_api_route_find(const char *path);
+
+struct nhi_api_token_req {
+	char aud[NHI_TOKEN_CLAIM_MAX_BYTES + 1];
+	unsigned ttl_s; /* 0: the server's default */
+};
+/* POST /v1/tokens body: {"aud": string, "ttl"?: 1..ttl_max_s}. Detail = the 400 text. */
+nhi_err nhi_api_parse_token_req(const char *body, size_t len, size_t max_bytes, unsigned ttl_max_s,
+				struct nhi_api_token_req *out) NHI_MUST_CHECK;
+
+struct nhi_api_resolve_req {
+	json_t *root;               /* owns the strings below */
+	const char *token;
+	size_t token_len;
+	struct nhi_buf presenter_der; /* empty when no presenter_cert was given */
+};
+/* POST /v1/resolve body: {"token": string, "presenter_cert"?: PEM}. Free with _free. */
+nhi_err nhi_api_parse_resolve_req(const char *body, size_t len, size_t max_bytes,
+				  struct nhi_api_resolve_req *out) NHI_MUST_CHECK;
+void nhi_api_resolve_req_free(struct nhi_api_resolve_req *r);
+
 /* Name of a network filesystem for a statfs f_type, NULL for a local one (config.c). */
 const char *nhi_server_network_fs_name(long type);
 

@@ -18,11 +18,15 @@ setup_deployment() {
 	for a in suspended-agent revoked-agent stranger; do
 		"$NHICTL" enroll "$a" --config "$d/ceremony.conf" --pin-file "$d/user.pin" >/dev/null || exit 1
 	done
+	# an enrolled agent whose certificate expired yesterday (test builds of nhictl only)
+	"$NHICTL" enroll expired-agent --days 30 --testing-backdate-days 1 --config "$d/ceremony.conf" \
+		--pin-file "$d/user.pin" >/dev/null || exit 1
 	cat >"$d/test-agents.jsonl" <<EOF
 {"id":"demo-agent","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/demo-agent.crt"}
 {"id":"inference-gw","roles":["resolver"],"audiences":["inference"],"cert_pem_file":"$d/agents/inference-gw.crt"}
 {"id":"admin","roles":["admin"],"audiences":[],"cert_pem_file":"$d/agents/admin.crt"}
 {"id":"suspended-agent","status":"suspended","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/suspended-agent.crt"}
+{"id":"expired-agent","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/expired-agent.crt"}
 {"id":"revoked-agent","status":"revoked","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/revoked-agent.crt"}
 EOF
 	rm -f "$d/identities.nhib"

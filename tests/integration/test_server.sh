@@ -17,6 +17,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rog
 	-addext "subjectAltName=URI:spiffe://nhid.local/agent/demo-agent" -out rogue.crt 2>/dev/null
 check "a certificate from another CA fails in the handshake" \
 	bash -c "! curl -sS --max-time 5 --cacert '$D/ca.crt' --cert rogue.crt --key rogue.key https://127.0.0.1:$PORT/v1/health >/dev/null 2>&1"
+check "an expired client certificate fails in the handshake (even though enrolled)" \
+	bash -c "code=\$(curl -s --max-time 5 --cacert '$D/ca.crt' --cert '$D/agents/expired-agent.crt' --key '$D/agents/expired-agent.key' https://127.0.0.1:$PORT/v1/health -o /dev/null -w '%{http_code}'); [ \"\$code\" = 000 ]"
 check "openssl s_client: TLS 1.3 with a client certificate completes" \
 	bash -c "printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_3 -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' -verify_return_error 2>/dev/null | grep -q '\"status\":\"ok\"'"
 check "openssl s_client: TLS 1.2 ECDHE-ECDSA-AES128-GCM completes" \
@@ -95,4 +97,5 @@ check "the audit log verifies (chain and signed checkpoints)" "$BIN/nhictl" audi
 check "the audit log never holds a token" bash -c "! grep -q 'eyJ' '$D/state/audit.jsonl'"
 check "the audit log holds a token_issued record with the jti" grep -q '"event":"token_issued"' "$D/state/audit.jsonl"
 check "refused handshakes are audited" grep -q '"event":"handshake_rejected"' "$D/state/audit.jsonl"
+check "the expired certificate's refusal names the cause in the audit log" grep -q 'certificate has expired' "$D/state/audit.jsonl"
 finish
