@@ -15,6 +15,9 @@ typedef nhi_err (*nhi_conf_fn)(void *ctx, const char *key, const char *value);
 nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const char *const *known_keys,
 		       size_t n_known, nhi_conf_fn fn, void *ctx) NHI_MUST_CHECK;
 
+/* Read a config file (capped at NHI_CONFIG_MAX_BYTES) into out; sha256 = its digest. */
+nhi_err nhi_conf_read(const char *path, struct nhi_buf *out, uint8_t sha256[32]) NHI_MUST_CHECK;
+
 /* Value helpers: each error names `key`. */
 nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val) NHI_MUST_CHECK;
 nhi_err nhi_conf_uint(unsigned long long *dst, const char *key, const char *val, unsigned long long min,

@@ -129,7 +129,7 @@ out:
 	return rv;
 }
 
-static nhi_err fsync_dir_of(const char *path)
+nhi_err nhi_fsync_dir_of(const char *path)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	char *copy = strdup(path);
@@ -162,7 +162,7 @@ nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, un
 	fd = -1;
 	NHI_CHECK(rename(tmp, path) == 0, NHI_ERR_IO, "rename %s -> %s: %s", tmp, path, strerror(errno));
 	tmp[0] = '\0';
-	NHI_TRY(fsync_dir_of(path));
+	NHI_TRY(nhi_fsync_dir_of(path));
 	rv = NHI_OK;
 out:
 	if (fd >= 0)

@@ -148,6 +148,9 @@ nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf 
  */
 nhi_err nhi_file_write_excl(const char *path, const void *data, size_t len, unsigned mode) NHI_MUST_CHECK;
 
+/* fsync the directory that holds `path` (after a create or rename in it). */
+nhi_err nhi_fsync_dir_of(const char *path) NHI_MUST_CHECK;
+
 /* Write to a temp file beside `path`, fsync, rename over `path`, fsync the dir. */
 nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode) NHI_MUST_CHECK;
 

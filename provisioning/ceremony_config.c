@@ -170,8 +170,7 @@ nhi_err nhi_ceremony_config_load(const char *path, struct nhi_ceremony_config *o
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b = {0};
 
-	NHI_TRY(nhi_file_read(path, NHI_CONFIG_MAX_BYTES, &b));
-	NHI_TRY(nhi_sha256(b.data, b.len, sha256));
+	NHI_TRY(nhi_conf_read(path, &b, sha256));
 	rv = nhi_ceremony_config_parse((const char *)b.data, b.len, out);
 	if (rv != NHI_OK)
 		nhi_err_wrap(rv, "%s", path);

@@ -3,6 +3,7 @@
  * key that stays in the token (hsm/hsm_evp.c bridges it into X509_sign).
  */
 #include "prov_internal.h"
+#include "../common/conf.h"
 #include "../common/limits.h"
 
 #include <openssl/bio.h>
@@ -26,8 +27,7 @@ nhi_err nhi_profiles_load(const char *path, struct nhi_profiles **out, uint8_t s
 	long eline = 0;
 
 	*out = NULL;
-	NHI_TRY(nhi_file_read(path, NHI_CONFIG_MAX_BYTES, &b));
-	NHI_TRY(nhi_sha256(b.data, b.len, sha256));
+	NHI_TRY(nhi_conf_read(path, &b, sha256));
 	p = calloc(1, sizeof(*p));
 	NHI_CHECK(p != NULL, NHI_ERR_NOMEM, "out of memory");
 	p->conf = NCONF_new(NULL);

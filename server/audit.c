@@ -14,7 +14,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <pthread.h>
@@ -969,24 +968,6 @@ void nhi_audit_free(struct nhi_audit *a)
 	(void)e; /* nowhere to report it: callers who care use nhi_audit_close */
 }
 
-static nhi_err fsync_dir_of(const char *path)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	char *copy = strdup(path);
-	int dfd = -1;
-
-	NHI_CHECK(copy != NULL, NHI_ERR_NOMEM, "out of memory");
-	dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	NHI_CHECK(dfd >= 0 && fsync(dfd) == 0, NHI_ERR_IO, "cannot fsync the directory of %s: %s", path,
-		  strerror(errno));
-	rv = NHI_OK;
-out:
-	if (dfd >= 0)
-		close(dfd);
-	free(copy);
-	return rv;
-}
-
 static nhi_err open_file(struct nhi_audit *a, const char *path, off_t *size)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -1008,7 +989,7 @@ static nhi_err open_file(struct nhi_audit *a, const char *path, off_t *size)
 		  "audit log %s is locked by another process (another nhid?): one writer per log (%s)", path,
 		  strerror(errno));
 	if (st.st_size == 0) /* the new file's name must survive a crash with its first records */
-		NHI_TRY(fsync_dir_of(path));
+		NHI_TRY(nhi_fsync_dir_of(path));
 	*size = st.st_size;
 	rv = NHI_OK;
 out:
@@ -1154,7 +1135,7 @@ static nhi_err load_tail(struct nhi_audit *a, const char *path, off_t size, stru
 		NHI_CHECK(ftruncate(a->fd, size - (off_t)torn) == 0 && fdatasync(a->fd) == 0, NHI_ERR_IO,
 			  "cutting the partial last line of audit log %s: %s", path, strerror(errno));
 		if (!ti->continued)
-			NHI_TRY(fsync_dir_of(path));
+			NHI_TRY(nhi_fsync_dir_of(path));
 	}
 	rv = NHI_OK;
 out:

@@ -300,8 +300,7 @@ nhi_err nhi_server_config_load(const char *path, struct nhi_server_config *out, 
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b = {0};
 
-	NHI_TRY(nhi_file_read(path, NHI_CONFIG_MAX_BYTES, &b));
-	NHI_TRY(nhi_sha256(b.data, b.len, digest));
+	NHI_TRY(nhi_conf_read(path, &b, digest));
 	rv = nhi_server_config_parse((const char *)b.data, b.len, out);
 	if (rv != NHI_OK)
 		nhi_err_wrap(rv, "%s", path);
