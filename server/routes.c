@@ -40,6 +40,12 @@ static const char *reason_phrase(int status)
 	}
 }
 
+/* every error body has the same two members; a NULL detail becomes "" */
+static json_t *error_body(const char *code, const char *detail)
+{
+	return json_pack("{s:s, s:s}", "error", code, "detail", detail ? detail : "");
+}
+
 /* one place that answers: JSON body, no caching, connection policy, metrics */
 static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
 		      const struct timespec *t0, bool close_conn, int status, json_t *body)
@@ -108,8 +114,7 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 	} else {
 		json_decref(p->body);
 		send_json(p->s, p->req, p->route, &p->t0, true, 503,
-			  json_pack("{s:s, s:s}", "error", "audit_unavailable",
-				    "the audit log could not record the event"));
+			  error_body("audit_unavailable", "the audit log could not record the event"));
 	}
 	event_free(p->ev);
 	free(p);
@@ -134,7 +139,7 @@ static void reply_audited(struct ctx *c, const char *event, json_t *fields, int 
 		free(p);
 		json_decref(fields);
 		json_decref(body);
-		reply(c, 503, json_pack("{s:s, s:s}", "error", "internal", "out of memory"));
+		reply(c, 503, error_body("internal", "out of memory"));
 		return;
 	}
 	p->s = c->s;
@@ -145,7 +150,11 @@ static void reply_audited(struct ctx *c, const char *event, json_t *fields, int 
 	p->status = status;
 	p->body = body;
 	c->status = status;
-	if (nhi_audit_submit(c->s->audit, event, fields, pending_done, p) != NHI_OK) {
+	if (c->s->audit == NULL) {
+		json_decref(fields);
+		p->rv = NHI_ERR_IO;
+		pending_fire(-1, 0, p);
+	} else if (nhi_audit_submit(c->s->audit, event, fields, pending_done, p) != NHI_OK) {
 		fprintf(stderr, "nhid: audit %s refused: %s\n", event, nhi_err_detail());
 		p->rv = NHI_ERR_IO;
 		pending_fire(-1, 0, p);
@@ -154,7 +163,7 @@ static void reply_audited(struct ctx *c, const char *event, json_t *fields, int 
 
 static void reply_error(struct ctx *c, int status, const char *code, const char *detail)
 {
-	reply(c, status, json_pack("{s:s, s:s}", "error", code, "detail", detail ? detail : ""));
+	reply(c, status, error_body(code, detail ? detail : ""));
 }
 
 /* the raw body, bounded; NULL and a 413 already sent when over the cap */
@@ -196,10 +205,9 @@ static struct nhi_agent *caller(struct ctx *c)
 			      json_pack("{s:s, s:s, s:s, s:s}", "agent", c->conn->agent_id, "cert_sha256", hex, "route",
 					evhttp_request_get_uri(c->req), "reason", nhi_err_detail()),
 			      403,
-			      json_pack("{s:s, s:s}", "error", e == NHI_ERR_NOT_FOUND ? "not_enrolled" : "agent_not_active",
-					"detail",
-					e == NHI_ERR_NOT_FOUND ? "this client certificate is not enrolled for any agent"
-							       : nhi_err_detail()));
+			      e == NHI_ERR_NOT_FOUND
+				      ? error_body("not_enrolled", "this client certificate is not enrolled for any agent")
+				      : error_body("agent_not_active", nhi_err_detail()));
 		return NULL;
 	}
 	return a;
@@ -268,8 +276,7 @@ static void h_tokens(struct ctx *c)
 	if (!nhi_agent_allows_audience(a, aud)) {
 		reply_audited(c, "token_refused",
 			      json_pack("{s:s, s:s, s:s}", "agent", a->id, "aud", aud, "reason", "audience_not_allowed"), 403,
-			      json_pack("{s:s, s:s}", "error", "audience_not_allowed", "detail",
-					"this agent may not request tokens for that audience"));
+			      error_body("audience_not_allowed", "this agent may not request tokens for that audience"));
 		goto out;
 	}
 	tr.sub = a->id;
@@ -328,7 +335,7 @@ static void h_resolve(struct ctx *c)
 		goto out;
 	if (!nhi_agent_has_role(me, "resolver")) {
 		reply_audited(c, "resolve_refused", json_pack("{s:s, s:s}", "caller", me->id, "reason", "not_resolver"), 403,
-			      json_pack("{s:s, s:s}", "error", "forbidden", "detail", "the 'resolver' role is required"));
+			      error_body("forbidden", "the 'resolver' role is required"));
 		goto out;
 	}
 	tok = q.token;
@@ -344,7 +351,7 @@ static void h_resolve(struct ctx *c)
 		if (fields != NULL && nhi_audit_token_fields(fields, tok, q.token_len, false) != NHI_OK)
 			json_object_set_new(fields, "token_malformed", json_true());
 		reply_audited(c, "resolve_failed", fields, 401,
-			      json_pack("{s:s, s:s}", "error", "invalid_token", "detail", detail));
+			      error_body("invalid_token", detail));
 		goto out;
 	}
 	/* status is checked now, not at issue time: a revoked agent's tokens die at once */
@@ -353,7 +360,7 @@ static void h_resolve(struct ctx *c)
 		reply_audited(c, "resolve_failed",
 			      json_pack("{s:s, s:s, s:s, s:s}", "caller", me->id, "sub", cl->sub, "jti", cl->jti, "reason",
 					detail),
-			      401, json_pack("{s:s, s:s}", "error", "invalid_token", "detail", detail));
+			      401, error_body("invalid_token", detail));
 		goto out;
 	}
 	claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s}", "iss", cl->iss, "sub", cl->sub, "aud",
@@ -380,8 +387,7 @@ static void h_reload(struct ctx *c)
 	    strncmp(auth, "Bearer ", 7) != 0 ||
 	    nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth + 7, strlen(auth + 7)) != NHI_OK) {
 		reply_audited(c, "admin_refused", json_pack("{s:s, s:s}", "agent", a->id, "action", "reload"), 403,
-			      json_pack("{s:s, s:s}", "error", "forbidden", "detail",
-					"the 'admin' role and a valid admin bearer token are required"));
+			      error_body("forbidden", "the 'admin' role and a valid admin bearer token are required"));
 		goto out;
 	}
 	/* the admin action runs on this worker (rare, operator-driven); reload audits itself */
@@ -418,6 +424,12 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	c.conn->requests++;
+	if (atomic_load(&c.s->stopping)) {
+		/* draining: what is in flight finishes, nothing new is granted */
+		c.conn->requests = c.s->cfg.requests_per_connection;
+		reply_error(&c, 503, "shutting_down", "nhid is stopping; retry on another instance or later");
+		return;
+	}
 	if (r == NULL) {
 		reply_error(&c, 404, "not_found", "no such endpoint");
 		return;

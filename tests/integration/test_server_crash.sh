@@ -34,6 +34,22 @@ check "the log's chain verifies after the crash (an unsigned tail is allowed)" \
 	"$NHICTL" audit verify "$LOG" --pubkey "$D/audit.pub.pem"
 start_nhid "$D/nhid.conf"
 check "nhid restarts on the crashed log and serves" bash -c "curl_as demo-agent /v1/tokens -d '{\"aud\":\"inference\"}' | grep -q token"
+# SIGTERM in the middle of load: drains, answers or refuses (503) what is in flight, exits 0
+: >acked2.txt
+python3 "$NHI_ROOT/tests/integration/load.py" --port "$PORT" --dir "$D" --seconds 10 --clients 8 --acked acked2.txt >load2.out 2>&1 &
+LOAD=$!; _pids+=("$LOAD")
+for _ in $(seq 100); do [ "$(wc -l <acked2.txt)" -ge 100 ] && break; sleep 0.1; done
 stop_nhid
-check "the restarted log still verifies end to end" "$NHICTL" audit verify "$LOG" --pubkey "$D/audit.pub.pem"
+wait "$LOAD"
+check "SIGTERM under load exits 0 (rc $NHID_RC)" test "$NHID_RC" = 0
+missing=$(python3 - "$LOG" acked2.txt <<'PY'
+import json, sys
+seen = {json.loads(l).get("jti") for l in open(sys.argv[1], "rb") if b'"token_issued"' in l}
+print(sum(1 for j in open(sys.argv[2]).read().split() if j not in seen))
+PY
+)
+check "every token acknowledged before SIGTERM is in the log (missing: $missing)" test "$missing" = 0
+check "the log verifies end to end after the clean stop" "$NHICTL" audit verify "$LOG" --pubkey "$D/audit.pub.pem"
+check "the clean stop ended with audit_close and a signed checkpoint" \
+	bash -c "tail -2 '$LOG' | head -1 | grep -q '\"event\":\"audit_close\"' && tail -1 '$LOG' | grep -q '\"sig\"'"
 finish
