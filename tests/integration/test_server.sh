@@ -48,8 +48,10 @@ check "inference-gw resolves demo-agent's token (current record + claims)" \
 check "nhi-agent resolves as inference-gw" bash -c "agent_as inference-gw resolve '$TOKEN' | grep -q '\"sub\":\"demo-agent\"'"
 check_fails "a caller without the resolver role is refused (403)" "resolver" \
 	curl_as_fail demo-agent /v1/resolve -d "{\"token\":\"$TOKEN\"}"
+# flip one character in the middle of the signature: it stays canonical base64url
+TAMPERED=$(python3 -c "import sys; t=sys.argv[1]; i=len(t)-20; print(t[:i] + ('B' if t[i] == 'A' else 'A') + t[i+1:])" "$TOKEN")
 check_fails "a tampered token is refused 401 invalid_token/signature" "signature" \
-	curl_as_fail inference-gw /v1/resolve -d "{\"token\":\"${TOKEN%?}$( [ "${TOKEN: -1}" = A ] && echo B || echo A)\"}"
+	curl_as_fail inference-gw /v1/resolve -d "{\"token\":\"$TAMPERED\"}"
 check_fails "garbage is refused 401 invalid_token" "invalid_token" curl_as_fail inference-gw /v1/resolve -d '{"token":"a.b.c"}'
 python3 -c "import json; print(json.dumps({'token': '$TOKEN', 'presenter_cert': open('$D/agents/admin.crt').read()}))" >bound-b.json
 python3 -c "import json; print(json.dumps({'token': '$TOKEN', 'presenter_cert': open('$D/agents/demo-agent.crt').read()}))" >bound-a.json
@@ -94,7 +96,7 @@ check "SIGHUP reloads during load: every request succeeded" bash -c "grep -q '^f
 stop_nhid
 check "SIGTERM drains and exits 0" test "$NHID_RC" = 0
 check "the audit log verifies (chain and signed checkpoints)" "$BIN/nhictl" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
-check "the audit log never holds a token" bash -c "! grep -q 'eyJ' '$D/state/audit.jsonl'"
+check "the audit log never holds a token" bash -c "! grep -qE 'eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.' '$D/state/audit.jsonl'"
 check "the audit log holds a token_issued record with the jti" grep -q '"event":"token_issued"' "$D/state/audit.jsonl"
 check "refused handshakes are audited" grep -q '"event":"handshake_rejected"' "$D/state/audit.jsonl"
 check "the expired certificate's refusal names the cause in the audit log" grep -q 'certificate has expired' "$D/state/audit.jsonl"
