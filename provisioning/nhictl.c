@@ -20,12 +20,6 @@ static const struct subcommand subcommands[] = {
 	{"audit", nhictl_audit, "'audit verify': check an nhid audit log's chain and checkpoint signatures"},
 };
 
-int nhictl_fail(const char *cmd, const char *what, nhi_err e)
-{
-	fprintf(stderr, "nhictl %s: %s: %s [%s]\n", cmd, what, nhi_err_detail(), nhi_err_name(e));
-	return 1;
-}
-
 static void usage(FILE *f)
 {
 	size_t i;
