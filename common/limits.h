@@ -105,4 +105,31 @@
 #define NHI_AUDIT_GATHER_MAX_US 500                      /* longest wait for a batch's callers to come back */
 #define NHI_AUDIT_TORN_MAX_BYTES (NHI_AUDIT_BATCH_MAX_BYTES + NHI_AUDIT_LINE_MAX_BYTES) /* partial tail cut at open */
 
+/* server/update.c, bundle.c, manifest.c: signed updates, trust bundle, manifests (docs/updates.md) */
+#define NHI_UPDATE_BODY_MAX_BYTES (64UL * 1024 * 1024)     /* decoded body of one update package */
+#define NHI_UPDATE_PACKAGE_MAX_BYTES (96UL * 1024 * 1024)  /* a whole package file (base64url body + JSON) */
+#define NHI_UPDATE_SIGNATURES_MAX 32                      /* signature entries in one signed document */
+#define NHI_UPDATE_ID_MAX_BYTES 128                       /* package id */
+#define NHI_UPDATE_VERSION_MAX 9007199254740991ULL        /* 2^53-1: exact in every JSON reader */
+#define NHI_UPDATE_TIME_MAX_S 253402300799LL              /* 9999-12-31T23:59:59Z */
+#define NHI_UPDATE_CLOCK_SKEW_DEFAULT_S 300               /* local clock may lag the highest trusted time by this */
+#define NHI_UPDATE_CLOCK_SKEW_MAX_S 86400
+#define NHI_UPDATE_STATE_MAX_BYTES (64 * 1024)            /* update-state.json */
+#define NHI_UPDATE_SCAN_MAX_FILES 256                     /* packages taken from the watched dir per scan */
+#define NHI_UPDATE_MOVE_SUFFIX_MAX 1000                   /* applied/x.N name collisions tried */
+#define NHI_BUNDLE_MAX_BYTES (1024 * 1024)                /* a whole trust bundle document */
+#define NHI_BUNDLE_KEYS_MAX 64                            /* keys in one list of a bundle */
+#define NHI_BUNDLE_CA_CERTS_MAX 16
+#define NHI_BUNDLE_CHAIN_MAX 1024                         /* bundles in one chain given to verify */
+#define NHI_MANIFEST_MAX_BYTES (16 * 1024 * 1024)         /* a whole signed manifest */
+#define NHI_MANIFEST_FILES_MAX 100000                     /* files in one model directory */
+#define NHI_MANIFEST_DEPTH_MAX 32                         /* directory nesting */
+#define NHI_MANIFEST_PATH_MAX_BYTES 1024                  /* one relative path */
+#define NHI_MANIFEST_FILE_MAX_BYTES (256ULL * 1024 * 1024 * 1024) /* one file: 256 GiB */
+
+/* no-egress posture (server/sandbox.c, provisioning/airgap.c, docs/airgap.md) */
+#define NHI_AIRGAP_PROC_LINES_MAX 65536                   /* lines read from one /proc/net table or resolv.conf */
+#define NHI_AIRGAP_LISTED_MAX 8                           /* routes/sockets/nameservers printed per check */
+#define NHI_AIRGAP_CERT_WARN_DAYS 30                      /* a certificate closer to expiry than this is flagged */
+
 #endif

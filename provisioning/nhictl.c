@@ -18,6 +18,9 @@ static const struct subcommand subcommands[] = {
 	{"backup", nhictl_backup, "identity backup: create, inspect, verify"},
 	{"token", nhictl_token, "offline token verification against a JWKS"},
 	{"audit", nhictl_audit, "'audit verify': check an nhid audit log's chain and checkpoint signatures"},
+	{"update", nhictl_update, "signed update packages: create, sign (one custodian each), verify, apply, scan"},
+	{"bundle", nhictl_bundle, "trust bundle: create, sign, verify a rotation chain from the pinned fingerprint"},
+	{"manifest", nhictl_manifest, "model manifest: sign a directory's per-file SHA-256, verify a directory against it"},
 };
 
 static void usage(FILE *f)

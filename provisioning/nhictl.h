@@ -15,6 +15,19 @@ int nhictl_backup(int argc, char **argv);   /* backup.c: identity backup create/
 int nhictl_token(int argc, char **argv);    /* token.c: offline token verify */
 int nhictl_audit(int argc, char **argv);    /* audit.c: audit log verify */
 
+int nhictl_update(int argc, char **argv);   /* update.c: signed update packages create/sign/verify/apply/scan */
+int nhictl_bundle(int argc, char **argv);   /* bundle.c: trust bundle create/sign/verify/fingerprint */
+int nhictl_manifest(int argc, char **argv); /* manifest.c: model manifest sign/verify */
+
+/*
+ * update.c: `<cmd> sign` for every signed document (update package, bundle,
+ * manifest): --token LABEL|URI --key LABEL --pin-file F [--module P] [-o OUT] FILE.
+ * doc_type is an enum nhi_doc_type (server/update.h). Returns the exit status.
+ */
+int nhictl_doc_sign(int doc_type, const char *cmd, int argc, char **argv);
+/* update.c: strict decimal in [lo, hi] */
+bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out);
+
 /* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */
 int nhictl_fail(const char *cmd, const char *what, nhi_err e);
 

@@ -1,0 +1,278 @@
+/*
+ * provisioning/bundle.c — `nhictl bundle`: the trust bundle (docs/updates.md).
+ * create (unsigned, from PEM files), sign (one update signer at a time, in their
+ * token), fingerprint (the value to pin), verify (a rotation chain starting at the
+ * pinned fingerprint: every step signed by a threshold of the previous AND of its
+ * own update signers, versions consecutive, the last one unexpired).
+ */
+#include "nhictl.h"
+#include "../common/limits.h"
+#include "../server/update.h"
+
+#include <getopt.h>
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: nhictl bundle create --version N --expires-at UNIX --ca PEMFILE --jwks FILE\n"
+		"                            --signer PUBPEM [--signer ...] --threshold M\n"
+		"                            [--peer PUBPEM ...] [--manifest-key PUBPEM ...] -o OUT\n"
+		"       nhictl bundle sign   --token LABEL|URI --key LABEL --pin-file FILE [--module PATH] [-o OUT] BUNDLE\n"
+		"       nhictl bundle fingerprint BUNDLE\n"
+		"       nhictl bundle verify --pin SHA256HEX [--now UNIX] BUNDLE1 [BUNDLE2 ...]\n"
+		"\n"
+		"  A bundle is signed by at least M of its own update signers; bundle N+1 must also be\n"
+		"  signed by at least the threshold of bundle N's signers (TUF root rotation), and its\n"
+		"  version must be exactly N+1. verify takes the chain from the pinned bundle onwards.\n");
+}
+
+static nhi_err load_pub(const char *path, EVP_PKEY **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf pem = {0};
+	BIO *b = NULL;
+
+	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES, &pem));
+	b = BIO_new_mem_buf(pem.data, (int)pem.len);
+	NHI_CHECK_SSL(b != NULL, NHI_ERR_NOMEM, "BIO_new_mem_buf");
+	*out = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
+	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s is not a PEM public key (nhictl update pubkey prints one)",
+		      path);
+	rv = NHI_OK;
+out:
+	BIO_free(b);
+	nhi_buf_free(&pem);
+	return rv;
+}
+
+#define LIST_MAX NHI_BUNDLE_KEYS_MAX
+
+static int cmd_create(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"version", required_argument, NULL, 'v'},   {"expires-at", required_argument, NULL, 'e'},
+		{"ca", required_argument, NULL, 'c'},	     {"jwks", required_argument, NULL, 'j'},
+		{"signer", required_argument, NULL, 's'},    {"threshold", required_argument, NULL, 'm'},
+		{"peer", required_argument, NULL, 'p'},	     {"manifest-key", required_argument, NULL, 'k'},
+		{"out", required_argument, NULL, 'o'},	     {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct nhi_bundle_create_req req = {0};
+	EVP_PKEY *signers[LIST_MAX] = {0}, *peers[LIST_MAX] = {0}, *man[LIST_MAX] = {0};
+	const char *ca = NULL, *jwks = NULL, *out = NULL, *paths[3][LIST_MAX];
+	size_t counts[3] = {0}, i, l;
+	struct nhi_buf ca_pem = {0}, jwks_text = {0}, doc = {0};
+	EVP_PKEY **lists[3] = {signers, peers, man};
+	long long num;
+	int c, status = 1, which;
+	nhi_err e = NHI_OK;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'v':
+		case 'e':
+		case 'm':
+			if (!nhictl_parse_ll(optarg, 1, c == 'm' ? LIST_MAX : NHI_UPDATE_TIME_MAX_S, &num)) {
+				fprintf(stderr, "nhictl bundle create: '%s' is not a number in range\n", optarg);
+				return 2;
+			}
+			if (c == 'v')
+				req.version = (uint64_t)num;
+			else if (c == 'e')
+				req.expires_at = num;
+			else
+				req.threshold = (unsigned)num;
+			break;
+		case 'c': ca = optarg; break;
+		case 'j': jwks = optarg; break;
+		case 'o': out = optarg; break;
+		case 's':
+		case 'p':
+		case 'k':
+			which = c == 's' ? 0 : c == 'p' ? 1 : 2;
+			if (counts[which] == LIST_MAX) {
+				fprintf(stderr, "nhictl bundle create: at most %d keys per list\n", LIST_MAX);
+				return 2;
+			}
+			paths[which][counts[which]++] = optarg;
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (req.version == 0 || req.expires_at == 0 || ca == NULL || jwks == NULL || counts[0] == 0 ||
+	    req.threshold == 0 || out == NULL || optind != argc) {
+		fprintf(stderr, "nhictl bundle create: --version, --expires-at, --ca, --jwks, --signer, --threshold "
+				"and -o are required\n");
+		return 2;
+	}
+	for (l = 0; l < 3 && e == NHI_OK; l++)
+		for (i = 0; i < counts[l] && e == NHI_OK; i++) {
+			e = load_pub(paths[l][i], &lists[l][i]);
+			if (e != NHI_OK)
+				status = nhictl_fail("bundle create", paths[l][i], e);
+		}
+	if (e != NHI_OK)
+		goto out;
+	e = nhi_file_read(ca, NHI_CERT_MAX_BYTES * NHI_BUNDLE_CA_CERTS_MAX, &ca_pem);
+	if (e == NHI_OK)
+		e = nhi_file_read(jwks, NHI_JWKS_MAX_BYTES, &jwks_text);
+	if (e != NHI_OK) {
+		status = nhictl_fail("bundle create", "input", e);
+		goto out;
+	}
+	req.ca_pem = (const char *)ca_pem.data;
+	req.jwks = (const char *)jwks_text.data;
+	req.signers = signers;
+	req.n_signers = counts[0];
+	req.peers = peers;
+	req.n_peers = counts[1];
+	req.manifest = man;
+	req.n_manifest = counts[2];
+	e = nhi_bundle_create(&req, &doc);
+	if (e == NHI_OK)
+		e = nhi_file_write_excl(out, doc.data, doc.len, 0644);
+	if (e != NHI_OK) {
+		status = nhictl_fail("bundle create", out, e);
+		goto out;
+	}
+	printf("created %s: trust bundle v%llu, %zu update signers, threshold %u, unsigned: %u signer(s) now run "
+	       "'nhictl bundle sign'\n",
+	       out, (unsigned long long)req.version, counts[0], req.threshold, req.threshold);
+	status = 0;
+out:
+	for (l = 0; l < 3; l++)
+		for (i = 0; i < counts[l]; i++)
+			EVP_PKEY_free(lists[l][i]);
+	nhi_buf_free(&ca_pem);
+	nhi_buf_free(&jwks_text);
+	nhi_buf_free(&doc);
+	return status;
+}
+
+static int cmd_fingerprint(int argc, char **argv)
+{
+	struct nhi_buf doc = {0}, payload = {0};
+	uint8_t h[32];
+	char hex[65];
+	nhi_err e;
+
+	if (argc != 2) {
+		usage(stderr);
+		return 2;
+	}
+	e = nhi_file_read(argv[1], NHI_BUNDLE_MAX_BYTES, &doc);
+	if (e == NHI_OK)
+		e = nhi_doc_payload(NHI_DOC_BUNDLE, doc.data, doc.len, &payload);
+	if (e == NHI_OK)
+		e = nhi_sha256(payload.data, payload.len, h);
+	nhi_buf_free(&doc);
+	nhi_buf_free(&payload);
+	if (e != NHI_OK)
+		return nhictl_fail("bundle fingerprint", argv[1], e);
+	nhi_hex(h, 32, hex);
+	printf("%s\n", hex);
+	return 0;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"pin", required_argument, NULL, 'P'},
+		{"now", required_argument, NULL, 'n'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct nhi_buf *docs = NULL;
+	const uint8_t **ptrs = NULL;
+	size_t *lens = NULL, n, i, bad = 0;
+	struct nhi_bundle *b = NULL;
+	enum nhi_bundle_reason why;
+	const char *pin = NULL;
+	long long now = 0;
+	int c, status = 1;
+	nhi_err e = NHI_OK;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'P': pin = optarg; break;
+		case 'n':
+			if (!nhictl_parse_ll(optarg, 1, NHI_UPDATE_TIME_MAX_S, &now)) {
+				fprintf(stderr, "nhictl bundle verify: --now must be a unix time\n");
+				return 2;
+			}
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (pin == NULL || optind >= argc || argc - optind > NHI_BUNDLE_CHAIN_MAX) {
+		fprintf(stderr, "nhictl bundle verify: --pin and 1..%d bundles (oldest first) are required\n",
+			NHI_BUNDLE_CHAIN_MAX);
+		return 2;
+	}
+	if (now == 0)
+		now = (long long)time(NULL);
+	n = (size_t)(argc - optind);
+	docs = calloc(n, sizeof(*docs));
+	ptrs = calloc(n, sizeof(*ptrs));
+	lens = calloc(n, sizeof(*lens));
+	if (docs == NULL || ptrs == NULL || lens == NULL) {
+		fprintf(stderr, "nhictl bundle verify: out of memory\n");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		e = nhi_file_read(argv[optind + (int)i], NHI_BUNDLE_MAX_BYTES, &docs[i]);
+		if (e != NHI_OK) {
+			status = nhictl_fail("bundle verify", argv[optind + (int)i], e);
+			goto out;
+		}
+		ptrs[i] = docs[i].data;
+		lens[i] = docs[i].len;
+	}
+	e = nhi_bundle_verify_chain(ptrs, lens, n, pin, now, &b, &why, &bad);
+	if (e != NHI_OK) {
+		status = nhictl_fail("bundle verify", argv[optind + (int)bad], e);
+		goto out;
+	}
+	printf("trust bundle v%llu verified from the pinned v%llu (%zu step(s)): threshold %u of %zu update "
+	       "signers, expires_at %lld, fingerprint %s\n",
+	       (unsigned long long)nhi_bundle_version(b), (unsigned long long)nhi_bundle_version(b) - (n - 1), n - 1,
+	       nhi_bundle_threshold(b), nhi_keyset_count(nhi_bundle_update_signers(b)),
+	       (long long)nhi_bundle_expires_at(b), nhi_bundle_fingerprint(b));
+	status = 0;
+out:
+	for (i = 0; docs != NULL && i < n; i++)
+		nhi_buf_free(&docs[i]);
+	free(docs);
+	free(ptrs);
+	free(lens);
+	nhi_bundle_free(b);
+	return status;
+}
+
+int nhictl_bundle(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "create") == 0)
+		return cmd_create(argc - 1, argv + 1);
+	if (strcmp(argv[1], "sign") == 0)
+		return nhictl_doc_sign(NHI_DOC_BUNDLE, "bundle sign", argc - 1, argv + 1);
+	if (strcmp(argv[1], "fingerprint") == 0)
+		return cmd_fingerprint(argc - 1, argv + 1);
+	if (strcmp(argv[1], "verify") == 0)
+		return cmd_verify(argc - 1, argv + 1);
+	fprintf(stderr, "nhictl bundle: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}

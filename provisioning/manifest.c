@@ -1,0 +1,162 @@
+/*
+ * provisioning/manifest.c — `nhictl manifest`: model-weight manifests for the
+ * inference component (docs/updates.md). sign DIR hashes every file below DIR
+ * (symlinks never followed) into a canonical manifest and signs it in the token;
+ * verify DIR checks the signature against the trust bundle's manifest keys and
+ * names every file that differs, is missing or is extra.
+ */
+#include "nhictl.h"
+#include "../common/limits.h"
+#include "../server/update.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: nhictl manifest sign   --name NAME -o OUT --token LABEL|URI --key LABEL --pin-file FILE\n"
+		   "                              [--module PATH] DIR\n"
+		   "       nhictl manifest add-signature --token ... --key ... --pin-file ... MANIFEST\n"
+		   "       nhictl manifest verify --manifest FILE (--state-dir DIR | --bundle FILE) DIR\n"
+		   "\n"
+		   "  verify exits 0 when DIR matches; otherwise it prints one line per file:\n"
+		   "  'differs PATH', 'missing PATH' or 'extra PATH', and exits 1.\n");
+}
+
+static int cmd_sign(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"name", required_argument, NULL, 'N'},	  {"out", required_argument, NULL, 'o'},
+		{"token", required_argument, NULL, 't'},  {"key", required_argument, NULL, 'k'},
+		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'M'},
+		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
+	};
+	const char *name = NULL, *out = NULL, *tok = NULL, *key = NULL, *pin = NULL, *module = NULL;
+	char *sargv[12];
+	int sargc = 0, c, status;
+	struct nhi_buf doc = {0};
+	nhi_err e;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'N': name = optarg; break;
+		case 'o': out = optarg; break;
+		case 't': tok = optarg; break;
+		case 'k': key = optarg; break;
+		case 'p': pin = optarg; break;
+		case 'M': module = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (name == NULL || out == NULL || tok == NULL || key == NULL || pin == NULL || optind != argc - 1) {
+		fprintf(stderr, "nhictl manifest sign: --name, -o, --token, --key, --pin-file and DIR are required\n");
+		return 2;
+	}
+	e = nhi_manifest_build(argv[optind], name, (int64_t)time(NULL), &doc);
+	if (e == NHI_OK)
+		e = nhi_file_write_excl(out, doc.data, doc.len, 0644);
+	nhi_buf_free(&doc);
+	if (e != NHI_OK)
+		return nhictl_fail("manifest sign", argv[optind], e);
+	sargv[sargc++] = "sign";
+	sargv[sargc++] = "--token";
+	sargv[sargc++] = (char *)tok;
+	sargv[sargc++] = "--key";
+	sargv[sargc++] = (char *)key;
+	sargv[sargc++] = "--pin-file";
+	sargv[sargc++] = (char *)pin;
+	if (module != NULL) {
+		sargv[sargc++] = "--module";
+		sargv[sargc++] = (char *)module;
+	}
+	sargv[sargc++] = (char *)out;
+	sargv[sargc] = NULL;
+	status = nhictl_doc_sign(NHI_DOC_MANIFEST, "manifest sign", sargc, sargv);
+	if (status != 0)
+		remove(out); /* never leave an unsigned manifest behind under the name asked for */
+	return status;
+}
+
+static void print_diff(void *arg, enum nhi_manifest_diff d, const char *path)
+{
+	(void)arg;
+	printf("%s %s\n", d == NHI_MANIFEST_DIFFERS ? "differs" : d == NHI_MANIFEST_MISSING ? "missing" : "extra", path);
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"manifest", required_argument, NULL, 'm'}, {"state-dir", required_argument, NULL, 's'},
+		{"bundle", required_argument, NULL, 'b'},   {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *mpath = NULL, *state = NULL, *bpath = NULL;
+	struct nhi_buf doc = {0}, bdoc = {0};
+	struct nhi_bundle *b = NULL;
+	enum nhi_bundle_reason why;
+	size_t n = 0;
+	int c, status = 1;
+	nhi_err e;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm': mpath = optarg; break;
+		case 's': state = optarg; break;
+		case 'b': bpath = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (mpath == NULL || (state == NULL) == (bpath == NULL) || optind != argc - 1) {
+		fprintf(stderr, "nhictl manifest verify: --manifest, one of --state-dir/--bundle, and DIR are required\n");
+		return 2;
+	}
+	if (state != NULL) {
+		e = nhi_update_load_bundle(state, &b);
+	} else {
+		e = nhi_file_read(bpath, NHI_BUNDLE_MAX_BYTES, &bdoc);
+		if (e == NHI_OK)
+			e = nhi_bundle_parse(bdoc.data, bdoc.len, &b, &why);
+	}
+	if (e == NHI_OK)
+		e = nhi_file_read(mpath, NHI_MANIFEST_MAX_BYTES, &doc);
+	if (e != NHI_OK) {
+		status = nhictl_fail("manifest verify", "input", e);
+		goto out;
+	}
+	e = nhi_manifest_verify_dir(doc.data, doc.len, nhi_bundle_manifest_keys(b), argv[optind], print_diff, NULL,
+				    &n);
+	if (e != NHI_OK) {
+		status = nhictl_fail("manifest verify", argv[optind], e);
+		goto out;
+	}
+	printf("%s matches %s\n", argv[optind], mpath);
+	status = 0;
+out:
+	nhi_bundle_free(b);
+	nhi_buf_free(&doc);
+	nhi_buf_free(&bdoc);
+	return status;
+}
+
+int nhictl_manifest(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "sign") == 0)
+		return cmd_sign(argc - 1, argv + 1);
+	if (strcmp(argv[1], "add-signature") == 0)
+		return nhictl_doc_sign(NHI_DOC_MANIFEST, "manifest add-signature", argc - 1, argv + 1);
+	if (strcmp(argv[1], "verify") == 0)
+		return cmd_verify(argc - 1, argv + 1);
+	fprintf(stderr, "nhictl manifest: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Signed updates, trust bundle rotation and model manifests with nhictl against real
+# SoftHSM2 tokens: four custodians, each with their own token and key. Threshold
+# refusals, every rejection reason, apply into a state dir, crash safety (an _exit
+# injected at every step of apply, and kill -9 at random moments), a 3-bundle root
+# rotation chain and a skipped version.
+. "$(dirname "$0")/lib.sh"
+NHICTL=$BIN/nhictl
+MOD=/usr/lib/softhsm/libsofthsm2.so
+cd "$T"
+NOW=$(date +%s)
+DAY=86400
+
+# --- four custodians, one token each ---
+for i in 1 2 3 4; do
+	pinfile c$i.pin "custodian-$i-pin"
+	pinfile so$i.pin "so-$i-pin"
+	"$NHICTL" hsm-init --label cust$i --so-pin-file so$i.pin --pin-file c$i.pin >/dev/null
+	pkcs11-tool --module $MOD --token-label cust$i --login --pin "custodian-$i-pin" \
+		--keypairgen --key-type EC:prime256v1 --label signer >/dev/null 2>&1
+done
+for i in 1 2 3 4; do
+	check "custodian $i exports its public key from its token" \
+		bash -c "'$NHICTL' update pubkey --token cust$i --key signer --pin-file c$i.pin >c$i.pub && grep -q 'BEGIN PUBLIC KEY' c$i.pub"
+done
+sign() { # sign TYPE FILE custodian...
+	local t=$1 f=$2; shift 2
+	for i in "$@"; do "$NHICTL" "$t" sign --token cust$i --key signer --pin-file c$i.pin "$f" >/dev/null || return 1; done
+}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 30 \
+	-subj "/CN=update test root" >/dev/null 2>&1
+echo '{"keys":[]}' >jwks.json
+
+# --- trust bundle v1 (signers 1,2,3; threshold 2; manifest key = custodian 4) ---
+check "bundle create v1" "$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca ca.crt \
+	--jwks jwks.json --signer c1.pub --signer c2.pub --signer c3.pub --threshold 2 --manifest-key c4.pub -o b1.json
+PIN=$("$NHICTL" bundle fingerprint b1.json)
+check_fails "an unsigned bundle does not verify" "self_threshold" "$NHICTL" bundle verify --pin "$PIN" b1.json
+sign bundle b1.json 1
+check_fails "a bundle signed by 1 of threshold 2 does not verify" "1 valid signature(s) by its own" \
+	"$NHICTL" bundle verify --pin "$PIN" b1.json
+sign bundle b1.json 2
+check "bundle v1 verifies from its pinned fingerprint" "$NHICTL" bundle verify --pin "$PIN" b1.json
+check_fails "a wrong pin is refused" "(pin)" "$NHICTL" bundle verify --pin "$(printf '0%.0s' {1..64})" b1.json
+check "signing leaves no temp file behind" bash -c "! ls | grep -q '\.tmp\.'"
+
+# --- state dir ---
+mkdir -p state incoming
+check "update init installs the pinned bundle" "$NHICTL" update init --state-dir state --bundle b1.json --pin "$PIN"
+check_fails "update init refuses to replace it" "already exists" \
+	"$NHICTL" update init --state-dir state --bundle b1.json --pin "$PIN"
+
+mk() { # mk OUT KIND VERSION ID [extra create args]
+	local out=$1 kind=$2 v=$3 id=$4; shift 4
+	printf 'body of %s v%s\n' "$kind" "$v" >body.$id
+	rm -f "$out"
+	"$NHICTL" update create --kind "$kind" --version "$v" --id "$id" --body body.$id --expires-in $DAY -o "$out" "$@" >/dev/null
+}
+
+# --- threshold ---
+mk p1.json revocation 1 rev-1
+check_fails "an unsigned package is refused (threshold)" "(threshold): 0 valid" "$NHICTL" update verify --state-dir state p1.json
+sign update p1.json 1
+check_fails "M-1 signatures are refused" "(threshold): 1 valid" "$NHICTL" update verify --state-dir state p1.json
+sign update p1.json 1
+check "re-signing with the same key replaces its signature" test "$(grep -c keyid p1.json)" -eq 1
+python3 - p1.json p1dup.json <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); d["signatures"] = d["signatures"] * 3
+json.dump(d, open(sys.argv[2], "w"))
+PY
+check_fails "M copies of one key's signature are refused" "(threshold): 1 valid" "$NHICTL" update verify --state-dir state p1dup.json
+cp p1.json p1x.json
+sign update p1x.json 4
+check_fails "a signer outside the bundle is ignored" "(threshold): 1 valid" "$NHICTL" update verify --state-dir state p1x.json
+sign update p1.json 3
+check "M distinct signatures are accepted" bash -c "'$NHICTL' update verify --state-dir state p1.json | grep -q '\"signers\":2'"
+python3 - p1.json ptamper.json <<'PY'
+import base64, json, sys
+d = json.load(open(sys.argv[1])); p = d["payload"]
+raw = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+raw["body"] = base64.urlsafe_b64encode(b"revoke everyone\n").decode().rstrip("=")
+d["payload"] = base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+json.dump(d, open(sys.argv[2], "w"))
+PY
+check_fails "a tampered body is refused (its signatures no longer verify)" "(threshold): 0 valid" \
+	"$NHICTL" update verify --state-dir state ptamper.json
+
+# --- apply ---
+cp p1.json incoming/
+check "apply: M distinct signatures are applied" "$NHICTL" update apply --state-dir state incoming/p1.json
+check "the applied package is in applied/ with its record" \
+	bash -c "[ -f state/applied/p1.json ] && grep -q 'applied: revocation version 1' state/applied/p1.json.reason && [ ! -e incoming/p1.json ]"
+check "the body is installed" cmp body.rev-1 state/bodies/revocation-1
+cp p1dup.json incoming/
+check_fails "apply: copies of one signature go to rejected/" "[threshold]" "$NHICTL" update apply --state-dir state incoming/p1dup.json
+check "the rejected package has a .reason naming the cause" grep -q "rejected: threshold" state/rejected/p1dup.json.reason
+
+mk p1b.json revocation 1 rev-1b; sign update p1b.json 1 2; cp p1b.json incoming/
+check_fails "a replayed version is refused" "(replayed)" "$NHICTL" update apply --state-dir state incoming/p1b.json
+mk p2.json revocation 2 rev-2; sign update p2.json 2 3
+mk p0.json revocation 1 rev-0; sign update p0.json 2 3
+cp p2.json incoming/; "$NHICTL" update apply --state-dir state incoming/p2.json >/dev/null
+cp p0.json incoming/
+check_fails "an older version is refused" "(rollback)" "$NHICTL" update apply --state-dir state incoming/p0.json
+mk pexp.json revocation 3 rev-exp --created-at $((NOW - 3 * DAY)); sign update pexp.json 1 2
+cp pexp.json incoming/
+check_fails "an expired package is refused" "(expired)" "$NHICTL" update apply --state-dir state incoming/pexp.json
+check_fails "an unknown kind cannot be created" "unknown update kind 'firmware'" \
+	"$NHICTL" update create --kind firmware --version 1 --id x --body body.rev-1 --expires-in 60 -o never.json
+python3 - <<'PY'
+import base64, hashlib, json
+body = b"x"
+p = {"id": "fw", "kind": "firmware", "version": 1, "created_at": 1, "expires_at": 4102444800,
+     "body": base64.urlsafe_b64encode(body).decode().rstrip("="), "body_sha256": hashlib.sha256(body).hexdigest()}
+d = {"payload": base64.urlsafe_b64encode(json.dumps(p).encode()).decode().rstrip("="), "signatures": []}
+json.dump(d, open("pkind.json", "w"))
+PY
+sign update pkind.json 1 2
+cp pkind.json incoming/
+check_fails "a signed package of an unknown kind is refused" "(kind_unknown)" "$NHICTL" update apply --state-dir state incoming/pkind.json
+check_fails "the clock set back beyond the skew is refused, saying so" "set the clock forward" \
+	"$NHICTL" update verify --state-dir state --now $((NOW - DAY)) p2.json
+check "refusals left the state at revocation v2" \
+	python3 -c "import json;s=json.load(open('state/update-state.json'));assert s['kinds']['revocation']['version']==2"
+
+# --- crash safety: _exit at every step of apply, then resume ---
+ver() { python3 -c "import json,sys
+try: print(json.load(open('$1/update-state.json'))['kinds']['revocation']['version'])
+except FileNotFoundError: print(0)"; }
+mk p3.json revocation 3 rev-3; sign update p3.json 1 3
+for k in 1 2 3 4 5; do
+	rm -rf cs; cp -a state cs; mkdir -p cs/in; cp p3.json cs/in/
+	NHI_TEST_UPDATE_CRASH_AT=$k "$NHICTL" update apply --state-dir cs cs/in/p3.json >/dev/null 2>&1; rc=$?
+	v=$(ver cs)
+	check "crash at step $k: apply died (rc=$rc) and the state is old or new (v$v)" \
+		bash -c "[ $rc -eq 86 ] && { [ $v -eq 2 ] || [ $v -eq 3 ]; }"
+	"$NHICTL" update scan --state-dir cs --incoming cs/in >cs.out 2>&1
+	check "crash at step $k: a restart finishes cleanly (v3 applied once, nothing left in incoming)" \
+		bash -c "[ \$(python3 -c \"import json;print(json.load(open('cs/update-state.json'))['kinds']['revocation']['version'])\") -eq 3 ] \
+			&& [ -z \"\$(ls cs/in)\" ] && [ -f cs/applied/p3.json ] && [ ! -e cs/applied/p3.json.1 ] && [ ! -e cs/rejected/p3.json ]"
+done
+bad=0
+for r in $(seq 1 12); do
+	rm -rf ks; cp -a state ks; mkdir -p ks/in; cp p3.json ks/in/
+	"$NHICTL" update apply --state-dir ks ks/in/p3.json >/dev/null 2>&1 &
+	pid=$!
+	sleep "0.$((RANDOM % 40))"; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+	v=$(ver ks)
+	{ [ "$v" -eq 2 ] || [ "$v" -eq 3 ]; } || bad=$((bad + 1))
+	"$NHICTL" update scan --state-dir ks --incoming ks/in >/dev/null 2>&1
+	[ "$(ver ks)" -eq 3 ] && [ -z "$(ls ks/in)" ] && [ ! -e ks/rejected/p3.json ] || bad=$((bad + 1))
+done
+check "kill -9 at 12 random moments: old-or-new every time, and every restart completes" test $bad -eq 0
+
+# --- root rotation: v1 -> v2 -> v3 ---
+check "bundle create v2 (signers 2,3,4)" "$NHICTL" bundle create --version 2 --expires-at $((NOW + 365 * DAY)) \
+	--ca ca.crt --jwks jwks.json --signer c2.pub --signer c3.pub --signer c4.pub --threshold 2 --manifest-key c4.pub -o b2.json
+cp b2.json b2own.json; sign bundle b2own.json 3 4
+check_fails "v2 signed only by its own new keys is refused (prev_threshold)" "(prev_threshold)" \
+	"$NHICTL" bundle verify --pin "$PIN" b1.json b2own.json
+sign bundle b2.json 1 2 4
+check "chain v1 -> v2 verifies" "$NHICTL" bundle verify --pin "$PIN" b1.json b2.json
+check "bundle create v3 (signer 4 alone)" "$NHICTL" bundle create --version 3 --expires-at $((NOW + 365 * DAY)) \
+	--ca ca.crt --jwks jwks.json --signer c4.pub --threshold 1 -o b3.json
+sign bundle b3.json 2 3 4
+check "root rotation chain of 3 bundles verifies" bash -c "'$NHICTL' bundle verify --pin '$PIN' b1.json b2.json b3.json | grep -q 'v3 verified from the pinned v1'"
+check_fails "a skipped version (v1 -> v3) does not verify" "never skipped" "$NHICTL" bundle verify --pin "$PIN" b1.json b3.json
+check_fails "a chain not starting at the pin does not verify" "(pin)" "$NHICTL" bundle verify --pin "$PIN" b2.json b3.json
+
+# --- the trust-bundle kind through the state dir ---
+"$NHICTL" update create --kind trust-bundle --version 3 --id tb-3 --body b3.json --expires-in $DAY -o tb3.json >/dev/null
+sign update tb3.json 1 2; cp tb3.json incoming/
+check_fails "a trust-bundle package skipping a version is refused" "(bundle_chain)" \
+	"$NHICTL" update apply --state-dir state incoming/tb3.json
+"$NHICTL" update create --kind trust-bundle --version 2 --id tb-2 --body b2.json --expires-in $DAY -o tb2.json >/dev/null
+sign update tb2.json 1 2; cp tb2.json incoming/
+check "a trust-bundle package for v2 is applied" "$NHICTL" update apply --state-dir state incoming/tb2.json
+mk p4.json revocation 4 rev-4; sign update p4.json 1 2; cp p4.json incoming/
+check_fails "after rotation, a retired custodian's signature no longer counts" "(threshold): 1 valid" \
+	"$NHICTL" update apply --state-dir state incoming/p4.json
+
+# --- manifests ---
+mkdir -p model/sub; printf 'weights' >model/w.bin; printf '{}' >model/config.json; printf 'tok' >model/sub/tok
+check "manifest sign hashes the directory and signs in the token" \
+	"$NHICTL" manifest sign --name llm --token cust4 --key signer --pin-file c4.pin -o model.manifest model
+check "manifest verify accepts the unchanged directory" "$NHICTL" manifest verify --manifest model.manifest --state-dir state model
+printf 'Weights' >model/w.bin; rm model/config.json; printf 'x' >model/sub/new
+"$NHICTL" manifest verify --manifest model.manifest --state-dir state model >mv.out 2>&1; rc=$?
+check "manifest verify names each file that differs, is missing or is extra" \
+	bash -c "[ $rc -eq 1 ] && grep -qx 'differs w.bin' mv.out && grep -qx 'missing config.json' mv.out && grep -qx 'extra sub/new' mv.out"
+ln -s /etc/passwd model/link
+check_fails "a symlink in the model directory is refused, never followed" "is a symlink" \
+	"$NHICTL" manifest verify --manifest model.manifest --state-dir state model
+rm model/link
+"$NHICTL" manifest sign --name llm --token cust1 --key signer --pin-file c1.pin -o wrongkey.manifest model >/dev/null
+check_fails "a manifest not signed by a manifest key of the bundle is refused" "no valid signature" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --state-dir state model
+finish
