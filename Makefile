@@ -127,3 +127,8 @@ bench: deps-bench
 
 clean:
 	rm -rf build
+
+# offline release bundle (docs/airgap.md): RELEASE_KEY=release.key.pem make bundle
+.PHONY: bundle
+bundle:
+	@scripts/bundle.sh

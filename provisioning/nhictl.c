@@ -21,6 +21,7 @@ static const struct subcommand subcommands[] = {
 	{"update", nhictl_update, "signed update packages: create, sign (one custodian each), verify, apply, scan"},
 	{"bundle", nhictl_bundle, "trust bundle: create, sign, verify a rotation chain from the pinned fingerprint"},
 	{"manifest", nhictl_manifest, "model manifest: sign a directory's per-file SHA-256, verify a directory against it"},
+	{"airgap", nhictl_airgap, "'airgap check': this host against the air-gap contract (routes, DNS, listeners, files, keys, certs)"},
 };
 
 static void usage(FILE *f)

@@ -14,6 +14,7 @@ int nhictl_enroll(int argc, char **argv);   /* enroll.c: agent key + client cert
 int nhictl_backup(int argc, char **argv);   /* backup.c: identity backup create/inspect/verify */
 int nhictl_token(int argc, char **argv);    /* token.c: offline token verify */
 int nhictl_audit(int argc, char **argv);    /* audit.c: audit log verify */
+int nhictl_airgap(int argc, char **argv);   /* airgap.c: air-gap posture check */
 
 int nhictl_update(int argc, char **argv);   /* update.c: signed update packages create/sign/verify/apply/scan */
 int nhictl_bundle(int argc, char **argv);   /* bundle.c: trust bundle create/sign/verify/fingerprint */

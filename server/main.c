@@ -4,6 +4,7 @@
  * reloads the identity backup and the certificate chain.
  */
 #include "server.h"
+#include "sandbox.h"
 #include "../common/limits.h"
 
 #include <pthread.h>
@@ -124,6 +125,12 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((e = nhi_server_new(&cfg, digest, &srv)) != NHI_OK) {
 		fprintf(stderr, "nhid: refusing to start: %s [%s]\n", nhi_err_detail(), nhi_err_name(e));
+		return 1;
+	}
+	/* no egress from here on: sockets bound, token logged in, audit open (docs/airgap.md) */
+	if ((e = nhi_sandbox_enter_server(srv)) != NHI_OK) {
+		fprintf(stderr, "nhid: refusing to start: no-egress sandbox: %s [%s]\n", nhi_err_detail(), nhi_err_name(e));
+		nhi_server_free(srv);
 		return 1;
 	}
 	sc.srv = srv;

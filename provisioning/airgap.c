@@ -1,0 +1,462 @@
+/*
+ * provisioning/airgap.c — `nhictl airgap check --config nhid.conf`: what this host
+ * looks like from inside, against nhid's air-gap contract (docs/airgap.md).
+ *
+ * Reads files only (the config, the token through PKCS#11, certificates, /proc/net,
+ * /etc/resolv.conf). It sends no packet: no DNS query is ever made — the resolver
+ * configuration is reported, because a lookup on a host that has a route would be the
+ * very egress we are checking for, and nhid itself never resolves names. Once the
+ * token is open the no-egress filter (server/sandbox.h) is installed, so the rest of
+ * the check could not reach the network even by mistake.
+ */
+#include "nhictl.h"
+#include "../common/limits.h"
+#include "../hsm/hsm.h"
+#include "../hsm/hsm_internal.h"
+#include "../server/sandbox.h"
+#include "../server/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <stdio.h>
+#include <string.h>
+
+#define STEPS 8
+
+struct check {
+	unsigned step, failed;
+};
+
+static void step_begin(struct check *c, const char *what)
+{
+	printf("[%u/%d] %s\n", ++c->step, STEPS, what);
+}
+
+static void step_fail(struct check *c, const char *fmt, ...) NHI_PRINTF(2, 3);
+static void step_fail(struct check *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	printf("      FAIL: ");
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	c->failed++;
+}
+
+/* ---- certificates ------------------------------------------------------------------- */
+
+static nhi_err read_cert(const char *path, X509 **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf b = {0};
+	BIO *bio = NULL;
+
+	*out = NULL;
+	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES * 4, &b));
+	bio = BIO_new_mem_buf(b.data, (int)b.len);
+	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
+	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", path);
+	rv = NHI_OK;
+out:
+	BIO_free(bio);
+	nhi_buf_free(&b);
+	return rv;
+}
+
+/* validity window now; *days = whole days left (negative: expired) */
+static bool cert_current(struct check *c, const char *what, const char *path, X509 *x)
+{
+	int days = 0, secs = 0;
+
+	if (X509_cmp_current_time(X509_get0_notBefore(x)) >= 0) {
+		step_fail(c, "%s %s is not valid yet (notBefore in the future): check the host clock (TZ=UTC, date -u)",
+			  what, path);
+		return false;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
+		step_fail(c, "%s %s has expired: rotate it (docs/airgap.md, rotation by update)", what, path);
+		return false;
+	}
+	if (ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x)) == 1)
+		printf("      %s %s valid, %d days left%s\n", what, path, days,
+		       days < NHI_AIRGAP_CERT_WARN_DAYS ? " (rotate soon)" : "");
+	return true;
+}
+
+static void check_certs(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h)
+{
+	X509 *ca = NULL, *leaf = NULL;
+	X509_STORE *st = NULL;
+	X509_STORE_CTX *vc = NULL;
+	struct nhi_hsm_key *k = NULL;
+	EVP_PKEY *tok = NULL;
+
+	step_begin(c, "trust material: CA and server certificates");
+	if (read_cert(cfg->ca_file, &ca) != NHI_OK) {
+		step_fail(c, "ca_file: %s", nhi_err_detail());
+		goto out;
+	}
+	if (read_cert(cfg->cert_file, &leaf) != NHI_OK) {
+		step_fail(c, "cert_file: %s", nhi_err_detail());
+		goto out;
+	}
+	if (!cert_current(c, "CA certificate", cfg->ca_file, ca) ||
+	    !cert_current(c, "server certificate", cfg->cert_file, leaf))
+		goto out;
+	st = X509_STORE_new();
+	vc = X509_STORE_CTX_new();
+	if (st == NULL || vc == NULL || X509_STORE_add_cert(st, ca) != 1 ||
+	    X509_STORE_CTX_init(vc, st, leaf, NULL) != 1) {
+		step_fail(c, "OpenSSL could not set up verification (out of memory?)");
+		goto out;
+	}
+	if (X509_verify_cert(vc) != 1) {
+		step_fail(c, "server certificate %s does not chain to %s: %s", cfg->cert_file, cfg->ca_file,
+			  X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
+		goto out;
+	}
+	printf("      server certificate chains to the CA\n");
+	if (h == NULL) {
+		printf("      (token not open: the certificate's key is not compared with '%s')\n", cfg->tls_key);
+		goto out;
+	}
+	if (nhi_hsm_find(h, cfg->tls_key, &k) != NHI_OK || nhi_hsm_pubkey(h, k, &tok) != NHI_OK) {
+		step_fail(c, "TLS key '%s': %s", cfg->tls_key, nhi_err_detail());
+		goto out;
+	}
+	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), tok) != 1) {
+		step_fail(c, "server certificate %s is not for key '%s' in the token: point cert_file at that key's "
+			     "certificate",
+			  cfg->cert_file, cfg->tls_key);
+		goto out;
+	}
+	printf("      server certificate is for token key '%s'\n", cfg->tls_key);
+	/* TODO(trust bundle issue): verify the signed trust bundle and its expiry here */
+out:
+	EVP_PKEY_free(tok);
+	nhi_hsm_key_free(k);
+	X509_STORE_CTX_free(vc);
+	X509_STORE_free(st);
+	X509_free(leaf);
+	X509_free(ca);
+}
+
+/* ---- the token and its keys ---------------------------------------------------------- */
+
+static void check_key(struct check *c, struct nhi_hsm *h, CK_SESSION_HANDLE s, const char *role, const char *label)
+{
+	CK_SLOT_ID slot;
+	CK_FUNCTION_LIST *f = nhi_hsm_raw_functions(h, &slot);
+	struct nhi_hsm_key *k = NULL;
+	CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE;
+	CK_ATTRIBUTE a[] = {{CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+			    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)}};
+	CK_RV r;
+
+	if (nhi_hsm_find(h, label, &k) != NHI_OK) {
+		step_fail(c, "%s key '%s' is not in the token: %s", role, label, nhi_err_detail());
+		return;
+	}
+	r = f->C_GetAttributeValue(s, nhi_hsm_key_handle(k), a, 2);
+	if (r != CKR_OK)
+		step_fail(c, "%s key '%s': C_GetAttributeValue(CKA_SENSITIVE, CKA_EXTRACTABLE) failed (CKR 0x%lx)", role,
+			  label, (unsigned long)r);
+	else if (sensitive != CK_TRUE || extractable != CK_FALSE)
+		step_fail(c, "%s key '%s' is %s and %s: it can leave the token; generate a new key in the token "
+			     "(nhictl ceremony) and retire this one",
+			  role, label, sensitive ? "sensitive" : "NOT sensitive",
+			  extractable ? "EXTRACTABLE" : "not extractable");
+	else
+		printf("      %-15s '%s': present, sensitive, not extractable\n", role, label);
+	nhi_hsm_key_free(k);
+}
+
+static void check_keys(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h, const char *wrap_key)
+{
+	CK_SLOT_ID slot;
+	CK_FUNCTION_LIST *f;
+	CK_SESSION_HANDLE s;
+	size_t i;
+
+	step_begin(c, "expected keys: present, sensitive, not extractable");
+	if (h == NULL) {
+		step_fail(c, "token not open (see above): keys not checked");
+		return;
+	}
+	f = nhi_hsm_raw_functions(h, &slot);
+	/* login is per application in PKCS#11: this session sees the private objects */
+	if (f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) {
+		step_fail(c, "cannot open a session on the token");
+		return;
+	}
+	check_key(c, h, s, "TLS", cfg->tls_key);
+	for (i = 0; i < cfg->n_token_keys; i++)
+		check_key(c, h, s, i == 0 ? "token signing" : "token (retired)", cfg->token_keys[i]);
+	check_key(c, h, s, "backup signing", cfg->backup_sign_key);
+	check_key(c, h, s, "backup wrap", wrap_key);
+	check_key(c, h, s, "audit", cfg->audit_key);
+	f->C_CloseSession(s);
+}
+
+/* ---- /proc/net and resolv.conf ------------------------------------------------------- */
+
+static void check_routes(struct check *c, bool allow_default)
+{
+	char line[512], ifname[32], dst6[40];
+	unsigned long dst, gw, mask;
+	unsigned flags, plen, i, n = 0, nlines;
+	FILE *f;
+
+	step_begin(c, "routing: default route (read from /proc/net/route and /proc/net/ipv6_route)");
+	f = fopen("/proc/net/route", "re");
+	for (nlines = 0; f != NULL && nlines < NHI_AIRGAP_PROC_LINES_MAX && fgets(line, sizeof(line), f); nlines++) {
+		if (sscanf(line, "%31s %lx %lx %x %*d %*d %*d %lx", ifname, &dst, &gw, &flags, &mask) == 5 &&
+		    dst == 0 && mask == 0 && (flags & 0x1 /* RTF_UP */)) {
+			struct in_addr a = {.s_addr = (in_addr_t)gw};
+			char g[INET_ADDRSTRLEN];
+
+			inet_ntop(AF_INET, &a, g, sizeof(g));
+			if (n++ < NHI_AIRGAP_LISTED_MAX)
+				printf("      IPv4 default route via %s dev %s\n", g, ifname);
+		}
+	}
+	if (f != NULL)
+		fclose(f);
+	f = fopen("/proc/net/ipv6_route", "re");
+	for (nlines = 0; f != NULL && nlines < NHI_AIRGAP_PROC_LINES_MAX && fgets(line, sizeof(line), f); nlines++) {
+		/* dst plen src plen nexthop metric refcnt use flags iface */
+		if (sscanf(line, "%39s %x %*s %*x %*s %*x %*x %*x %x %31s", dst6, &plen, &flags, ifname) != 4)
+			continue;
+		for (i = 0; dst6[i] == '0'; i++)
+			;
+		/* the kernel's own unreachable default on lo (RTF_REJECT) is no route */
+		if (dst6[i] == '\0' && plen == 0 && (flags & 0x1) && !(flags & 0x200 /* RTF_REJECT */) &&
+		    strcmp(ifname, "lo") != 0 && n++ < NHI_AIRGAP_LISTED_MAX)
+			printf("      IPv6 default route dev %s\n", ifname);
+	}
+	if (f != NULL)
+		fclose(f);
+	if (n == 0)
+		printf("      no default route: only directly connected networks are reachable\n");
+	else if (allow_default)
+		printf("      %u default route(s) present: accepted (--allow-default-route)\n", n);
+	else
+		step_fail(c, "%u default route(s) present: an air-gapped host needs none; remove it (ip route del "
+			     "default), or pass --allow-default-route if your LAN needs it",
+			  n);
+}
+
+static void check_dns(struct check *c)
+{
+	char line[512], ns[64];
+	unsigned nlines, n = 0, remote = 0;
+	FILE *f;
+
+	step_begin(c, "DNS: resolver configuration (/etc/resolv.conf; no query is sent)");
+	f = fopen("/etc/resolv.conf", "re");
+	if (f == NULL) {
+		printf("      no /etc/resolv.conf: this host resolves nothing by DNS\n");
+		return;
+	}
+	for (nlines = 0; nlines < NHI_AIRGAP_PROC_LINES_MAX && fgets(line, sizeof(line), f); nlines++) {
+		if (sscanf(line, " nameserver %63s", ns) != 1)
+			continue;
+		n++;
+		if (strncmp(ns, "127.", 4) != 0 && strcmp(ns, "::1") != 0)
+			remote++;
+		if (n <= NHI_AIRGAP_LISTED_MAX)
+			printf("      nameserver %s%s\n", ns,
+			       strncmp(ns, "127.", 4) == 0 || strcmp(ns, "::1") == 0 ? " (local)" : "");
+	}
+	fclose(f);
+	if (n == 0)
+		printf("      no nameserver configured\n");
+	printf("      nhid never resolves names (listen must be an address); %u non-local nameserver(s) "
+	       "configured; reported, not tested\n",
+	       remote);
+}
+
+/* /proc/net/tcp{,6} prints each address as the kernel's 32-bit words in host order */
+static bool parse_proc_addr(const char *hex, bool v6, char *out, size_t out_len)
+{
+	unsigned char raw[16];
+	uint32_t w;
+	size_t words = v6 ? 4 : 1, i, j;
+	char part[9];
+
+	if (strlen(hex) != words * 8)
+		return false;
+	for (i = 0; i < words; i++) {
+		for (j = 0; j < 8; j++) {
+			if (!isxdigit((unsigned char)hex[i * 8 + j]))
+				return false;
+			part[j] = hex[i * 8 + j];
+		}
+		part[8] = '\0';
+		w = (uint32_t)strtoul(part, NULL, 16);
+		memcpy(raw + i * 4, &w, 4);
+	}
+	return inet_ntop(v6 ? AF_INET6 : AF_INET, raw, out, (socklen_t)out_len) != NULL;
+}
+
+static void check_listeners(struct check *c, const struct nhi_server_config *cfg)
+{
+	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+	char line[512], lhex[40], addr[INET6_ADDRSTRLEN];
+	unsigned port, state, nlines, ours = 0, lan = 0;
+	size_t t;
+	FILE *f;
+
+	step_begin(c, "listening TCP sockets (/proc/net/tcp, /proc/net/tcp6)");
+	for (t = 0; t < 2; t++) {
+		f = fopen(tables[t], "re");
+		for (nlines = 0; f != NULL && nlines < NHI_AIRGAP_PROC_LINES_MAX && fgets(line, sizeof(line), f);
+		     nlines++) {
+			if (sscanf(line, " %*u: %39[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", lhex, &port, &state) != 3 ||
+			    state != 0x0A /* TCP_LISTEN */ || !parse_proc_addr(lhex, t == 1, addr, sizeof(addr)))
+				continue;
+			if ((int)port == cfg->listen_port) {
+				bool match = strcmp(addr, cfg->listen_host) == 0;
+
+				ours += match;
+				printf("      %s:%u listening%s\n", addr, port,
+				       match ? " (nhid's configured address)" : " (NOT nhid's configured address)");
+				if (!match)
+					step_fail(c, "port %u is also bound on %s, not only on %s: find that listener "
+						     "(ss -ltnp) and stop it",
+						  port, addr, cfg->listen_host);
+			} else if (strncmp(addr, "127.", 4) != 0 && strcmp(addr, "::1") != 0 &&
+				   lan++ < NHI_AIRGAP_LISTED_MAX) {
+				printf("      other service listening on %s:%u (reachable from the LAN)\n", addr, port);
+			}
+		}
+		if (f != NULL)
+			fclose(f);
+	}
+	if (ours == 0)
+		printf("      nothing listens on %s:%d: nhid is not running (or runs in another network namespace)\n",
+		       cfg->listen_host, cfg->listen_port);
+	if (lan > 0)
+		printf("      %u other non-loopback listener(s): review them (not nhid's; reported only)\n", lan);
+}
+
+/* ---- the command --------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: nhictl airgap check --config nhid.conf [--allow-default-route] [--wrap-key LABEL]\n"
+		   "  checks this host against nhid's air-gap contract; prints [n/N] lines and PASS or FAIL\n"
+		   "  (exit 0 / 1). Sends no packet: DNS is reported from resolv.conf, never queried.\n");
+}
+
+int nhictl_airgap(int argc, char **argv)
+{
+	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+					     {"allow-default-route", no_argument, NULL, 'r'},
+					     {"wrap-key", required_argument, NULL, 'w'},
+					     {"help", no_argument, NULL, 'h'},
+					     {NULL, 0, NULL, 0}};
+	const char *config = NULL, *wrap_key = NHI_BACKUP_WRAP_KEY_DEFAULT;
+	bool allow_default = false, cfg_ok = false;
+	struct nhi_server_config cfg;
+	struct nhi_hsm_config hc = {0};
+	struct nhi_hsm *h = NULL;
+	struct check c = {0};
+	uint8_t digest[32];
+	nhi_err e;
+	int o;
+
+	if (argc < 2 || strcmp(argv[1], "check") != 0) {
+		usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout : stderr);
+		return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? 0 : 2;
+	}
+	argc--;
+	argv++;
+	optind = 1;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': config = optarg; break;
+		case 'r': allow_default = true; break;
+		case 'w': wrap_key = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (config == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	step_begin(&c, "configuration");
+	if ((e = nhi_server_config_load(config, &cfg, digest)) != NHI_OK) {
+		step_fail(&c, "%s [%s]", nhi_err_detail(), nhi_err_name(e));
+	} else {
+		cfg_ok = true;
+		printf("      %s parses; listen %s:%d, token '%s'\n", config, cfg.listen_host, cfg.listen_port,
+		       cfg.hsm_token);
+	}
+	step_begin(&c, "deployment contract: config/PIN file modes and owner, state and audit on local filesystems");
+	if (!cfg_ok)
+		step_fail(&c, "configuration unusable (see above): not checked");
+	else if ((e = nhi_server_preflight(&cfg, config)) != NHI_OK)
+		step_fail(&c, "%s [%s]", nhi_err_detail(), nhi_err_name(e));
+	else
+		printf("      config and PIN file private to uid %u; %s and the audit log's directory are local\n",
+		       (unsigned)geteuid(), cfg.state_dir);
+
+	step_begin(&c, "token reachable and logged in");
+	if (!cfg_ok) {
+		step_fail(&c, "configuration unusable (see above): not checked");
+	} else {
+		hc.module_path = cfg.hsm_module[0] ? cfg.hsm_module : NULL;
+		hc.token = cfg.hsm_token;
+		hc.pin_file = cfg.hsm_pin_file;
+		hc.sessions = 2;
+		if ((e = nhi_hsm_open(&hc, &h)) != NHI_OK) {
+			step_fail(&c, "%s [%s]", nhi_err_detail(), nhi_err_name(e));
+			h = NULL;
+		} else {
+			printf("      %s\n", nhi_hsm_token_desc(h));
+		}
+	}
+	/* from here on this process cannot open a network socket even by mistake */
+	if ((e = nhi_sandbox_install(NHI_SANDBOX_DEFAULT)) != NHI_OK) {
+		nhi_hsm_free(h);
+		return nhictl_fail("airgap", "no-egress filter", e);
+	}
+	if (cfg_ok) {
+		check_keys(&c, &cfg, h, wrap_key);
+		check_certs(&c, &cfg, h);
+	} else {
+		step_begin(&c, "expected keys");
+		step_fail(&c, "configuration unusable: not checked");
+		step_begin(&c, "trust material");
+		step_fail(&c, "configuration unusable: not checked");
+	}
+	check_routes(&c, allow_default);
+	check_dns(&c);
+	if (cfg_ok) {
+		check_listeners(&c, &cfg);
+	} else {
+		step_begin(&c, "listening TCP sockets");
+		step_fail(&c, "configuration unusable: not checked");
+	}
+	nhi_hsm_free(h);
+	if (c.failed > 0) {
+		printf("FAIL: %u problem(s) above\n", c.failed);
+		return 1;
+	}
+	printf("PASS\n");
+	return 0;
+}
