@@ -1,5 +1,6 @@
 /* provisioning/nhictl.c — the operator tool's entry point: dispatch to one subcommand. */
 #include "nhictl.h"
+#include "../server/sandbox.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -41,9 +42,16 @@ int main(int argc, char **argv)
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;
 	}
-	for (i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
-		if (strcmp(argv[1], subcommands[i].name) == 0)
-			return subcommands[i].run(argc - 1, argv + 1);
+	for (i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++) {
+		if (strcmp(argv[1], subcommands[i].name) != 0)
+			continue;
+		/* nhictl never needs the network: every subcommand runs under the same
+		 * kernel no-egress filter as nhid (docs/airgap.md), installed before it
+		 * reads a byte of its input */
+		if (nhi_sandbox_install(NHI_SANDBOX_DEFAULT) != NHI_OK)
+			return nhictl_fail(argv[1], "no-egress filter", NHI_ERR_INTERNAL);
+		return subcommands[i].run(argc - 1, argv + 1);
+	}
 	fprintf(stderr, "nhictl: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;
