@@ -15,6 +15,7 @@
 #include "../hsm/hsm_internal.h"
 #include "../server/sandbox.h"
 #include "../server/server.h"
+#include "../server/update.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -28,8 +29,9 @@
 #include <openssl/x509_vfy.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
-#define STEPS 8
+#define STEPS 9
 
 struct check {
 	unsigned step, failed;
@@ -142,7 +144,6 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 		goto out;
 	}
 	printf("      server certificate is for token key '%s'\n", cfg->tls_key);
-	/* TODO(trust bundle issue): verify the signed trust bundle and its expiry here */
 out:
 	EVP_PKEY_free(tok);
 	nhi_hsm_key_free(k);
@@ -150,6 +151,34 @@ out:
 	X509_STORE_free(st);
 	X509_free(leaf);
 	X509_free(ca);
+}
+
+/* the installed trust bundle (docs/updates.md): signature and expiry */
+static void check_bundle(struct check *c, const struct nhi_server_config *cfg)
+{
+	struct nhi_bundle *b = NULL;
+	char path[600];
+	long long left;
+
+	step_begin(c, "trust bundle");
+	snprintf(path, sizeof(path), "%s/trust-bundle.json", cfg->state_dir);
+	if (access(path, F_OK) != 0) {
+		printf("      no trust bundle in %s: signed updates are not initialised (nhictl update init)\n",
+		       cfg->state_dir);
+		return;
+	}
+	if (nhi_update_load_bundle(cfg->state_dir, &b) != NHI_OK) {
+		step_fail(c, "trust bundle %s: %s", path, nhi_err_detail());
+		return;
+	}
+	left = (long long)nhi_bundle_expires_at(b) - (long long)time(NULL);
+	if (left <= 0)
+		step_fail(c, "trust bundle %s (version %llu) has expired: apply a newer bundle (docs/updates.md)", path,
+			  (unsigned long long)nhi_bundle_version(b));
+	else
+		printf("      trust bundle version %llu, signatures valid, %lld days left\n",
+		       (unsigned long long)nhi_bundle_version(b), left / 86400);
+	nhi_bundle_free(b);
 }
 
 /* ---- the token and its keys ---------------------------------------------------------- */
@@ -438,10 +467,13 @@ int nhictl_airgap(int argc, char **argv)
 	if (cfg_ok) {
 		check_keys(&c, &cfg, h, wrap_key);
 		check_certs(&c, &cfg, h);
+		check_bundle(&c, &cfg);
 	} else {
 		step_begin(&c, "expected keys");
 		step_fail(&c, "configuration unusable: not checked");
 		step_begin(&c, "trust material");
+		step_fail(&c, "configuration unusable: not checked");
+		step_begin(&c, "trust bundle");
 		step_fail(&c, "configuration unusable: not checked");
 	}
 	check_routes(&c, allow_default);

@@ -25,7 +25,8 @@ check "usage: missing --config is exit 2" bash -c "'$NHICTL' airgap check; [ \$?
 rc=$?
 check "healthy deployment: PASS, exit 0 ${ROUTE_FLAG[*]}" bash -c "[ $rc = 0 ] && tail -1 pass.out | grep -qx PASS"
 [ $rc = 0 ] || sed 's/^/#   /' pass.out
-check "[n/N] lines 1..8 in order" bash -c "[ \"\$(grep -o '^\[[0-9]/8\]' pass.out | tr -d '\n')\" = '[1/8][2/8][3/8][4/8][5/8][6/8][7/8][8/8]' ]"
+check "[n/N] lines 1..9 in order" bash -c "[ \"\$(grep -o '^\[[0-9]/9\]' pass.out | tr -d '\n')\" = '[1/9][2/9][3/9][4/9][5/9][6/9][7/9][8/9][9/9]' ]"
+check "no trust bundle installed is reported, not failed" grep -q 'signed updates are not initialised' pass.out
 check "every expected key is reported sensitive and non-extractable" \
 	bash -c "[ \$(grep -c 'present, sensitive, not extractable' pass.out) -ge 5 ]"
 check "the server certificate is matched with the token's TLS key" grep -q "server certificate is for token key 'nhid-tls'" pass.out
@@ -94,4 +95,9 @@ if ip netns add "$NS" 2>/dev/null; then
 else
 	ok "# SKIP ip netns add failed (not root or no CAP_SYS_ADMIN): network-namespace run not done"
 fi
+# a trust bundle that does not verify fails the check, naming the file
+(umask 077; printf '{"payload":"e30","signatures":[]}\n' >"$D/state/trust-bundle.json")
+check_fails "an unverifiable trust bundle is a FAIL naming it" "trust-bundle.json" \
+	"$NHICTL" airgap check --config "$D/nhid.conf" "${ROUTE_FLAG[@]}"
+rm -f "$D/state/trust-bundle.json"
 finish
