@@ -57,6 +57,38 @@ out:
 	return rv;
 }
 
+/* true when path names a file directly inside $CREDENTIALS_DIRECTORY */
+static bool in_credentials_dir(const char *path)
+{
+	const char *dir = getenv("CREDENTIALS_DIRECTORY");
+	size_t n;
+
+	if (dir == NULL || dir[0] != '/')
+		return false;
+	n = strlen(dir);
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	return strncmp(path, dir, n) == 0 && path[n] == '/' && strchr(path + n + 1, '/') == NULL &&
+	       strstr(path + n, "/..") == NULL;
+}
+
+nhi_err nhi_private_file_check(const char *what, const char *path, const struct stat *st)
+{
+	bool cred = in_credentials_dir(path);
+
+	if (!S_ISREG(st->st_mode))
+		return nhi_err_set(NHI_ERR_PERM, "%s %s is not a regular file", what, path);
+	if (cred && st->st_uid == 0 && (st->st_mode & 007) == 0 && (st->st_mode & 0022) == 0)
+		return NHI_OK; /* systemd credential: root-owned, ACL-readable by the service only */
+	if (st->st_uid != geteuid())
+		return nhi_err_set(NHI_ERR_PERM, "%s %s is owned by uid %u, not by uid %u that runs this program: chown %u %s",
+				   what, path, (unsigned)st->st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
+	if (st->st_mode & 077)
+		return nhi_err_set(NHI_ERR_PERM, "%s %s is mode %04o, readable by group or others: chmod 600 %s", what, path,
+				   (unsigned)(st->st_mode & 07777), path);
+	return NHI_OK;
+}
+
 nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -68,13 +100,7 @@ nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf 
 	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO,
 		  "cannot open secret file %s: %s", path, strerror(errno));
 	NHI_CHECK(fstat(fd, &st) == 0, NHI_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
-	NHI_CHECK(S_ISREG(st.st_mode), NHI_ERR_PERM, "secret file %s is not a regular file", path);
-	NHI_CHECK(st.st_uid == geteuid(), NHI_ERR_PERM,
-		  "secret file %s is owned by uid %u, not by uid %u that runs this program: chown %u %s",
-		  path, (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
-	NHI_CHECK((st.st_mode & 077) == 0, NHI_ERR_PERM,
-		  "secret file %s is mode %04o, readable by group or others: chmod 600 %s", path,
-		  (unsigned)(st.st_mode & 07777), path);
+	NHI_TRY(nhi_private_file_check("secret file", path, &st));
 	NHI_TRY(read_fd(fd, path, max_bytes, out));
 	if (out->len > 0 && out->data[out->len - 1] == '\n')
 		out->len--;

@@ -143,6 +143,17 @@ nhi_err nhi_file_read(const char *path, size_t max_bytes, struct nhi_buf *out) N
 nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out) NHI_MUST_CHECK;
 
 /*
+ * The deployment contract for a file holding a secret or a trusted config, given
+ * its stat: a regular file owned by the effective uid with no group/other bits.
+ * One exception, for systemd's LoadCredential=: a file inside $CREDENTIALS_DIRECTORY
+ * (a private mount only the service's user and root can read) may be owned by root
+ * and readable through an ACL (group class bits), but never by others. `what`
+ * names the file in the error ("PIN file"), which gives the chmod/chown fix.
+ */
+struct stat;
+nhi_err nhi_private_file_check(const char *what, const char *path, const struct stat *st) NHI_MUST_CHECK;
+
+/*
  * Create `path` exclusively (O_EXCL: an existing file is NHI_ERR_EXISTS), write,
  * fsync, close. On any failure the partial file is removed.
  */

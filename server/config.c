@@ -268,13 +268,7 @@ static nhi_err private_file(const char *what, const char *path)
 	if (stat(path, &st) != 0)
 		return nhi_err_set(errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "%s %s: %s", what, path,
 				   strerror(errno));
-	if (st.st_mode & 077)
-		return nhi_err_set(NHI_ERR_PERM, "%s %s is mode %04o, readable by group or others: chmod 600 %s", what,
-				   path, (unsigned)(st.st_mode & 07777), path);
-	if (st.st_uid != geteuid())
-		return nhi_err_set(NHI_ERR_PERM, "%s %s is owned by uid %u, not %u: chown %u %s", what, path,
-				   (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path);
-	return NHI_OK;
+	return nhi_private_file_check(what, path, &st);
 }
 
 nhi_err nhi_server_preflight(const struct nhi_server_config *c, const char *config_path)

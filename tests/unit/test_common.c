@@ -1,0 +1,318 @@
+/* tests/unit/test_common.c — common/: encodings, buffers, files, key forms, configs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "../../common/conf.h"
+#include "../../common/limits.h"
+#include "../../common/nhi.h"
+#include "../../common/pkey.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[256];
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/nhi-unit-common-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	char cmd[320];
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+/* RFC 4648 §10 vectors, in the base64url alphabet without padding */
+static void test_b64url_rfc4648(void **state)
+{
+	static const struct {
+		const char *in, *out;
+	} v[] = {{"", ""},	   {"f", "Zg"},	      {"fo", "Zm8"},	   {"foo", "Zm9v"},
+		 {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"}};
+	struct nhi_buf e = {0}, d = {0};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		nhi_buf_reset(&e);
+		nhi_buf_reset(&d);
+		assert_int_equal(nhi_b64url_encode((const uint8_t *)v[i].in, strlen(v[i].in), &e), NHI_OK);
+		assert_string_equal((char *)(e.data ? e.data : (uint8_t *)""), v[i].out);
+		assert_int_equal(nhi_b64url_decode(v[i].out, strlen(v[i].out), &d), NHI_OK);
+		assert_int_equal(d.len, strlen(v[i].in));
+		assert_memory_equal(d.data ? d.data : (uint8_t *)"", v[i].in, d.len);
+	}
+	/* the url alphabet: 0xfb 0xff -> "-_8" */
+	nhi_buf_reset(&e);
+	assert_int_equal(nhi_b64url_encode((const uint8_t *)"\xfb\xff", 2, &e), NHI_OK);
+	assert_string_equal((char *)e.data, "-_8");
+	nhi_buf_free(&e);
+	nhi_buf_free(&d);
+}
+
+static void test_b64url_strict(void **state)
+{
+	static const char *const bad[] = {
+		"Zg==",  /* padding */
+		"Zm9v+", /* standard alphabet */
+		"Zm9v/w", "Zm 9v", "Zm9v\n", "Z",  /* impossible length */
+		"Zh", "Zm9", /* non-canonical: unused bits set */
+		"Zm8=", "\xc3\xa9",
+	};
+	struct nhi_buf d = {0};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (nhi_b64url_decode(bad[i], strlen(bad[i]), &d) != NHI_ERR_FORMAT)
+			fail_msg("'%s' was accepted", bad[i]);
+	nhi_buf_free(&d);
+}
+
+static void test_buffers_and_secret_memory(void **state)
+{
+	struct nhi_buf b = {0}, s = {.secret = true};
+	uint8_t *p;
+	int i;
+
+	(void)state;
+	for (i = 0; i < 1000; i++)
+		assert_int_equal(nhi_buf_printf(&b, "%04d,", i), NHI_OK);
+	assert_int_equal(b.len, 5000);
+	assert_int_equal(b.data[b.len], '\0');
+	assert_int_equal(nhi_buf_append(&s, "pin-1234", 8), NHI_OK);
+	assert_int_equal(nhi_buf_append(&s, "-more", 5), NHI_OK); /* grows in secret memory */
+	assert_memory_equal(s.data, "pin-1234-more", 13);
+	nhi_buf_reset(&s);
+	assert_int_equal(s.len, 0);
+	assert_int_equal(s.data[0], '\0');
+	p = nhi_secret_alloc(100);
+	assert_non_null(p);
+	memset(p, 0xa5, 100);
+	nhi_secret_free(p);
+	nhi_secret_free(NULL);
+	assert_null(nhi_secret_alloc(NHI_BUF_MAX_BYTES + 1));
+	assert_int_equal(nhi_buf_reserve(&b, NHI_BUF_MAX_BYTES), NHI_ERR_LIMIT);
+	assert_true(nhi_ct_equal("abc", "abc", 3));
+	assert_false(nhi_ct_equal("abc", "abd", 3));
+	nhi_buf_free(&b);
+	nhi_buf_free(&s);
+	nhi_buf_free(NULL);
+}
+
+static void write_file(const char *path, const char *data, mode_t mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, strlen(data)), (ssize_t)strlen(data));
+	assert_int_equal(fchmod(fd, mode), 0);
+	close(fd);
+}
+
+static void test_secret_files(void **state)
+{
+	char path[400], link[400];
+	struct nhi_buf b = {0};
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/pin", dir);
+	write_file(path, "s3cret\r\n", 0600);
+	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_OK);
+	assert_true(b.secret);
+	assert_int_equal(b.len, 6);
+	assert_memory_equal(b.data, "s3cret", 6);
+	nhi_buf_free(&b);
+	chmod(path, 0640);
+	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_PERM);
+	assert_non_null(strstr(nhi_err_detail(), "chmod 600"));
+	assert_null(strstr(nhi_err_detail(), "s3cret"));
+	chmod(path, 0600);
+	assert_int_equal(nhi_secret_file_read(path, 3, &b), NHI_ERR_LIMIT);
+	snprintf(link, sizeof(link), "%s/pin-link", dir);
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(nhi_secret_file_read(link, 64, &b), NHI_ERR_IO); /* O_NOFOLLOW */
+	write_file(path, "\n", 0600);
+	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_ARG); /* empty */
+	snprintf(path, sizeof(path), "%s/absent", dir);
+	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_NOT_FOUND);
+}
+
+/* systemd LoadCredential=: root-owned, ACL-readable, inside $CREDENTIALS_DIRECTORY */
+static void test_credentials_directory_rule(void **state)
+{
+	char creds[300], path[400], outside[400];
+	struct stat st;
+
+	(void)state;
+	snprintf(creds, sizeof(creds), "%s/creds", dir);
+	assert_int_equal(mkdir(creds, 0700), 0);
+	snprintf(path, sizeof(path), "%s/pin", creds);
+	snprintf(outside, sizeof(outside), "%s/pin-outside", dir);
+	write_file(path, "1234", 0440);
+	write_file(outside, "1234", 0440);
+	setenv("CREDENTIALS_DIRECTORY", creds, 1);
+	assert_int_equal(stat(path, &st), 0);
+	st.st_uid = 0; /* as systemd leaves it */
+	if (geteuid() == 0)
+		assert_int_equal(nhi_private_file_check("PIN file", path, &st), NHI_OK);
+	st.st_mode = S_IFREG | 0444; /* readable by others: never */
+	assert_int_equal(nhi_private_file_check("PIN file", path, &st), NHI_ERR_PERM);
+	st.st_mode = S_IFREG | 0460; /* group-writable: never */
+	assert_int_equal(nhi_private_file_check("PIN file", path, &st), NHI_ERR_PERM);
+	/* the same file outside the credentials directory keeps the strict rule */
+	assert_int_equal(stat(outside, &st), 0);
+	assert_int_equal(nhi_private_file_check("PIN file", outside, &st), NHI_ERR_PERM);
+	/* no escaping the directory with .. */
+	snprintf(outside, sizeof(outside), "%s/../pin-outside", creds);
+	assert_int_equal(nhi_private_file_check("PIN file", outside, &st), NHI_ERR_PERM);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(nhi_private_file_check("PIN file", path, &st), NHI_ERR_PERM); /* 0440 */
+}
+
+static void test_write_excl_and_atomic(void **state)
+{
+	char path[400];
+	struct nhi_buf b = {0};
+	struct stat st;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/out", dir);
+	assert_int_equal(nhi_file_write_excl(path, "one", 3, 0600), NHI_OK);
+	assert_int_equal(nhi_file_write_excl(path, "two", 3, 0600), NHI_ERR_EXISTS);
+	assert_non_null(strstr(nhi_err_detail(), "refusing to overwrite"));
+	assert_int_equal(nhi_file_read(path, 16, &b), NHI_OK);
+	assert_memory_equal(b.data, "one", 3);
+	assert_int_equal(nhi_file_write_atomic(path, "three", 5, 0640), NHI_OK);
+	nhi_buf_reset(&b);
+	assert_int_equal(nhi_file_read(path, 16, &b), NHI_OK);
+	assert_int_equal(b.len, 5);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	assert_int_equal(nhi_file_read(path, 4, &b), NHI_ERR_LIMIT);
+	assert_int_equal(nhi_file_read(dir, 4, &b), NHI_ERR_ARG); /* a directory */
+	nhi_buf_free(&b);
+}
+
+static void test_ecdsa_forms_and_jwk(void **state)
+{
+	EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), *back = NULL;
+	uint8_t raw[65], sig_raw[64], again[64];
+	size_t raw_len = 0;
+	struct nhi_buf der = {0}, jwk = {0};
+	char tp[44], fp[65];
+	int i;
+
+	(void)state;
+	assert_non_null(pk);
+	assert_int_equal(nhi_pkey_raw(pk, raw, &raw_len), NHI_OK);
+	assert_int_equal(raw_len, 65);
+	assert_int_equal(nhi_pkey_from_raw(NHI_PKEY_P256, raw, raw_len, &back), NHI_OK);
+	assert_int_equal(EVP_PKEY_eq(pk, back), 1);
+	raw[40] ^= 1; /* off the curve */
+	EVP_PKEY_free(back);
+	back = NULL;
+	assert_int_equal(nhi_pkey_from_raw(NHI_PKEY_P256, raw, raw_len, &back), NHI_ERR_FORMAT);
+	assert_int_equal(nhi_pkey_from_raw(NHI_PKEY_P256, raw, 64, &back), NHI_ERR_FORMAT);
+	for (i = 0; i < 64; i++)
+		sig_raw[i] = (uint8_t)(i == 0 || i == 32 ? 0 : i); /* leading zeros exercise DER minimality */
+	assert_int_equal(nhi_ecdsa_raw_to_der(sig_raw, &der), NHI_OK);
+	assert_int_equal(nhi_ecdsa_der_to_raw(der.data, der.len, again), NHI_OK);
+	assert_memory_equal(sig_raw, again, 64);
+	assert_int_equal(nhi_ecdsa_der_to_raw(der.data, der.len - 1, again), NHI_ERR_FORMAT);
+	assert_int_equal(nhi_pkey_jwk(pk, &jwk), NHI_OK);
+	/* RFC 7638 §3.2: required members only, lexicographic order, no whitespace */
+	assert_int_equal(strncmp((char *)jwk.data, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"", 31), 0);
+	assert_null(strchr((char *)jwk.data, ' '));
+	assert_int_equal(nhi_pkey_thumbprint(pk, tp), NHI_OK);
+	assert_int_equal(strlen(tp), 43);
+	assert_int_equal(nhi_pkey_fingerprint(pk, fp), NHI_OK);
+	assert_int_equal(strlen(fp), 64);
+	nhi_buf_free(&der);
+	nhi_buf_free(&jwk);
+	EVP_PKEY_free(pk);
+}
+
+struct seen {
+	int n;
+	char last[64];
+};
+
+static nhi_err collect(void *ctx, const char *key, const char *val)
+{
+	struct seen *s = ctx;
+
+	s->n++;
+	snprintf(s->last, sizeof(s->last), "%s=%s", key, val);
+	return NHI_OK;
+}
+
+static void test_conf_reader(void **state)
+{
+	static const char *const keys[] = {"a", "b"};
+	struct seen s = {0};
+	char items[4][16];
+	size_t n = 0;
+	unsigned long long v = 0;
+	const char good[] = "# comment\n[sec]\na = 1\nb = two words\n";
+
+	(void)state;
+	assert_int_equal(nhi_conf_parse(good, strlen(good), "sec", keys, 2, collect, &s), NHI_OK);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.last, "b=two words");
+	assert_int_equal(nhi_conf_parse("[sec]\nc = 1\n", 12, "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "unknown config key 'c'"));
+	assert_int_equal(nhi_conf_parse("a = 1\n[sec]\n", 12, "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_parse("[sec]\n .include x\n", 18, "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_parse("[sec]\na=1\0", 10, "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_parse("[other]\na=1\n", 12, "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_uint(&v, "k", "42", 1, 100), NHI_OK);
+	assert_int_equal(v, 42);
+	assert_int_equal(nhi_conf_uint(&v, "k", "-1", 1, 100), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_uint(&v, "k", "101", 1, 100), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_uint(&v, "k", "4x", 1, 100), NHI_ERR_CONFIG);
+	assert_int_equal(nhi_conf_list("k", " x, y ,,z ", &items[0][0], 16, 4, &n, NULL, "an item"), NHI_OK);
+	assert_int_equal(n, 3);
+	assert_string_equal(items[1], "y");
+	assert_int_equal(nhi_conf_list("k", "a,b,c,d,e", &items[0][0], 16, 4, &n, NULL, "an item"), NHI_ERR_CONFIG);
+}
+
+static void test_errors(void **state)
+{
+	(void)state;
+	assert_int_equal(nhi_err_set(NHI_ERR_IO, "disk %s", "full"), NHI_ERR_IO);
+	assert_string_equal(nhi_err_detail(), "disk full");
+	assert_int_equal(nhi_err_wrap(NHI_ERR_IO, "writing %s", "x"), NHI_ERR_IO);
+	assert_string_equal(nhi_err_detail(), "writing x: disk full");
+	assert_string_equal(nhi_err_name(NHI_ERR_ROLLBACK), "rollback");
+	assert_string_equal(nhi_err_name((nhi_err)999), "unknown");
+	nhi_err_clear();
+	assert_string_equal(nhi_err_detail(), "");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_b64url_rfc4648),	   cmocka_unit_test(test_b64url_strict),
+		cmocka_unit_test(test_buffers_and_secret_memory), cmocka_unit_test(test_secret_files),
+		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
+		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
+		cmocka_unit_test(test_errors),
+	};
+
+	return cmocka_run_group_tests_name("common", tests, setup, teardown);
+}
