@@ -83,6 +83,11 @@
 #define NHI_SERVER_AUDIT_CHECKPOINT_RECORDS_DEFAULT 1000
 #define NHI_SERVER_AUDIT_CHECKPOINT_S_DEFAULT 60
 #define NHI_SERVER_LISTEN_BACKLOG 1024
+#define NHI_SERVER_UPDATE_SCAN_DEFAULT_S 10            /* watched updates_dir: one scan per period */
+#define NHI_SERVER_UPDATE_SCAN_MAX_S 3600
+#define NHI_SERVER_WRAP_KEY_LABEL "nhid-wrap"          /* unwraps the key of a cert-rotation package */
+#define NHI_SERVER_CHAIN_CERTS_MAX 8                   /* certificates in a rotated server chain */
+#define NHI_SERVER_REVOKED_MAX 100000                  /* entries of each list of a revocation body */
 #define NHI_ADMIN_SCRYPT_N 16384                       /* admin bearer token KDF cost */
 #define NHI_ADMIN_SCRYPT_R 8
 #define NHI_ADMIN_SCRYPT_P 1

@@ -20,6 +20,7 @@ static const struct subcommand subcommands[] = {
 	{"token", nhictl_token, "offline token verification against a JWKS"},
 	{"audit", nhictl_audit, "'audit verify': check an nhid audit log's chain and checkpoint signatures"},
 	{"update", nhictl_update, "signed update packages: create, sign (one custodian each), verify, apply, scan"},
+	{"rotation", nhictl_rotation, "'rotation make': cert-rotation package body (new TLS cert + key wrapped under nhid-wrap)"},
 	{"bundle", nhictl_bundle, "trust bundle: create, sign, verify a rotation chain from the pinned fingerprint"},
 	{"manifest", nhictl_manifest, "model manifest: sign a directory's per-file SHA-256, verify a directory against it"},
 	{"airgap", nhictl_airgap, "'airgap check': this host against the air-gap contract (routes, DNS, listeners, files, keys, certs)"},

@@ -19,6 +19,7 @@ int nhictl_airgap(int argc, char **argv);   /* airgap.c: air-gap posture check *
 int nhictl_update(int argc, char **argv);   /* update.c: signed update packages create/sign/verify/apply/scan */
 int nhictl_bundle(int argc, char **argv);   /* bundle.c: trust bundle create/sign/verify/fingerprint */
 int nhictl_manifest(int argc, char **argv); /* manifest.c: model manifest sign/verify */
+int nhictl_rotation(int argc, char **argv); /* rotation.c: cert-rotation package body */
 
 /*
  * update.c: `<cmd> sign` for every signed document (update package, bundle,

@@ -14,6 +14,7 @@ static const struct nhi_api_route api_routes[] = {
 	{"/v1/health", "GET", NHI_ROUTE_HEALTH},    {"/v1/tokens", "POST", NHI_ROUTE_TOKENS},
 	{"/v1/resolve", "POST", NHI_ROUTE_RESOLVE}, {"/v1/jwks", "GET", NHI_ROUTE_JWKS},
 	{"/v1/metrics", "GET", NHI_ROUTE_METRICS},  {"/v1/admin/reload", "POST", NHI_ROUTE_RELOAD},
+	{"/v1/trust-bundle", "GET", NHI_ROUTE_TRUST_BUNDLE},
 };
 
 const struct nhi_api_route *nhi_api_route_find(const char *path)

@@ -23,6 +23,7 @@ static const char *const known_keys[] = {
 	"state_dir",       "audit_log",        "audit_key",         "audit_checkpoint_records",
 	"audit_checkpoint_s", "admin_token_hash", "max_connections", "body_max_bytes",
 	"header_max_bytes", "idle_timeout_s",  "requests_per_connection", "trust_domain",
+	"updates_dir",     "update_scan_s",    "clock_skew_s",
 };
 
 static bool valid_label(const char *s)
@@ -139,6 +140,12 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 		return COPY(state_dir);
 	if (strcmp(key, "audit_log") == 0)
 		return COPY(audit_log);
+	if (strcmp(key, "updates_dir") == 0)
+		return COPY(updates_dir);
+	if (strcmp(key, "update_scan_s") == 0)
+		return set_uint(&c->update_scan_s, key, val, 1, NHI_SERVER_UPDATE_SCAN_MAX_S);
+	if (strcmp(key, "clock_skew_s") == 0)
+		return set_uint(&c->clock_skew_s, key, val, 1, NHI_UPDATE_CLOCK_SKEW_MAX_S);
 	if (strcmp(key, "issuer") == 0)
 		return valid_audience(val) ? COPY(issuer)
 					   : nhi_err_set(NHI_ERR_CONFIG, "config key 'issuer' must be printable, no spaces");
@@ -201,6 +208,8 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 	c->header_max_bytes = NHI_SERVER_HEADER_DEFAULT_BYTES;
 	c->idle_timeout_s = NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S;
 	c->requests_per_connection = NHI_SERVER_REQUESTS_PER_CONN_DEFAULT;
+	c->update_scan_s = NHI_SERVER_UPDATE_SCAN_DEFAULT_S;
+	c->clock_skew_s = NHI_UPDATE_CLOCK_SKEW_DEFAULT_S;
 	NHI_TRY(nhi_conf_parse(text, len, "nhid", known_keys, sizeof(known_keys) / sizeof(known_keys[0]), apply, c));
 	NHI_CHECK(c->listen_port != 0, NHI_ERR_CONFIG, "config key 'listen' is required (e.g. 127.0.0.1:8443)");
 	NHI_CHECK(c->hsm_token[0] && c->hsm_pin_file[0], NHI_ERR_CONFIG,
@@ -214,6 +223,11 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 		  "config keys 'state_dir' and 'audit_log' are required");
 	NHI_CHECK(c->token_ttl_default_s <= c->token_ttl_max_s, NHI_ERR_CONFIG,
 		  "token_ttl_default_s (%u) is above token_ttl_max_s (%u)", c->token_ttl_default_s, c->token_ttl_max_s);
+	/* the state dir holds update-state.json and the trust bundle: scanned as packages,
+	 * they would be moved to rejected/ */
+	NHI_CHECK(c->updates_dir[0] == '\0' || strcmp(c->updates_dir, c->state_dir) != 0, NHI_ERR_CONFIG,
+		  "config key 'updates_dir' must not be state_dir (%s): give the watched directory its own path",
+		  c->state_dir);
 	rv = NHI_OK;
 out:
 	return rv;
@@ -284,6 +298,16 @@ nhi_err nhi_server_preflight(const struct nhi_server_config *c, const char *conf
 	if (slash != NULL)
 		*slash = '\0';
 	NHI_TRY(local_fs("audit log directory", slash != NULL ? (dir[0] ? dir : "/") : "."));
+	if (c->updates_dir[0] != '\0') {
+		struct stat a, b;
+
+		NHI_CHECK(stat(c->updates_dir, &a) == 0 && S_ISDIR(a.st_mode), NHI_ERR_CONFIG,
+			  "updates_dir %s is not a directory: create it (mkdir -m 700 %s) or remove the key to turn "
+			  "updates off",
+			  c->updates_dir, c->updates_dir);
+		NHI_CHECK(stat(c->state_dir, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino, NHI_ERR_CONFIG,
+			  "updates_dir %s is state_dir: give the watched directory its own path", c->updates_dir);
+	}
 	rv = NHI_OK;
 out:
 	return rv;

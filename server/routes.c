@@ -19,6 +19,7 @@ struct ctx {
 	struct nhi_worker *w;
 	struct evhttp_request *req;
 	struct nhi_conn *conn;
+	struct nhi_trust *trust; /* verifier, JWKS and revocations for this request */
 	enum nhi_route route;
 	struct timespec t0;
 	int status;
@@ -199,6 +200,14 @@ static struct nhi_agent *caller(struct ctx *c)
 		a = NULL;
 		e = nhi_err_set(NHI_ERR_DENIED, "certificate is enrolled for another agent");
 	}
+	/* a signed revocation package overrides the identity backup until the next one */
+	if (e == NHI_OK && (nhi_trust_agent_revoked(c->trust, a->id) || nhi_trust_cert_revoked(c->trust, c->conn->cert_sha256))) {
+		e = nhi_err_set(NHI_ERR_DENIED, "agent %s%s is revoked by revocation package version %llu", a->id,
+				nhi_trust_agent_revoked(c->trust, a->id) ? "" : " (this certificate)",
+				(unsigned long long)c->trust->revocation_version);
+		nhi_agent_free(a);
+		a = NULL;
+	}
 	if (e != NHI_OK) {
 		nhi_hex(c->conn->cert_sha256, 32, hex);
 		reply_audited(c, "agent_refused",
@@ -230,7 +239,45 @@ static void h_health(struct ctx *c)
 
 static void h_jwks(struct ctx *c)
 {
-	reply(c, 200, json_loadb((const char *)c->s->jwks.data, c->s->jwks.len, 0, NULL));
+	reply(c, 200, json_loadb((const char *)c->trust->jwks.data, c->trust->jwks.len, 0, NULL));
+}
+
+/* the signed document byte for byte: verifiers check the signatures, not us */
+static void h_trust_bundle(struct ctx *c)
+{
+	struct evbuffer *b = evbuffer_new();
+	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+	const struct nhi_buf *doc;
+	struct timespec t1;
+	bool off;
+
+	if (b == NULL) {
+		reply_error(c, 500, "internal", "out of memory");
+		return;
+	}
+	pthread_mutex_lock(&c->s->bundle_mu);
+	off = c->s->bundle == NULL;
+	doc = off ? NULL : nhi_bundle_document(c->s->bundle);
+	if (doc != NULL && evbuffer_add(b, doc->data, doc->len) != 0)
+		doc = NULL;
+	pthread_mutex_unlock(&c->s->bundle_mu);
+	if (doc == NULL) {
+		evbuffer_free(b);
+		if (off)
+			reply_error(c, 404, "no_trust_bundle", "updates are off on this server (no updates_dir): no trust bundle");
+		else
+			reply_error(c, 500, "internal", "out of memory");
+		return;
+	}
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Cache-Control", "no-store");
+	if (closing(c))
+		evhttp_add_header(h, "Connection", "close");
+	evhttp_send_reply(c->req, 200, "OK", b);
+	evbuffer_free(b);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	nhi_metrics_observe(&c->s->metrics, c->route, 200,
+			    (unsigned long long)((t1.tv_sec - c->t0.tv_sec) * 1000000LL + (t1.tv_nsec - c->t0.tv_nsec) / 1000));
 }
 
 static void h_metrics(struct ctx *c)
@@ -343,7 +390,7 @@ static void h_resolve(struct ctx *c)
 		chk.cert_der = q.presenter_der.data;
 		chk.cert_der_len = q.presenter_der.len;
 	}
-	if (nhi_token_verify(c->s->verifier, tok, q.token_len, &chk, &cl, &why) != NHI_OK) {
+	if (nhi_token_verify(c->trust->verifier, tok, q.token_len, &chk, &cl, &why) != NHI_OK) {
 		snprintf(detail, sizeof(detail), "%s", nhi_token_error_name(why));
 		if ((unsigned)why < NHI_TOKEN_E__COUNT)
 			atomic_fetch_add(&c->s->metrics.token_errors[why], 1);
@@ -352,6 +399,15 @@ static void h_resolve(struct ctx *c)
 			json_object_set_new(fields, "token_malformed", json_true());
 		reply_audited(c, "resolve_failed", fields, 401,
 			      error_body("invalid_token", detail));
+		goto out;
+	}
+	/* a revocation package: the subject, or the certificate the token is bound to */
+	if (nhi_trust_agent_revoked(c->trust, cl->sub) || nhi_trust_cert_revoked(c->trust, cl->cnf_x5t_s256)) {
+		snprintf(detail, sizeof(detail), "revoked");
+		reply_audited(c, "resolve_failed",
+			      json_pack("{s:s, s:s, s:s, s:s, s:I}", "caller", me->id, "sub", cl->sub, "jti", cl->jti, "reason",
+					detail, "revocation_version", (json_int_t)c->trust->revocation_version),
+			      401, error_body("invalid_token", detail));
 		goto out;
 	}
 	/* status is checked now, not at issue time: a revoked agent's tokens die at once */
@@ -404,6 +460,7 @@ out:
 static void (*const handlers[NHI_ROUTE__COUNT])(struct ctx *c) = {
 	[NHI_ROUTE_HEALTH] = h_health, [NHI_ROUTE_TOKENS] = h_tokens,   [NHI_ROUTE_RESOLVE] = h_resolve,
 	[NHI_ROUTE_JWKS] = h_jwks,     [NHI_ROUTE_METRICS] = h_metrics, [NHI_ROUTE_RELOAD] = h_reload,
+	[NHI_ROUTE_TRUST_BUNDLE] = h_trust_bundle,
 };
 
 void nhi_routes_handle(struct evhttp_request *req, void *arg)
@@ -440,5 +497,7 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 		reply_error(&c, 405, "method_not_allowed", r->method);
 		return;
 	}
+	c.trust = nhi_server_trust_get(c.s);
 	handlers[r->id](&c);
+	nhi_trust_put(c.trust); /* handlers keep nothing of it past their return */
 }

@@ -206,45 +206,58 @@ out:
 	return rv;
 }
 
+/* The PEM chain in service: the rotated one, or cert_file (re-read: a reload picks up a new file). */
+static nhi_err current_chain(struct nhi_server *s, struct nhi_buf *out, const char **what)
+{
+	if (s->tls_chain.len > 0) {
+		*what = "the rotated certificate chain (cert-rotation package)";
+		return nhi_buf_append(out, s->tls_chain.data, s->tls_chain.len);
+	}
+	*what = s->cfg.cert_file;
+	return nhi_file_read(s->cfg.cert_file, (size_t)NHI_CERT_MAX_BYTES * NHI_SERVER_CHAIN_CERTS_MAX, out);
+}
+
 nhi_err nhi_server_reload(struct nhi_server *s, const char *who)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	SSL_CTX *fresh = NULL, *old;
+	struct nhi_buf chain = {0};
+	const char *what = "";
 
 	pthread_mutex_lock(&s->reload_mu);
 	rv = load_backup(s, who, false);
 	if (rv != NHI_OK)
 		goto out;
-	NHI_TRY(nhi_tls_ctx_new(s, &fresh));
+	NHI_TRY(current_chain(s, &chain, &what));
+	NHI_TRY(nhi_tls_ctx_new(s, chain.data, chain.len, what, s->tls_pkey, &fresh));
 	pthread_mutex_lock(&s->ctx_mu);
 	old = s->ssl_ctx;
 	s->ssl_ctx = fresh;
 	pthread_mutex_unlock(&s->ctx_mu);
 	SSL_CTX_free(old); /* open connections hold their own reference */
 	fresh = NULL;
-	NHI_TRY(nhi_server_audit(s, "reload", json_pack("{s:s, s:s}", "by", who, "cert_file", s->cfg.cert_file)));
+	NHI_TRY(nhi_server_audit(s, "reload", json_pack("{s:s, s:s, s:s}", "by", who, "cert", what, "tls_key",
+							 s->tls_label)));
 	atomic_fetch_add(&s->metrics.reloads, 1);
 	rv = NHI_OK;
 out:
 	if (rv != NHI_OK)
 		atomic_fetch_add(&s->metrics.reload_failures, 1);
 	SSL_CTX_free(fresh);
+	nhi_buf_free(&chain);
 	pthread_mutex_unlock(&s->reload_mu);
 	return rv;
 }
 
-static nhi_err build_tokens(struct nhi_server *s)
+static nhi_err build_issuer(struct nhi_server *s)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_token_issuer_cfg ic;
-	struct nhi_token_verify_cfg vc;
-	const char *retired[NHI_SERVER_LIST_MAX], *auds[NHI_SERVER_LIST_MAX];
+	const char *retired[NHI_SERVER_LIST_MAX];
 	size_t i;
 
 	for (i = 1; i < s->cfg.n_token_keys; i++)
 		retired[i - 1] = s->cfg.token_keys[i];
-	for (i = 0; i < s->cfg.n_audiences; i++)
-		auds[i] = s->cfg.audiences[i];
 	nhi_token_issuer_cfg_init(&ic);
 	ic.hsm = s->hsm;
 	ic.signing_key = s->cfg.token_keys[0];
@@ -254,16 +267,6 @@ static nhi_err build_tokens(struct nhi_server *s)
 	ic.ttl_default_s = s->cfg.token_ttl_default_s;
 	ic.ttl_max_s = s->cfg.token_ttl_max_s;
 	NHI_TRY(nhi_token_issuer_new(&ic, &s->issuer));
-	NHI_TRY(nhi_token_issuer_jwks(s->issuer, &s->jwks));
-	nhi_token_verify_cfg_init(&vc);
-	vc.issuer = s->cfg.issuer;
-	vc.audiences = auds;
-	vc.n_audiences = s->cfg.n_audiences;
-	vc.leeway_s = s->cfg.leeway_s;
-	vc.lifetime_max_s = s->cfg.token_ttl_max_s;
-	NHI_TRY(nhi_token_verifier_new(&vc, &s->verifier));
-	/* the verifier trusts exactly what the JWKS publishes */
-	NHI_TRY(nhi_token_verifier_add_jwks(s->verifier, (const char *)s->jwks.data, s->jwks.len));
 	rv = NHI_OK;
 out:
 	return rv;
@@ -287,6 +290,9 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	memcpy(s->config_digest, config_digest, 32);
 	pthread_mutex_init(&s->ctx_mu, NULL);
 	pthread_mutex_init(&s->reload_mu, NULL);
+	pthread_mutex_init(&s->trust_mu, NULL);
+	pthread_mutex_init(&s->bundle_mu, NULL);
+	snprintf(s->tls_label, sizeof(s->tls_label), "%s", cfg->tls_key);
 	s->started_at = (long long)time(NULL);
 	hc.module_path = cfg->hsm_module[0] ? cfg->hsm_module : NULL;
 	hc.token = cfg->hsm_token;
@@ -305,10 +311,27 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 							 "threads", (int)cfg->threads)));
 	NHI_TRY(nhi_store_new(&s->store));
 	NHI_TRY(load_backup(s, "startup", true));
-	NHI_TRY(build_tokens(s));
-	NHI_TRY(nhi_hsm_find(s->hsm, cfg->tls_key, &s->tls_key));
+	NHI_TRY(build_issuer(s));
+	/* trust bundle, revocations and a rotated TLS identity committed in state_dir */
+	NHI_TRY(nhi_watcher_load(s));
+	rv = nhi_hsm_find(s->hsm, s->tls_label, &s->tls_key);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "TLS key '%s'%s", s->tls_label,
+			     s->tls_chain.len ? " (named by the applied cert-rotation package)" : "");
+		goto out;
+	}
 	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, s->tls_key, &s->tls_pkey));
-	NHI_TRY(nhi_tls_ctx_new(s, &s->ssl_ctx));
+	{
+		struct nhi_buf chain = {0};
+		const char *what = "";
+
+		rv = current_chain(s, &chain, &what);
+		if (rv == NHI_OK)
+			rv = nhi_tls_ctx_new(s, chain.data, chain.len, what, s->tls_pkey, &s->ssl_ctx);
+		nhi_buf_free(&chain);
+		if (rv != NHI_OK)
+			goto out;
+	}
 	s->workers = calloc(cfg->threads, sizeof(*s->workers));
 	NHI_CHECK(s->workers != NULL, NHI_ERR_NOMEM, "out of memory");
 	for (i = 0; i < cfg->threads; i++)
@@ -339,6 +362,7 @@ nhi_err nhi_server_run(struct nhi_server *s)
 			  "cannot start worker thread %u", i);
 		s->workers[i].started = true;
 	}
+	NHI_TRY(nhi_watcher_start(s));
 	rv = NHI_OK;
 out:
 	for (i = 0; i < s->cfg.threads; i++)
@@ -356,6 +380,7 @@ void nhi_server_stop(struct nhi_server *s)
 	unsigned i;
 
 	atomic_store(&s->stopping, true);
+	nhi_watcher_stop(s);
 	for (i = 0; i < s->cfg.threads; i++)
 		if (s->workers[i].stop_ev != NULL)
 			event_active(s->workers[i].stop_ev, 0, 0);
@@ -367,6 +392,8 @@ void nhi_server_free(struct nhi_server *s)
 
 	if (s == NULL)
 		return;
+	/* the scan thread audits and swaps TLS contexts: gone before anything it uses */
+	nhi_watcher_free(s);
 	if (s->audit != NULL && nhi_server_audit(s, "shutdown", json_pack("{s:b}", "clean", 1)) != NHI_OK)
 		fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
 	/* every submitted record is durable after close; then run the loops once more so
@@ -391,13 +418,19 @@ void nhi_server_free(struct nhi_server *s)
 	SSL_CTX_free(s->ssl_ctx);
 	EVP_PKEY_free(s->tls_pkey);
 	nhi_hsm_key_free(s->tls_key);
-	nhi_token_verifier_free(s->verifier);
+	for (i = 0; i < s->n_old_tls_keys; i++)
+		nhi_hsm_key_free(s->old_tls_keys[i]);
+	free(s->old_tls_keys);
+	nhi_buf_free(&s->tls_chain);
+	nhi_trust_put(s->trust);
+	nhi_bundle_free(s->bundle);
 	nhi_token_issuer_free(s->issuer);
-	nhi_buf_free(&s->jwks);
 	nhi_store_free(s->store);
 	nhi_audit_free(s->audit);
 	nhi_hsm_free(s->hsm);
 	pthread_mutex_destroy(&s->ctx_mu);
 	pthread_mutex_destroy(&s->reload_mu);
+	pthread_mutex_destroy(&s->trust_mu);
+	pthread_mutex_destroy(&s->bundle_mu);
 	free(s);
 }

@@ -39,6 +39,10 @@ struct nhi_server_config {
 	unsigned audit_checkpoint_records, audit_checkpoint_s;
 	char admin_token_hash[256]; /* "scrypt:N:r:p:<salt b64url>:<hash b64url>", "" = admin API off */
 
+	char updates_dir[512]; /* watched for signed update packages; "" = updates off */
+	unsigned update_scan_s; /* period of the scan of updates_dir */
+	unsigned clock_skew_s;  /* local clock may lag the highest trusted time by this */
+
 	unsigned max_connections;
 	size_t body_max_bytes, header_max_bytes;
 	unsigned idle_timeout_s, requests_per_connection;

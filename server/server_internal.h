@@ -4,6 +4,7 @@
 
 #include "server.h"
 #include "audit.h"
+#include "update.h"
 #include "../common/limits.h"
 #include "../hsm/hsm.h"
 #include "../identity/identity.h"
@@ -25,6 +26,7 @@ enum nhi_route {
 	NHI_ROUTE_JWKS,
 	NHI_ROUTE_METRICS,
 	NHI_ROUTE_RELOAD,
+	NHI_ROUTE_TRUST_BUNDLE,
 	NHI_ROUTE_OTHER,
 	NHI_ROUTE__COUNT
 };
@@ -58,13 +60,71 @@ struct nhi_conn {
 };
 
 nhi_err nhi_tls_init(void) NHI_MUST_CHECK;
-/* A server SSL_CTX: TLS 1.2/1.3 AEAD, client certificate required against ca_file. */
-nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out) NHI_MUST_CHECK;
+/*
+ * A server SSL_CTX: TLS 1.2/1.3 AEAD, client certificate required against ca_file.
+ * `chain_pem` is the server certificate then its intermediates (PEM, `what` names
+ * where it came from in errors); `pkey` (HSM-backed) must match the first one. The
+ * context takes its own references.
+ */
+nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t len, const char *what, EVP_PKEY *pkey,
+			SSL_CTX **out) NHI_MUST_CHECK;
+/* Parse a PEM chain: *leaf and *rest (intermediates, maybe empty), owned by the caller. */
+nhi_err nhi_tls_chain_parse(const uint8_t *pem, size_t len, const char *what, X509 **leaf,
+			    STACK_OF(X509) **rest) NHI_MUST_CHECK;
 /* The connection record of an SSL (creating it on first use). */
 struct nhi_conn *nhi_tls_conn(SSL *ssl);
 int nhi_tls_conn_index(void);
 /* Fill conn's identity from the verified peer certificate (once per connection). */
 void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
+
+/* ---- token trust and revocations (watcher.c) ------------------------------------- */
+
+/*
+ * What a request checks tokens and callers against: the verifier, the published
+ * JWKS, and the revocation set of the last applied revocation package. Immutable
+ * once built and refcounted, so that the watcher swaps in a new one while workers
+ * finish with the old (nhi_server_trust_get / nhi_trust_put).
+ */
+struct nhi_trust {
+	atomic_uint refs;
+	struct nhi_token_verifier *verifier;
+	struct nhi_buf jwks;         /* the issuer's keys minus revoked kids */
+	uint64_t revocation_version; /* 0: no revocation package applied */
+	char **agents;               /* sorted (strcmp) */
+	size_t n_agents;
+	uint8_t (*certs)[32];        /* sorted (memcmp) */
+	size_t n_certs;
+	char **kids;
+	size_t n_kids;
+};
+/* The current trust with a reference; drop it with nhi_trust_put. Never NULL after startup. */
+struct nhi_trust *nhi_server_trust_get(struct nhi_server *s);
+/* NULL is a no-op. */
+void nhi_trust_put(struct nhi_trust *t);
+bool nhi_trust_agent_revoked(const struct nhi_trust *t, const char *agent_id);
+bool nhi_trust_cert_revoked(const struct nhi_trust *t, const uint8_t sha256[32]);
+/*
+ * Build a trust from the issuer's JWKS and a revocation body (NULL: none):
+ * {"agents":[id..], "cert_sha256":[hex..], "kids":[kid..]}, every member optional,
+ * no other. Revoking the current signing key's kid is refused (rotate token_keys
+ * first). Detail names the bad entry.
+ */
+nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *revocation, size_t len, uint64_t version,
+			struct nhi_trust **out) NHI_MUST_CHECK;
+
+/*
+ * Startup, after TLS key and tokens: when updates_dir is set, load the trust bundle
+ * from state_dir (missing: NHI_ERR_CONFIG naming `nhictl update init`); in any case
+ * take the committed revocation and cert-rotation bodies of state_dir into service.
+ * Builds s->trust and chooses the TLS chain and key label (s->tls_chain, s->tls_label).
+ */
+nhi_err nhi_watcher_load(struct nhi_server *s) NHI_MUST_CHECK;
+/* Start the scan thread (no-op when updates are off). */
+nhi_err nhi_watcher_start(struct nhi_server *s) NHI_MUST_CHECK;
+/* Ask the scan thread to stop (wakes it); a scan in progress finishes its package. */
+void nhi_watcher_stop(struct nhi_server *s);
+/* Join and free the scan thread; safe when it never started. */
+void nhi_watcher_free(struct nhi_server *s);
 
 /* ---- the server -------------------------------------------------------------------- */
 
@@ -85,17 +145,27 @@ struct nhi_server {
 	char trust_domain[128];
 
 	struct nhi_hsm *hsm;
+	/* the TLS identity; replaced by a cert rotation under reload_mu */
 	struct nhi_hsm_key *tls_key;
-	EVP_PKEY *tls_pkey; /* HSM-backed */
+	EVP_PKEY *tls_pkey;       /* HSM-backed */
+	char tls_label[65];       /* cfg.tls_key, or the rotated key's label */
+	struct nhi_buf tls_chain; /* rotated chain PEM; empty: cfg.cert_file */
+	/* keys of earlier rotations: contexts still held by open connections sign with them */
+	struct nhi_hsm_key **old_tls_keys;
+	size_t n_old_tls_keys;
 	struct nhi_store *store;
 	struct nhi_token_issuer *issuer;
-	struct nhi_token_verifier *verifier;
-	struct nhi_buf jwks;
 	struct nhi_audit *audit;
+
+	pthread_mutex_t trust_mu; /* guards the trust pointer swap */
+	struct nhi_trust *trust;
+	pthread_mutex_t bundle_mu; /* guards the bundle pointer swap and readers of it */
+	struct nhi_bundle *bundle; /* NULL: updates off */
+	struct nhi_watcher *watcher;
 
 	pthread_mutex_t ctx_mu; /* guards ssl_ctx swaps */
 	SSL_CTX *ssl_ctx;
-	pthread_mutex_t reload_mu;
+	pthread_mutex_t reload_mu; /* one reload or rotation at a time; guards the TLS identity */
 
 	struct nhi_worker *workers;
 	atomic_bool stopping;

@@ -7,7 +7,9 @@
 #include "server_internal.h"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,14 +151,59 @@ static int client_hello_cb(SSL *ssl, int *alert, void *arg)
 	return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out)
+nhi_err nhi_tls_chain_parse(const uint8_t *pem, size_t len, const char *what, X509 **leaf, STACK_OF(X509) **rest)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	BIO *b = NULL;
+	X509 *x = NULL, *first = NULL;
+	STACK_OF(X509) *chain = NULL;
+	size_t n = 0;
+
+	*leaf = NULL;
+	*rest = NULL;
+	NHI_CHECK(len > 0 && len <= (size_t)NHI_CERT_MAX_BYTES * NHI_SERVER_CHAIN_CERTS_MAX && len <= INT_MAX,
+		  NHI_ERR_LIMIT, "%s: certificate chain is empty or over %d bytes", what,
+		  NHI_CERT_MAX_BYTES * NHI_SERVER_CHAIN_CERTS_MAX);
+	b = BIO_new_mem_buf(pem, (int)len);
+	chain = sk_X509_new_null();
+	NHI_CHECK_SSL(b != NULL && chain != NULL, NHI_ERR_NOMEM, "out of memory");
+	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+		NHI_CHECK(++n <= NHI_SERVER_CHAIN_CERTS_MAX, NHI_ERR_LIMIT, "%s: more than %d certificates in the chain",
+			  what, NHI_SERVER_CHAIN_CERTS_MAX);
+		if (first == NULL) {
+			first = x;
+		} else {
+			NHI_CHECK_SSL(sk_X509_push(chain, x) > 0, NHI_ERR_NOMEM, "out of memory");
+		}
+		x = NULL;
+	}
+	ERR_clear_error(); /* the end of the PEM stream */
+	NHI_CHECK(first != NULL, NHI_ERR_FORMAT, "%s: no PEM certificate in it", what);
+	*leaf = first;
+	first = NULL;
+	*rest = chain;
+	chain = NULL;
+	rv = NHI_OK;
+out:
+	X509_free(x);
+	X509_free(first);
+	sk_X509_pop_free(chain, X509_free);
+	BIO_free(b);
+	return rv;
+}
+
+nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t len, const char *what, EVP_PKEY *pkey,
+			SSL_CTX **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	SSL_CTX *ctx = NULL;
 	STACK_OF(X509_NAME) *cas = NULL;
+	X509 *leaf = NULL;
+	STACK_OF(X509) *rest = NULL;
 	static const unsigned char sid_ctx[] = "nhid";
 
 	*out = NULL;
+	NHI_TRY(nhi_tls_chain_parse(chain_pem, len, what, &leaf, &rest));
 	ctx = SSL_CTX_new(TLS_server_method());
 	NHI_CHECK_SSL(ctx != NULL, NHI_ERR_CRYPTO, "SSL_CTX_new");
 	NHI_CHECK_SSL(SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1 &&
@@ -170,13 +217,11 @@ nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out)
 		      NHI_ERR_CRYPTO, "setting cipher suites");
 	NHI_CHECK_SSL(SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1, NHI_ERR_CRYPTO, "setting groups");
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
-	NHI_CHECK_SSL(SSL_CTX_use_certificate_chain_file(ctx, s->cfg.cert_file) == 1, NHI_ERR_CONFIG,
-		      "loading the server certificate chain %s", s->cfg.cert_file);
+	NHI_CHECK_SSL(SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_set1_chain(ctx, rest) == 1, NHI_ERR_CONFIG,
+		      "loading the server certificate chain %s", what);
 	/* the private key stays in the token: every handshake signature is made there */
-	NHI_CHECK_SSL(SSL_CTX_use_PrivateKey(ctx, s->tls_pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1,
-		      NHI_ERR_CONFIG,
-		      "%s does not match key '%s' in the token: wrong certificate file or token", s->cfg.cert_file,
-		      s->cfg.tls_key);
+	NHI_CHECK_SSL(SSL_CTX_use_PrivateKey(ctx, pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1, NHI_ERR_CONFIG,
+		      "%s does not match key '%s' in the token: wrong certificate file or token", what, s->tls_label);
 	NHI_CHECK_SSL(SSL_CTX_load_verify_locations(ctx, s->cfg.ca_file, NULL) == 1, NHI_ERR_CONFIG,
 		      "loading the trust root %s", s->cfg.ca_file);
 	cas = SSL_load_client_CA_file(s->cfg.ca_file);
@@ -201,5 +246,7 @@ nhi_err nhi_tls_ctx_new(struct nhi_server *s, SSL_CTX **out)
 out:
 	sk_X509_NAME_pop_free(cas, X509_NAME_free);
 	SSL_CTX_free(ctx);
+	X509_free(leaf);
+	sk_X509_pop_free(rest, X509_free);
 	return rv;
 }

@@ -40,6 +40,14 @@ static void test_good_config_and_defaults(void **state)
 	assert_int_equal(c.threads, NHI_SERVER_THREADS_DEFAULT);
 	assert_int_equal(c.body_max_bytes, NHI_SERVER_BODY_DEFAULT_BYTES);
 	assert_string_equal(c.tls_key, "nhid-tls");
+	/* updates are off unless a watched directory is named */
+	assert_string_equal(c.updates_dir, "");
+	assert_int_equal(c.update_scan_s, NHI_SERVER_UPDATE_SCAN_DEFAULT_S);
+	assert_int_equal(c.clock_skew_s, NHI_UPDATE_CLOCK_SKEW_DEFAULT_S);
+	assert_int_equal(parse_with("updates_dir = /srv/nhid/incoming\nupdate_scan_s = 2\nclock_skew_s = 60\n", &c), NHI_OK);
+	assert_string_equal(c.updates_dir, "/srv/nhid/incoming");
+	assert_int_equal(c.update_scan_s, 2);
+	assert_int_equal(c.clock_skew_s, 60);
 	assert_int_equal(parse_with("listen = [::1]:9443\n", &c), NHI_OK);
 	assert_string_equal(c.listen_host, "::1");
 	assert_int_equal(c.listen_port, 9443);
@@ -69,6 +77,11 @@ static void test_bad_configs_name_the_key(void **state)
 		{"admin_token_hash = plaintext\n", "admin_token_hash"},
 		{".include /etc/passwd\n", ".include"},
 		{"[other]\nx = 1\n", "unknown config section"},
+		{"update_scan_s = 0\n", "'update_scan_s'"},
+		{"update_scan_s = 3601\n", "'update_scan_s'"},
+		{"clock_skew_s = 0\n", "'clock_skew_s'"},
+		{"clock_skew_s = 86401\n", "'clock_skew_s'"},
+		{"updates_dir = /srv/nhid/state\n", "must not be state_dir"},
 	};
 	struct nhi_server_config c;
 	size_t i;
@@ -135,12 +148,23 @@ static void test_admin_hash(void **state)
 	nhi_buf_free(&h);
 }
 
+static void test_trust_bundle_route(void **state)
+{
+	const struct nhi_api_route *r = nhi_api_route_find("/v1/trust-bundle");
+
+	(void)state;
+	assert_non_null(r);
+	assert_int_equal(r->id, NHI_ROUTE_TRUST_BUNDLE);
+	assert_string_equal(r->method, "GET");
+	assert_null(nhi_api_route_find("/v1/trust-bundle/"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_config_and_defaults), cmocka_unit_test(test_bad_configs_name_the_key),
 		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
-		cmocka_unit_test(test_admin_hash),
+		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);

@@ -1,0 +1,203 @@
+/*
+ * provisioning/rotation.c — `nhictl rotation make`: the body of a cert-rotation
+ * update package (docs/updates.md). Nothing can come back through the diode, so
+ * there is no CSR: the ceremony side makes the new TLS key pair in its token as an
+ * extractable (still sensitive) key, issues the server certificate for it with the
+ * root key, wraps the private key under the wrap key shared with nhid's token
+ * (CKM_AES_KEY_WRAP_PAD), and removes the extractable key from the token. The body:
+ *   {"cert_chain_pem":"...","wrapped_key_b64":"<base64url>","key_label":"nhid-tls-2"}
+ */
+#include "nhictl.h"
+#include "prov_internal.h"
+#include "../common/limits.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rotation_opts {
+	const char *config, *pin_file, *key, *key_label, *out;
+	const char *dns[NHI_CFG_LIST_MAX], *ip[NHI_CFG_LIST_MAX];
+	size_t n_dns, n_ip;
+	int days;
+	bool keep_key;
+};
+
+static bool valid_label(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 64 &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
+}
+
+static nhi_err make_rotation(const struct rotation_opts *o)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_ceremony_config cfg;
+	uint8_t sha[32];
+	struct nhi_profiles *prof = NULL;
+	struct nhi_hsm *h = NULL;
+	struct nhi_hsm_key *root_key = NULL, *wrap = NULL, *newkey = NULL;
+	EVP_PKEY *root_hsm = NULL, *root_pub = NULL, *new_pub = NULL;
+	X509 *ca = NULL, *cert = NULL;
+	struct nhi_buf san = {0}, chain = {0}, wrapped = {0}, b64 = {0};
+	struct nhi_cert_request req;
+	char ca_path[600], fp[65];
+	const char *label = o->key_label ? o->key_label : o->key;
+	json_t *body = NULL;
+	char *text = NULL;
+	size_t i;
+
+	NHI_CHECK(valid_label(o->key) && valid_label(label), NHI_ERR_ARG,
+		  "--key and --key-label must be key labels (1-64 of [A-Za-z0-9._-])");
+	NHI_CHECK(strcmp(label, NHI_LABEL_TLS) != 0, NHI_ERR_ARG,
+		  "--key-label %s is the ceremony's TLS key: the new key needs a new label (e.g. nhid-tls-2)", label);
+	NHI_TRY(nhi_ceremony_config_load(o->config, &cfg, sha));
+	NHI_TRY(nhi_profiles_load(cfg.profiles, &prof, sha));
+	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", cfg.out_dir);
+	NHI_TRY(nhi_cert_load(ca_path, &ca));
+	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, &h));
+	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_ROOT, &root_key));
+	NHI_TRY(nhi_hsm_pubkey(h, root_key, &root_pub));
+	NHI_CHECK(EVP_PKEY_eq(root_pub, X509_get0_pubkey(ca)) == 1, NHI_ERR_CONFIG,
+		  "%s does not belong to the root key in %s: wrong out_dir or wrong token", ca_path,
+		  nhi_hsm_token_desc(h));
+	NHI_TRY(nhi_hsm_evp_pkey(h, root_key, &root_hsm));
+	rv = nhi_hsm_find(h, o->key, &newkey);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "the new TLS key pair '%s' (make it extractable and sensitive in the token first, "
+				 "e.g. pkcs11-tool --keypairgen --key-type EC:prime256v1 --extractable --sensitive --label %s)",
+			     o->key, o->key);
+		goto out;
+	}
+	NHI_CHECK(nhi_hsm_key_kind(newkey) == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", o->key);
+	NHI_TRY(nhi_hsm_pubkey(h, newkey, &new_pub));
+	for (i = 0; i < (o->n_dns || o->n_ip ? o->n_dns : cfg.n_dns); i++)
+		NHI_TRY(nhi_buf_printf(&san, "%sDNS:%s", san.len ? "," : "", o->n_dns || o->n_ip ? o->dns[i] : cfg.server_dns[i]));
+	for (i = 0; i < (o->n_dns || o->n_ip ? o->n_ip : cfg.n_ip); i++)
+		NHI_TRY(nhi_buf_printf(&san, "%sIP:%s", san.len ? "," : "", o->n_dns || o->n_ip ? o->ip[i] : cfg.server_ip[i]));
+	NHI_CHECK(san.len > 0, NHI_ERR_ARG, "the server certificate needs a name: --san-dns or --san-ip");
+	req = (struct nhi_cert_request){.profile = "server", .cn = cfg.server_cn, .org = cfg.organization,
+					.subject_key = new_pub, .issuer = ca, .issuer_key = root_hsm,
+					.days = o->days ? o->days : cfg.server_days, .san = (char *)san.data, .hsm = h};
+	NHI_TRY(nhi_cert_issue(prof, &req, &cert));
+	NHI_TRY(nhi_cert_pem(cert, &chain));
+	NHI_TRY(nhi_cert_fingerprint(cert, fp));
+	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_WRAP, &wrap));
+	rv = nhi_hsm_wrap(h, wrap, newkey, &wrapped);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "wrapping '%s' (it must be CKA_EXTRACTABLE)", o->key);
+		goto out;
+	}
+	NHI_TRY(nhi_b64url_encode(wrapped.data, wrapped.len, &b64));
+	body = json_pack("{s:s, s:s, s:s}", "cert_chain_pem", (const char *)chain.data, "wrapped_key_b64",
+			 (const char *)b64.data, "key_label", label);
+	text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(nhi_file_write_excl(o->out, text, strlen(text), 0600));
+	/* the extractable copy must not outlive the package */
+	if (!o->keep_key)
+		NHI_TRY(nhi_hsm_destroy(h, newkey));
+	printf("cert-rotation body %s: key_label %s, certificate SHA-256 %s\n%s", o->out, label, fp,
+	       o->keep_key ? "" : "  the extractable key was removed from the token\n");
+	rv = NHI_OK;
+out:
+	free(text);
+	json_decref(body);
+	nhi_buf_free(&san);
+	nhi_buf_free(&chain);
+	nhi_buf_free(&wrapped);
+	nhi_buf_free(&b64);
+	X509_free(cert);
+	X509_free(ca);
+	EVP_PKEY_free(root_hsm);
+	EVP_PKEY_free(root_pub);
+	EVP_PKEY_free(new_pub);
+	nhi_hsm_key_free(newkey);
+	nhi_hsm_key_free(wrap);
+	nhi_hsm_key_free(root_key);
+	nhi_hsm_free(h);
+	nhi_profiles_free(prof);
+	return rv;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: nhictl rotation make --config CEREMONY.conf --key LABEL --out BODY.json\n"
+		   "                            [--pin-file FILE] [--key-label NEW] [--san-dns NAME]... [--san-ip IP]...\n"
+		   "                            [--days N] [--keep-key]\n"
+		   "  The body of a cert-rotation package: the server certificate for the extractable\n"
+		   "  P-256 key pair LABEL in the ceremony token (issued by the root key), and its\n"
+		   "  private key wrapped under nhid-wrap. nhid unwraps it as NEW (default LABEL).\n"
+		   "  The extractable key is removed from the token afterwards unless --keep-key.\n"
+		   "  Names default to the ceremony config's server_dns / server_ip.\n"
+		   "  Then: nhictl update create --kind cert-rotation --body BODY.json ...\n");
+}
+
+int nhictl_rotation(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},    {"pin-file", required_argument, NULL, 'p'},
+		{"key", required_argument, NULL, 'k'},       {"key-label", required_argument, NULL, 'l'},
+		{"out", required_argument, NULL, 'o'},       {"san-dns", required_argument, NULL, 'D'},
+		{"san-ip", required_argument, NULL, 'I'},    {"days", required_argument, NULL, 'd'},
+		{"keep-key", no_argument, NULL, 'K'},        {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct rotation_opts o = {0};
+	long long days;
+	nhi_err e;
+	int opt;
+
+	if (argc < 2 || strcmp(argv[1], "make") != 0) {
+		usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout : stderr);
+		return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? 0 : 2;
+	}
+	argc--;
+	argv++;
+	while ((opt = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': o.config = optarg; break;
+		case 'p': o.pin_file = optarg; break;
+		case 'k': o.key = optarg; break;
+		case 'l': o.key_label = optarg; break;
+		case 'o': o.out = optarg; break;
+		case 'K': o.keep_key = true; break;
+		case 'D':
+			if (o.n_dns == NHI_CFG_LIST_MAX || !nhi_valid_dns_name(optarg)) {
+				fprintf(stderr, "nhictl rotation: --san-dns '%s' is not a DNS name (at most %d)\n", optarg,
+					NHI_CFG_LIST_MAX);
+				return 2;
+			}
+			o.dns[o.n_dns++] = optarg;
+			break;
+		case 'I':
+			if (o.n_ip == NHI_CFG_LIST_MAX || strspn(optarg, "0123456789abcdefABCDEF.:") != strlen(optarg) ||
+			    optarg[0] == '\0') {
+				fprintf(stderr, "nhictl rotation: --san-ip '%s' is not an IP address (at most %d)\n", optarg,
+					NHI_CFG_LIST_MAX);
+				return 2;
+			}
+			o.ip[o.n_ip++] = optarg;
+			break;
+		case 'd':
+			if (!nhictl_parse_ll(optarg, 1, NHI_SERVER_DAYS_MAX, &days)) {
+				fprintf(stderr, "nhictl rotation: --days must be 1 to %d\n", NHI_SERVER_DAYS_MAX);
+				return 2;
+			}
+			o.days = (int)days;
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (o.config == NULL || o.key == NULL || o.out == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	e = make_rotation(&o);
+	return e == NHI_OK ? 0 : nhictl_fail("rotation", "make", e);
+}

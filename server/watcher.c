@@ -1,0 +1,821 @@
+/*
+ * server/watcher.c — nhid's side of signed updates (docs/updates.md): the scan
+ * thread over updates_dir, and what each kind of package does to the running
+ * server. The library (update.h) verifies, commits and moves packages; here the
+ * `prepare` hook stages the change (nothing in service is touched) and the scan
+ * callback, told the package was committed, takes the staged change into service
+ * and audits every outcome. What was committed is also what startup loads, so a
+ * crash between commit and swap leaves nothing behind.
+ *
+ *   revocation    {"agents":[id..],"cert_sha256":[hex..],"kids":[kid..]}: the
+ *                 complete set (a later version replaces it) — a new trust
+ *                 (verifier without the revoked kids, JWKS, sets) swapped in.
+ *   cert-rotation {"cert_chain_pem","wrapped_key_b64","key_label"}: the key is
+ *                 unwrapped into the token, proven to match the certificate, the
+ *                 chain verified against ca_file; a new SSL_CTX swapped in like a
+ *                 reload (open connections keep theirs).
+ *   trust-bundle  verified and installed by the library; reloaded after the scan.
+ *   model-manifest stored only.   identity-backup: not accepted by nhid yet.
+ */
+#include "server_internal.h"
+#include "../common/pkey.h"
+
+#include <errno.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define KINDS_ACCEPTED                                                                                             \
+	((1u << NHI_UPDATE_CERT_ROTATION) | (1u << NHI_UPDATE_TRUST_BUNDLE) | (1u << NHI_UPDATE_REVOCATION) |          \
+	 (1u << NHI_UPDATE_MODEL_MANIFEST))
+
+/* what prepare made for the package being applied; taken into service or dropped */
+struct staged {
+	bool valid;
+	enum nhi_update_kind kind;
+	uint64_t version;
+	struct nhi_trust *trust;  /* revocation */
+	struct nhi_hsm_key *key;  /* cert-rotation */
+	bool key_created;         /* unwrapped by this attempt: destroyed if it is dropped */
+	EVP_PKEY *pkey;
+	SSL_CTX *ctx;
+	struct nhi_buf chain;
+	char label[65];
+	char cert_sha256[65];
+};
+
+struct nhi_watcher {
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool stop;
+	struct staged st;
+	bool bundle_changed;
+	char last_failure[NHI_ERR_DETAIL_MAX]; /* a failure repeated every scan is audited once */
+};
+
+/* ---- trust ------------------------------------------------------------------------- */
+
+struct nhi_trust *nhi_server_trust_get(struct nhi_server *s)
+{
+	struct nhi_trust *t;
+
+	pthread_mutex_lock(&s->trust_mu);
+	t = s->trust;
+	if (t != NULL)
+		atomic_fetch_add(&t->refs, 1);
+	pthread_mutex_unlock(&s->trust_mu);
+	return t;
+}
+
+void nhi_trust_put(struct nhi_trust *t)
+{
+	size_t i;
+
+	if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	nhi_token_verifier_free(t->verifier);
+	nhi_buf_free(&t->jwks);
+	for (i = 0; i < t->n_agents; i++)
+		free(t->agents[i]);
+	free(t->agents);
+	free(t->certs);
+	for (i = 0; i < t->n_kids; i++)
+		free(t->kids[i]);
+	free(t->kids);
+	free(t);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_sha(const void *a, const void *b)
+{
+	return memcmp(a, b, 32);
+}
+
+bool nhi_trust_agent_revoked(const struct nhi_trust *t, const char *agent_id)
+{
+	return t != NULL && t->n_agents > 0 &&
+	       bsearch(&agent_id, t->agents, t->n_agents, sizeof(t->agents[0]), cmp_str) != NULL;
+}
+
+bool nhi_trust_cert_revoked(const struct nhi_trust *t, const uint8_t sha256[32])
+{
+	return t != NULL && t->n_certs > 0 && bsearch(sha256, t->certs, t->n_certs, 32, cmp_sha) != NULL;
+}
+
+static bool kid_revoked(const struct nhi_trust *t, const char *kid)
+{
+	size_t i;
+
+	for (i = 0; i < t->n_kids; i++)
+		if (strcmp(t->kids[i], kid) == 0)
+			return true;
+	return false;
+}
+
+/* an array member of the revocation body: strings only, bounded */
+static nhi_err string_list(json_t *root, const char *name, size_t max_len, char ***out, size_t *n)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *a = json_object_get(root, name), *v;
+	size_t i;
+
+	*out = NULL;
+	*n = 0;
+	if (a == NULL)
+		return NHI_OK;
+	NHI_CHECK(json_is_array(a), NHI_ERR_FORMAT, "revocation: '%s' must be an array of strings", name);
+	NHI_CHECK(json_array_size(a) <= NHI_SERVER_REVOKED_MAX, NHI_ERR_LIMIT,
+		  "revocation: '%s' has %zu entries, over %d", name, json_array_size(a), NHI_SERVER_REVOKED_MAX);
+	if (json_array_size(a) == 0)
+		return NHI_OK;
+	*out = calloc(json_array_size(a), sizeof(char *));
+	NHI_CHECK(*out != NULL, NHI_ERR_NOMEM, "out of memory");
+	json_array_foreach(a, i, v) {
+		const char *sv = json_string_value(v);
+
+		NHI_CHECK(sv != NULL && sv[0] != '\0' && strlen(sv) == json_string_length(v) && strlen(sv) <= max_len,
+			  NHI_ERR_FORMAT, "revocation: '%s'[%zu] must be a non-empty string of at most %zu bytes", name,
+			  i, max_len);
+		(*out)[i] = strdup(sv);
+		NHI_CHECK((*out)[i] != NULL, NHI_ERR_NOMEM, "out of memory");
+		(*n)++;
+	}
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* the issuer's JWKS without the revoked kids */
+static nhi_err filtered_jwks(struct nhi_server *s, const struct nhi_trust *t, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf all = {0};
+	json_t *j = NULL, *keys, *kept = NULL, *k;
+	char *text = NULL;
+	size_t i;
+
+	NHI_TRY(nhi_token_issuer_jwks(s->issuer, &all));
+	j = json_loadb((const char *)all.data, all.len, JSON_REJECT_DUPLICATES, NULL);
+	keys = json_object_get(j, "keys");
+	kept = json_array();
+	NHI_CHECK(json_is_array(keys) && kept != NULL, NHI_ERR_INTERNAL, "the issuer's JWKS is not a key set");
+	json_array_foreach(keys, i, k) {
+		const char *kid = json_string_value(json_object_get(k, "kid"));
+
+		if (kid == NULL || !kid_revoked(t, kid))
+			NHI_CHECK(json_array_append(kept, k) == 0, NHI_ERR_NOMEM, "out of memory");
+	}
+	NHI_CHECK(json_object_set(j, "keys", kept) == 0, NHI_ERR_NOMEM, "out of memory");
+	text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(nhi_buf_append_str(out, text));
+	rv = NHI_OK;
+out:
+	free(text);
+	json_decref(kept);
+	json_decref(j);
+	nhi_buf_free(&all);
+	return rv;
+}
+
+nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, uint64_t version, struct nhi_trust **out)
+{
+	static const char *const members[] = {"agents", "cert_sha256", "kids"};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_trust *t = NULL;
+	struct nhi_token_verify_cfg vc;
+	const char *auds[NHI_SERVER_LIST_MAX];
+	json_t *root = NULL, *v;
+	json_error_t jerr;
+	const char *key;
+	char **hex = NULL;
+	size_t n_hex = 0, i, m;
+
+	*out = NULL;
+	t = calloc(1, sizeof(*t));
+	NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
+	atomic_init(&t->refs, 1);
+	t->revocation_version = version;
+	if (rev != NULL) {
+		root = json_loadb((const char *)rev, len, JSON_REJECT_DUPLICATES, &jerr);
+		NHI_CHECK(json_is_object(root), NHI_ERR_FORMAT, "revocation body must be one JSON object: %s",
+			  root ? "not an object" : jerr.text);
+		json_object_foreach(root, key, v) {
+			for (m = 0; m < 3 && strcmp(key, members[m]) != 0; m++)
+				;
+			NHI_CHECK(m < 3, NHI_ERR_FORMAT,
+				  "revocation: unknown member '%.64s' (agents, cert_sha256, kids are known)", key);
+		}
+		NHI_TRY(string_list(root, "agents", NHI_AGENT_ID_MAX_BYTES, &t->agents, &t->n_agents));
+		NHI_TRY(string_list(root, "kids", 43, &t->kids, &t->n_kids));
+		NHI_TRY(string_list(root, "cert_sha256", 64, &hex, &n_hex));
+		if (n_hex > 0) {
+			t->certs = calloc(n_hex, 32);
+			NHI_CHECK(t->certs != NULL, NHI_ERR_NOMEM, "out of memory");
+		}
+		for (i = 0; i < n_hex; i++) {
+			size_t b;
+
+			NHI_CHECK(strlen(hex[i]) == 64 && strspn(hex[i], "0123456789abcdef") == 64, NHI_ERR_FORMAT,
+				  "revocation: cert_sha256[%zu] must be 64 lower-case hex digits", i);
+			for (b = 0; b < 32; b++) {
+				unsigned hi = (unsigned)(hex[i][2 * b] <= '9' ? hex[i][2 * b] - '0' : hex[i][2 * b] - 'a' + 10);
+				unsigned lo = (unsigned)(hex[i][2 * b + 1] <= '9' ? hex[i][2 * b + 1] - '0'
+										  : hex[i][2 * b + 1] - 'a' + 10);
+
+				t->certs[i][b] = (uint8_t)(hi << 4 | lo);
+			}
+		}
+		t->n_certs = n_hex;
+		for (i = 0; i < t->n_kids; i++)
+			NHI_CHECK(strlen(t->kids[i]) == 43, NHI_ERR_FORMAT,
+				  "revocation: kids[%zu] is not an RFC 7638 thumbprint (43 characters)", i);
+		/* the key that signs every new token cannot stop verifying them */
+		NHI_CHECK(!kid_revoked(t, nhi_token_issuer_kid(s->issuer)), NHI_ERR_DENIED,
+			  "revocation names kid %s, the current token signing key '%s': rotate token_keys first, then "
+			  "revoke it",
+			  nhi_token_issuer_kid(s->issuer), s->cfg.token_keys[0]);
+		if (t->n_agents > 1)
+			qsort(t->agents, t->n_agents, sizeof(t->agents[0]), cmp_str);
+		if (t->n_certs > 1)
+			qsort(t->certs, t->n_certs, 32, cmp_sha);
+	}
+	NHI_TRY(filtered_jwks(s, t, &t->jwks));
+	for (i = 0; i < s->cfg.n_audiences; i++)
+		auds[i] = s->cfg.audiences[i];
+	nhi_token_verify_cfg_init(&vc);
+	vc.issuer = s->cfg.issuer;
+	vc.audiences = auds;
+	vc.n_audiences = s->cfg.n_audiences;
+	vc.leeway_s = s->cfg.leeway_s;
+	vc.lifetime_max_s = s->cfg.token_ttl_max_s;
+	NHI_TRY(nhi_token_verifier_new(&vc, &t->verifier));
+	/* the verifier trusts exactly what the JWKS publishes */
+	NHI_TRY(nhi_token_verifier_add_jwks(t->verifier, (const char *)t->jwks.data, t->jwks.len));
+	*out = t;
+	t = NULL;
+	rv = NHI_OK;
+out:
+	for (i = 0; i < n_hex; i++)
+		free(hex[i]);
+	free(hex);
+	json_decref(root);
+	nhi_trust_put(t);
+	return rv;
+}
+
+/* ---- cert-rotation body --------------------------------------------------------------- */
+
+struct rotation {
+	char label[65];
+	const char *chain; /* inside root */
+	size_t chain_len;
+	const char *wrapped_b64;
+	json_t *root;
+};
+
+static bool valid_label(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 64 &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
+}
+
+static nhi_err rotation_parse(const uint8_t *body, size_t len, struct rotation *r)
+{
+	static const char *const members[] = {"cert_chain_pem", "wrapped_key_b64", "key_label"};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_error_t jerr;
+	json_t *v;
+	const char *key, *label;
+	size_t m;
+
+	memset(r, 0, sizeof(*r));
+	r->root = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &jerr);
+	NHI_CHECK(json_is_object(r->root), NHI_ERR_FORMAT, "cert-rotation body must be one JSON object: %s",
+		  r->root ? "not an object" : jerr.text);
+	json_object_foreach(r->root, key, v) {
+		for (m = 0; m < 3 && strcmp(key, members[m]) != 0; m++)
+			;
+		NHI_CHECK(m < 3, NHI_ERR_FORMAT, "cert-rotation: unknown member '%.64s'", key);
+		NHI_CHECK(json_is_string(v) && json_string_length(v) == strlen(json_string_value(v)), NHI_ERR_FORMAT,
+			  "cert-rotation: '%s' must be a string", key);
+	}
+	label = json_string_value(json_object_get(r->root, "key_label"));
+	r->chain = json_string_value(json_object_get(r->root, "cert_chain_pem"));
+	r->wrapped_b64 = json_string_value(json_object_get(r->root, "wrapped_key_b64"));
+	NHI_CHECK(label != NULL && r->chain != NULL && r->wrapped_b64 != NULL, NHI_ERR_FORMAT,
+		  "cert-rotation: cert_chain_pem, wrapped_key_b64 and key_label are all required");
+	NHI_CHECK(valid_label(label), NHI_ERR_FORMAT, "cert-rotation: key_label '%.64s' is not a key label", label);
+	memcpy(r->label, label, strlen(label) + 1);
+	r->chain_len = strlen(r->chain);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+static void rotation_free(struct rotation *r)
+{
+	json_decref(r->root);
+	memset(r, 0, sizeof(*r));
+}
+
+/* X.509 path to ca_file for a TLS server (the check a client makes, made first) */
+static nhi_err chain_verify(const char *ca_file, X509 *leaf, STACK_OF(X509) *rest)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_CTX *vc = X509_STORE_CTX_new();
+
+	NHI_CHECK_SSL(store != NULL && vc != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_CHECK_SSL(X509_STORE_load_file(store, ca_file) == 1, NHI_ERR_CONFIG, "loading the trust root %s", ca_file);
+	NHI_CHECK_SSL(X509_STORE_CTX_init(vc, store, leaf, rest) == 1, NHI_ERR_CRYPTO, "X509_STORE_CTX_init");
+	NHI_CHECK_SSL(X509_STORE_CTX_set_purpose(vc, X509_PURPOSE_SSL_SERVER) == 1, NHI_ERR_CRYPTO, "server purpose");
+	if (X509_verify_cert(vc) != 1) {
+		ERR_clear_error();
+		NHI_FAIL(NHI_ERR_VERIFY, "the new server certificate does not verify against ca_file %s: %s", ca_file,
+			 X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
+	}
+	rv = NHI_OK;
+out:
+	X509_STORE_CTX_free(vc);
+	X509_STORE_free(store);
+	return rv;
+}
+
+/* the private key in the token signs; the certificate's public key verifies */
+static nhi_err key_matches(struct nhi_server *s, const struct nhi_hsm_key *key, X509 *leaf)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	static const uint8_t msg[] = "nhid cert-rotation: proof that the unwrapped key is the certificate's";
+	uint8_t sig[64];
+	size_t sig_len = 0;
+	struct nhi_buf der = {0};
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+	NHI_CHECK_SSL(md != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(nhi_hsm_sign(s->hsm, key, msg, sizeof(msg) - 1, sig, &sig_len));
+	NHI_CHECK(sig_len == 64, NHI_ERR_CRYPTO, "unexpected signature length %zu", sig_len);
+	NHI_TRY(nhi_ecdsa_raw_to_der(sig, &der));
+	NHI_CHECK_SSL(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(leaf)) == 1, NHI_ERR_CRYPTO,
+		      "EVP_DigestVerifyInit");
+	if (EVP_DigestVerify(md, der.data, der.len, msg, sizeof(msg) - 1) != 1) {
+		ERR_clear_error();
+		NHI_FAIL(NHI_ERR_VERIFY, "the wrapped key does not match the certificate's public key: the package pairs "
+					 "a certificate with another key");
+	}
+	rv = NHI_OK;
+out:
+	EVP_MD_CTX_free(md);
+	nhi_buf_free(&der);
+	return rv;
+}
+
+static void staged_drop(struct nhi_server *s, struct staged *st)
+{
+	if (st->key != NULL && st->key_created && nhi_hsm_destroy(s->hsm, st->key) != NHI_OK)
+		fprintf(stderr, "nhid: cert-rotation: could not remove the staged key '%s' from the token: %s\n",
+			st->label, nhi_err_detail());
+	SSL_CTX_free(st->ctx);
+	EVP_PKEY_free(st->pkey);
+	nhi_hsm_key_free(st->key);
+	nhi_trust_put(st->trust);
+	nhi_buf_free(&st->chain);
+	memset(st, 0, sizeof(*st));
+}
+
+static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_t len, struct staged *st)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct rotation r;
+	X509 *leaf = NULL;
+	STACK_OF(X509) *rest = NULL;
+	struct nhi_hsm_key *wrap = NULL;
+	struct nhi_buf wrapped = {0};
+	uint8_t point[65], ec_point[67], fp[32];
+	unsigned char *der = NULL;
+	char group[32] = "";
+	size_t n = 0, i;
+	int der_len;
+
+	NHI_TRY(rotation_parse(body, len, &r));
+	NHI_CHECK(strcmp(r.label, s->tls_label) != 0, NHI_ERR_FORMAT,
+		  "cert-rotation: key_label '%s' is the key in service: give the new key a new label", r.label);
+	for (i = 0; i < s->cfg.n_token_keys; i++)
+		NHI_CHECK(strcmp(r.label, s->cfg.token_keys[i]) != 0, NHI_ERR_FORMAT,
+			  "cert-rotation: key_label '%s' is a token signing key", r.label);
+	NHI_CHECK(strcmp(r.label, s->cfg.audit_key) != 0 && strcmp(r.label, s->cfg.backup_sign_key) != 0 &&
+			  strcmp(r.label, NHI_SERVER_WRAP_KEY_LABEL) != 0,
+		  NHI_ERR_FORMAT, "cert-rotation: key_label '%s' names one of the ceremony's keys", r.label);
+	NHI_TRY(nhi_tls_chain_parse((const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", &leaf, &rest));
+	NHI_CHECK(EVP_PKEY_is_a(X509_get0_pubkey(leaf), "EC") &&
+			  EVP_PKEY_get_group_name(X509_get0_pubkey(leaf), group, sizeof(group), NULL) == 1 &&
+			  strcmp(group, "prime256v1") == 0,
+		  NHI_ERR_FORMAT, "cert-rotation: the new certificate's key must be EC P-256");
+	NHI_TRY(chain_verify(s->cfg.ca_file, leaf, rest));
+	NHI_CHECK_SSL(EVP_PKEY_get_octet_string_param(X509_get0_pubkey(leaf), OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+						      sizeof(point), &n) == 1 &&
+			      n == sizeof(point),
+		      NHI_ERR_FORMAT, "cert-rotation: cannot read the certificate's public point");
+	/* CKA_EC_POINT is the DER OCTET STRING of the uncompressed point */
+	ec_point[0] = 0x04;
+	ec_point[1] = sizeof(point);
+	memcpy(ec_point + 2, point, sizeof(point));
+	rv = nhi_b64url_decode(r.wrapped_b64, strlen(r.wrapped_b64), &wrapped);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "cert-rotation: wrapped_key_b64 (base64url, no padding)");
+		goto out;
+	}
+	rv = nhi_hsm_label_exists(s->hsm, r.label);
+	if (rv == NHI_OK) {
+		/* an earlier attempt at this package unwrapped it, then stopped before the
+		 * commit: the same key is taken over (key_matches below), anything else refused */
+		NHI_TRY(nhi_hsm_find(s->hsm, r.label, &st->key));
+	} else {
+		struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_EC_P256, .label = r.label, .token = true,
+						   .ec_point = ec_point, .ec_point_len = sizeof(ec_point)};
+
+		NHI_TRY(nhi_hsm_find(s->hsm, NHI_SERVER_WRAP_KEY_LABEL, &wrap));
+		rv = nhi_hsm_unwrap(s->hsm, wrap, wrapped.data, wrapped.len, &spec, &st->key);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "cert-rotation: unwrapping the new key under '%s'", NHI_SERVER_WRAP_KEY_LABEL);
+			goto out;
+		}
+		st->key_created = true;
+	}
+	snprintf(st->label, sizeof(st->label), "%s", r.label);
+	rv = key_matches(s, st->key, leaf);
+	if (rv != NHI_OK) {
+		if (!st->key_created)
+			nhi_err_wrap(rv, "cert-rotation: a key labelled '%s' already exists in the token and is not this "
+					 "certificate's: choose another key_label",
+				     r.label);
+		goto out;
+	}
+	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, st->key, &st->pkey));
+	NHI_TRY(nhi_tls_ctx_new(s, (const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", st->pkey,
+				&st->ctx));
+	NHI_TRY(nhi_buf_append(&st->chain, r.chain, r.chain_len));
+	der_len = i2d_X509(leaf, &der);
+	NHI_CHECK_SSL(der_len > 0, NHI_ERR_CRYPTO, "encoding the certificate");
+	NHI_TRY(nhi_sha256(der, (size_t)der_len, fp));
+	nhi_hex(fp, 32, st->cert_sha256);
+	rv = NHI_OK;
+out:
+	OPENSSL_free(der);
+	nhi_buf_free(&wrapped);
+	nhi_hsm_key_free(wrap);
+	X509_free(leaf);
+	sk_X509_pop_free(rest, X509_free);
+	rotation_free(&r);
+	return rv;
+}
+
+/* ---- taking committed changes into service ---------------------------------------- */
+
+static void trust_swap(struct nhi_server *s, struct nhi_trust *t)
+{
+	struct nhi_trust *old;
+
+	pthread_mutex_lock(&s->trust_mu);
+	old = s->trust;
+	s->trust = t;
+	pthread_mutex_unlock(&s->trust_mu);
+	nhi_trust_put(old); /* requests in flight hold their own reference */
+}
+
+static nhi_err rotation_activate(struct nhi_server *s, struct staged *st)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_hsm_key **keep;
+	SSL_CTX *old;
+
+	pthread_mutex_lock(&s->reload_mu);
+	keep = realloc(s->old_tls_keys, (s->n_old_tls_keys + 1) * sizeof(*keep));
+	if (keep == NULL) {
+		pthread_mutex_unlock(&s->reload_mu);
+		return nhi_err_set(NHI_ERR_NOMEM, "out of memory");
+	}
+	s->old_tls_keys = keep;
+	/* contexts held by open connections still sign with the old key: its handle stays */
+	s->old_tls_keys[s->n_old_tls_keys++] = s->tls_key;
+	EVP_PKEY_free(s->tls_pkey); /* every context holds its own reference */
+	s->tls_key = st->key;
+	s->tls_pkey = st->pkey;
+	st->key = NULL;
+	st->pkey = NULL;
+	snprintf(s->tls_label, sizeof(s->tls_label), "%s", st->label);
+	nhi_buf_free(&s->tls_chain);
+	s->tls_chain = st->chain;
+	memset(&st->chain, 0, sizeof(st->chain));
+	pthread_mutex_lock(&s->ctx_mu);
+	old = s->ssl_ctx;
+	s->ssl_ctx = st->ctx;
+	pthread_mutex_unlock(&s->ctx_mu);
+	st->ctx = NULL;
+	SSL_CTX_free(old); /* open connections keep theirs */
+	pthread_mutex_unlock(&s->reload_mu);
+	atomic_fetch_add(&s->metrics.reloads, 1);
+	rv = nhi_server_audit(s, "tls_rotated", json_pack("{s:s, s:s, s:I}", "tls_key", st->label, "cert_sha256",
+							   st->cert_sha256, "version", (json_int_t)st->version));
+	return rv;
+}
+
+static nhi_err prepare_cb(void *arg, const struct nhi_update_info *info, const uint8_t *body, size_t len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_server *s = arg;
+	struct staged *st = &s->watcher->st;
+
+	staged_drop(s, st); /* a leftover from a package that was not committed */
+	st->kind = info->kind;
+	st->version = info->version;
+	switch (info->kind) {
+	case NHI_UPDATE_REVOCATION:
+		NHI_TRY(nhi_trust_build(s, body, len, info->version, &st->trust));
+		break;
+	case NHI_UPDATE_CERT_ROTATION:
+		NHI_TRY(prepare_rotation(s, body, len, st));
+		break;
+	case NHI_UPDATE_TRUST_BUNDLE:   /* verified as the next bundle by the library */
+	case NHI_UPDATE_MODEL_MANIFEST: /* stored for the inference component */
+		break;
+	default:
+		NHI_FAIL(NHI_ERR_DENIED, "nhid does not take %s packages", nhi_update_kind_name(info->kind));
+	}
+	st->valid = true;
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		staged_drop(s, st);
+	return rv;
+}
+
+static void audit_or_log(struct nhi_server *s, const char *event, json_t *f)
+{
+	if (nhi_server_audit(s, event, f) != NHI_OK)
+		fprintf(stderr, "nhid: audit %s: %s\n", event, nhi_err_detail());
+}
+
+static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_update_result *res)
+{
+	struct nhi_server *s = arg;
+	struct nhi_watcher *w = s->watcher;
+	struct staged *st = &w->st;
+	const struct nhi_update_info *in = &res->info;
+	const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+	const char *kind = nhi_update_kind_name(in->kind);
+	char body_hex[65], pkg_hex[65], detail[NHI_ERR_DETAIL_MAX];
+	json_t *f;
+
+	(void)e; /* res says what happened: applied, moved (refused), or left in place */
+	nhi_hex(in->body_sha256, 32, body_hex);
+	nhi_hex(in->package_sha256, 32, pkg_hex);
+	snprintf(detail, sizeof(detail), "%s", res->applied ? "" : res->detail[0] ? res->detail : nhi_err_detail());
+	f = json_pack("{s:s, s:s, s:s, s:I, s:i, s:s, s:s, s:b, s:s, s:s}", "file", base, "id", in->id, "kind",
+		      kind ? kind : "", "version", (json_int_t)in->version, "signers", (int)in->signers, "package_sha256",
+		      pkg_hex, "body_sha256", body_hex, "applied", res->applied ? 1 : 0, "reason",
+		      nhi_update_reason_name(res->why), "moved_to", res->moved_to);
+	if (f != NULL && !res->applied)
+		json_object_set_new(f, "detail", json_string(detail));
+	if (res->applied) {
+		w->last_failure[0] = '\0';
+		/* committed: what prepare staged goes into service (a package found already
+		 * committed by an earlier run was taken into service at startup) */
+		if (st->valid && st->kind == in->kind && st->version == in->version) {
+			if (in->kind == NHI_UPDATE_REVOCATION) {
+				trust_swap(s, st->trust);
+				st->trust = NULL;
+			} else if (in->kind == NHI_UPDATE_CERT_ROTATION && rotation_activate(s, st) != NHI_OK) {
+				fprintf(stderr, "nhid: cert-rotation committed but not taken into service: %s (restart nhid)\n",
+					nhi_err_detail());
+			}
+		}
+		if (in->kind == NHI_UPDATE_TRUST_BUNDLE)
+			w->bundle_changed = true;
+		st->key_created = false; /* committed: the key is the server's now */
+		staged_drop(s, st);
+		audit_or_log(s, "update_applied", f);
+		fprintf(stderr, "nhid: update %s applied: %s version %llu\n", base, kind ? kind : "?",
+			(unsigned long long)in->version);
+		return;
+	}
+	staged_drop(s, st);
+	if (res->moved_to[0] == '\0') {
+		/* left in place, retried next scan: audited once until something changes */
+		if (strcmp(w->last_failure, detail) == 0) {
+			json_decref(f);
+			return;
+		}
+		snprintf(w->last_failure, sizeof(w->last_failure), "%s", detail);
+		audit_or_log(s, "update_failed", f);
+		fprintf(stderr, "nhid: update %s not processed (will retry): %s\n", base, detail);
+		return;
+	}
+	audit_or_log(s, "update_rejected", f);
+	fprintf(stderr, "nhid: update %s rejected: %s\n", base, detail);
+}
+
+static void scan_once(struct nhi_server *s)
+{
+	struct nhi_watcher *w = s->watcher;
+	struct nhi_update_scan_stats stats = {0};
+	struct nhi_update_apply_cfg c = {.state_dir = s->cfg.state_dir,
+					 .bundle = s->bundle, /* only this thread replaces it */
+					 .skew_s = s->cfg.clock_skew_s,
+					 .kinds_allowed = KINDS_ACCEPTED,
+					 .prepare = prepare_cb,
+					 .prepare_arg = s};
+	struct nhi_bundle *nb = NULL, *old;
+	nhi_err e;
+
+	w->bundle_changed = false;
+	e = nhi_update_scan(&c, s->cfg.updates_dir, scan_cb, s, &stats);
+	staged_drop(s, &w->st);
+	if (e != NHI_OK && strcmp(w->last_failure, nhi_err_detail()) != 0) {
+		snprintf(w->last_failure, sizeof(w->last_failure), "%s", nhi_err_detail());
+		fprintf(stderr, "nhid: update scan of %s: %s\n", s->cfg.updates_dir, w->last_failure);
+		audit_or_log(s, "update_scan_failed",
+			     json_pack("{s:s, s:s}", "dir", s->cfg.updates_dir, "detail", w->last_failure));
+	}
+	if (!w->bundle_changed)
+		return;
+	if (nhi_update_load_bundle(s->cfg.state_dir, &nb) != NHI_OK) {
+		fprintf(stderr, "nhid: the applied trust bundle cannot be loaded, serving the previous one: %s\n",
+			nhi_err_detail());
+		return;
+	}
+	audit_or_log(s, "trust_bundle_loaded", json_pack("{s:I, s:s}", "version", (json_int_t)nhi_bundle_version(nb),
+							 "fingerprint", nhi_bundle_fingerprint(nb)));
+	pthread_mutex_lock(&s->bundle_mu);
+	old = s->bundle;
+	s->bundle = nb;
+	pthread_mutex_unlock(&s->bundle_mu);
+	nhi_bundle_free(old);
+}
+
+static void *watcher_main(void *arg)
+{
+	struct nhi_server *s = arg;
+	struct nhi_watcher *w = s->watcher;
+	struct timespec until;
+
+	pthread_mutex_lock(&w->mu);
+	while (!w->stop) {
+		pthread_mutex_unlock(&w->mu);
+		scan_once(s); /* one thread: never two scans of the state dir at once */
+		pthread_mutex_lock(&w->mu);
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += (time_t)s->cfg.update_scan_s;
+		while (!w->stop && pthread_cond_timedwait(&w->cond, &w->mu, &until) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* ---- life cycle --------------------------------------------------------------------- */
+
+static nhi_err committed_body(const char *state_dir, const struct nhi_update_state *st, enum nhi_update_kind k,
+			      struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char path[4096];
+
+	NHI_TRY(nhi_update_state_body_path(state_dir, st, k, path, sizeof(path)));
+	rv = nhi_file_read(path, NHI_UPDATE_BODY_MAX_BYTES, out);
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "the applied %s body %s", nhi_update_kind_name(k), path);
+out:
+	return rv;
+}
+
+static nhi_err watcher_new(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_watcher *w = calloc(1, sizeof(*w));
+	pthread_condattr_t ca;
+
+	NHI_CHECK(w != NULL, NHI_ERR_NOMEM, "out of memory");
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->watcher = w;
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+nhi_err nhi_watcher_load(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+	struct nhi_buf body = {0};
+	struct rotation r = {0};
+
+	rv = nhi_update_state_load(s->cfg.state_dir, &st);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "update state in %s", s->cfg.state_dir);
+		goto out;
+	}
+	if (s->cfg.updates_dir[0] != '\0') {
+		rv = nhi_update_load_bundle(s->cfg.state_dir, &s->bundle);
+		if (rv == NHI_ERR_NOT_FOUND)
+			NHI_FAIL(NHI_ERR_CONFIG,
+				 "updates_dir is set but state_dir %s holds no trust bundle: install the ceremony's with "
+				 "`nhictl update init --state-dir %s --bundle b1.json --pin <fingerprint>`, or remove "
+				 "updates_dir to turn updates off (%s)",
+				 s->cfg.state_dir, s->cfg.state_dir, nhi_err_detail());
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "trust bundle in state_dir %s", s->cfg.state_dir);
+			goto out;
+		}
+		/* made now, before the signal thread can ask it to stop */
+		NHI_TRY(watcher_new(s));
+	}
+	if (st.version[NHI_UPDATE_REVOCATION] > 0) {
+		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_REVOCATION, &body));
+		rv = nhi_trust_build(s, body.data, body.len, st.version[NHI_UPDATE_REVOCATION], &s->trust);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "the applied revocation (version %llu)",
+				     (unsigned long long)st.version[NHI_UPDATE_REVOCATION]);
+			goto out;
+		}
+		nhi_buf_free(&body);
+	} else {
+		NHI_TRY(nhi_trust_build(s, NULL, 0, 0, &s->trust));
+	}
+	if (st.version[NHI_UPDATE_CERT_ROTATION] > 0) {
+		/* the committed rotation is the TLS identity, whatever cert_file says */
+		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_CERT_ROTATION, &body));
+		rv = rotation_parse(body.data, body.len, &r);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "the applied cert-rotation");
+			goto out;
+		}
+		snprintf(s->tls_label, sizeof(s->tls_label), "%s", r.label);
+		NHI_TRY(nhi_buf_append(&s->tls_chain, r.chain, r.chain_len));
+	}
+	rv = NHI_OK;
+out:
+	rotation_free(&r);
+	nhi_buf_free(&body);
+	return rv;
+}
+
+nhi_err nhi_watcher_start(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_watcher *w = s->watcher;
+
+	if (w == NULL || w->started)
+		return NHI_OK;
+	NHI_CHECK(pthread_create(&w->thread, NULL, watcher_main, s) == 0, NHI_ERR_INTERNAL,
+		  "cannot start the update scan thread");
+	w->started = true;
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+void nhi_watcher_stop(struct nhi_server *s)
+{
+	struct nhi_watcher *w = s->watcher;
+
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->stop = true;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+void nhi_watcher_free(struct nhi_server *s)
+{
+	struct nhi_watcher *w = s->watcher;
+
+	if (w == NULL)
+		return;
+	nhi_watcher_stop(s);
+	if (w->started)
+		pthread_join(w->thread, NULL);
+	staged_drop(s, &w->st);
+	pthread_cond_destroy(&w->cond);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+	s->watcher = NULL;
+}

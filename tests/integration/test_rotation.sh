@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# nhid applying signed updates from its watched directory: startup refusal without a
+# trust bundle, GET /v1/trust-bundle byte for byte, a revocation taking effect within
+# a few scan periods (and surviving a restart), under-signed and malformed packages
+# rejected with reasons and nothing changed, a cert rotation under keep-alive load
+# with zero failed requests, the new certificate seen by `openssl s_client` and kept
+# across a restart, and bad rotations (no chain, key/cert mismatch) leaving no key.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/server_lib.sh"
+MOD=/usr/lib/softhsm/libsofthsm2.so
+D=$T/d
+setup_deployment "$D"
+export D PORT
+cd "$T"
+NOW=$(date +%s)
+DAY=86400
+
+# --- two custodians (threshold 2), one token each, next to the deployment's ---
+for i in 1 2; do
+	pinfile c$i.pin "custodian-$i-pin"
+	pinfile so$i.pin "so-$i-pin"
+	"$NHICTL" hsm-init --label cust$i --so-pin-file so$i.pin --pin-file c$i.pin >/dev/null
+	pkcs11-tool --module $MOD --token-label cust$i --login --pin "custodian-$i-pin" \
+		--keypairgen --key-type EC:prime256v1 --label signer >/dev/null 2>&1
+	"$NHICTL" update pubkey --token cust$i --key signer --pin-file c$i.pin >c$i.pub
+done
+sign() { # sign FILE custodian...
+	local f=$1; shift
+	for i in "$@"; do "$NHICTL" update sign --token cust$i --key signer --pin-file c$i.pin "$f" >/dev/null || return 1; done
+}
+pkg() { # pkg OUT KIND VERSION BODY custodian...
+	local out=$1 kind=$2 v=$3 body=$4; shift 4
+	rm -f "$out"
+	"$NHICTL" update create --kind "$kind" --version "$v" --id "$(basename "$out" .json)" --body "$body" \
+		--expires-in $DAY -o "$out" >/dev/null && sign "$out" "$@"
+}
+drop() { cp "$1" "$D/incoming/.$(basename "$1").part" && mv "$D/incoming/.$(basename "$1").part" "$D/incoming/$(basename "$1")"; }
+"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca "$D/ca.crt" --jwks "$D/jwks.json" \
+	--signer c1.pub --signer c2.pub --threshold 2 -o b1.json >/dev/null
+sign_bundle() { for i in 1 2; do "$NHICTL" bundle sign --token cust$i --key signer --pin-file c$i.pin b1.json >/dev/null; done; }
+sign_bundle
+BPIN=$("$NHICTL" bundle fingerprint b1.json)
+
+# --- updates off: no bundle served ---
+start_nhid "$D/nhid.conf"
+check_fails "updates off: GET /v1/trust-bundle is 404 no_trust_bundle" '"error":"no_trust_bundle"' \
+	curl_as demo-agent /v1/trust-bundle
+stop_nhid
+
+# --- updates on without a bundle: refuses to start, naming the fix ---
+mkdir -m 700 "$D/incoming"
+cp "$D/nhid.conf" "$D/nhid-up.conf"
+printf 'updates_dir = %s\nupdate_scan_s = 1\n' "$D/incoming" >>"$D/nhid-up.conf"
+check_fails "updates_dir without a trust bundle in state_dir: refuses to start and names the fix" \
+	"nhictl update init --state-dir" "$NHID" --config "$D/nhid-up.conf"
+check "... and leaves nothing behind (no sanitizer report)" bash -c "! grep -q Sanitizer '$T/last.out'"
+cp "$D/nhid.conf" "$D/nhid-bad.conf"
+printf 'updates_dir = %s\n' "$D/state" >>"$D/nhid-bad.conf"
+check_fails "updates_dir = state_dir is refused" "must not be state_dir" "$NHID" --config "$D/nhid-bad.conf" --check
+check "update init installs the pinned bundle" "$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$BPIN"
+
+start_nhid "$D/nhid-up.conf"
+check "GET /v1/trust-bundle serves the bundle byte for byte" bash -c "curl_as demo-agent /v1/trust-bundle >tb.json && cmp tb.json b1.json"
+check "demo-agent gets a token before the revocation" curl_as demo-agent /v1/tokens -d '{"aud":"inference"}'
+TOK=$(curl_as demo-agent /v1/tokens -d '{"aud":"inference"}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+
+# --- revocation ---
+echo '{"agents":["demo-agent"]}' >rev1.body
+pkg rev1.json revocation 1 rev1.body 1 2
+drop rev1.json
+refused() { [ "$(curl_as_raw demo-agent /v1/tokens -d '{"aud":"inference"}' -o /dev/null -w '%{http_code}')" = 403 ]; }
+check "a revocation package: demo-agent refused (403) within a few scan periods" wait_for 10 refused
+check "the refusal says agent_not_active and names the revocation" \
+	bash -c "curl_as_raw demo-agent /v1/tokens -d '{\"aud\":\"inference\"}' | grep -q 'agent_not_active.*revoked by revocation package version 1'"
+check "demo-agent's earlier token no longer resolves (401 revoked)" \
+	bash -c "curl_as_raw inference-gw /v1/resolve -d '{\"token\":\"$TOK\"}' | grep -q '\"detail\":\"revoked\"'"
+check "the package moved to applied/" bash -c "[ -f '$D/state/applied/rev1.json' ] && [ ! -e '$D/incoming/rev1.json' ]"
+check "the audit log has the applied package (kind, version, signers, sha256)" \
+	bash -c "grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep '\"kind\":\"revocation\"' | grep '\"signers\":2' | grep -q package_sha256"
+check "other agents are not affected" curl_as inference-gw /v1/tokens -d '{"aud":"inference"}'
+
+# --- refusals: nothing changes ---
+echo '{"agents":[]}' >rev2.body
+pkg rev2.json revocation 2 rev2.body 1
+drop rev2.json
+check "an under-signed package goes to rejected/ with a .reason naming threshold" \
+	wait_for 10 grep -q "threshold" "$D/state/rejected/rev2.json.reason"
+check "the rejection is audited" bash -c "grep '\"event\":\"update_rejected\"' '$D/state/audit.jsonl' | grep -q rev2.json"
+echo '{"agents":["x"],"colour":"blue"}' >rev3.body
+pkg rev3.json revocation 2 rev3.body 1 2
+drop rev3.json
+check "a malformed revocation body is rejected (prepare_failed) naming the member" \
+	wait_for 10 grep -q "unknown member 'colour'" "$D/state/rejected/rev3.json.reason"
+check "after both refusals demo-agent is still revoked" refused
+
+# --- cert rotation under keep-alive load ---
+UPIN=$(cat "$D/user.pin")
+newkey() { pkcs11-tool --module $MOD --token-label nhid-dev --login --pin "$UPIN" --keypairgen \
+	--key-type EC:prime256v1 --label "$1" --extractable --sensitive >/dev/null 2>&1; }
+newkey rot-src
+check "nhictl rotation make: new server cert + key wrapped under nhid-wrap" \
+	"$NHICTL" rotation make --config "$D/ceremony.conf" --pin-file "$D/user.pin" --key rot-src \
+	--key-label nhid-tls-2 --san-dns localhost --san-ip 127.0.0.1 --out rot.body
+check "the extractable source key is gone from the token" \
+	bash -c "! pkcs11-tool --module $MOD --token-label nhid-dev --login --pin '$UPIN' --list-objects 2>/dev/null | grep -q rot-src"
+python3 -c 'import json;print(json.load(open("rot.body"))["cert_chain_pem"],end="")' >rot.crt
+NEWFP=$(openssl x509 -in rot.crt -noout -fingerprint -sha256 | cut -d= -f2)
+OLDFP=$(openssl x509 -in "$D/server.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+served_fp() { openssl s_client -connect 127.0.0.1:$PORT -CAfile "$D/ca.crt" -cert "$D/agents/admin.crt" \
+	-key "$D/agents/admin.key" </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2; }
+check "before: s_client sees the ceremony's certificate" test "$(served_fp)" = "$OLDFP"
+pkg rot1.json cert-rotation 1 rot.body 1 2
+python3 "$NHI_ROOT/tests/integration/load.py" --port "$PORT" --dir "$D" --agent inference-gw --seconds 8 \
+	--clients 4 >load.out 2>&1 &
+LOADPID=$!
+sleep 2
+drop rot1.json
+wait $LOADPID
+check "rotation under keep-alive load: zero failed requests ($(head -1 load.out))" \
+	bash -c "grep -q '^failed=0 ok=[1-9]' load.out"
+check "the rotation package was applied" wait_for 10 test -f "$D/state/applied/rot1.json"
+check "after: s_client sees the new certificate" test "$(served_fp)" = "$NEWFP"
+check "the rotation is audited (tls_rotated with the new key label)" \
+	bash -c "grep '\"event\":\"tls_rotated\"' '$D/state/audit.jsonl' | grep -q nhid-tls-2"
+check "clients verifying against ca.crt keep working" curl_as admin /v1/health
+
+# --- bad rotations: no chain, key of another certificate ---
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout stray.key -out stray.crt -days 5 \
+	-subj "/CN=localhost" >/dev/null 2>&1
+python3 - <<'PY'
+import json
+b = json.load(open("rot.body")); b["cert_chain_pem"] = open("stray.crt").read(); b["key_label"] = "nhid-tls-x"
+json.dump(b, open("nochain.body", "w"))
+PY
+pkg rot2.json cert-rotation 2 nochain.body 1 2
+drop rot2.json
+check "a certificate that does not chain to ca_file is rejected, naming why" \
+	wait_for 10 grep -q "does not verify against ca_file" "$D/state/rejected/rot2.json.reason"
+newkey rot-a
+newkey rot-b
+"$NHICTL" rotation make --config "$D/ceremony.conf" --pin-file "$D/user.pin" --key rot-a --key-label nhid-tls-y \
+	--out a.body >/dev/null
+"$NHICTL" rotation make --config "$D/ceremony.conf" --pin-file "$D/user.pin" --key rot-b --key-label nhid-tls-y \
+	--out b.body >/dev/null
+python3 - <<'PY'
+import json
+a = json.load(open("a.body")); b = json.load(open("b.body"))
+a["wrapped_key_b64"] = b["wrapped_key_b64"]
+json.dump(a, open("mismatch.body", "w"))
+PY
+pkg rot3.json cert-rotation 2 mismatch.body 1 2
+drop rot3.json
+check "a key that is not the certificate's is rejected, naming why" \
+	wait_for 15 grep -q "does not match the certificate's public key" "$D/state/rejected/rot3.json.reason"
+check "... and the unwrapped key was removed from the token (nothing half-applied)" \
+	bash -c "! pkcs11-tool --module $MOD --token-label nhid-dev --login --pin '$UPIN' --list-objects 2>/dev/null | grep -q nhid-tls-y"
+check "after the refusals the rotated certificate is still served" test "$(served_fp)" = "$NEWFP"
+
+# --- restart: the committed state is what starts ---
+stop_nhid
+check "nhid stopped cleanly" test "$NHID_RC" -eq 0
+start_nhid "$D/nhid-up.conf"
+check "after a restart: still the new certificate" test "$(served_fp)" = "$NEWFP"
+check "after a restart: demo-agent still revoked" refused
+check "after a restart: the trust bundle is served" bash -c "curl_as admin /v1/trust-bundle | cmp - b1.json"
+stop_nhid
+check "nhid stopped cleanly after the restart (no sanitizer report)" test "$NHID_RC" -eq 0
+check "the audit log verifies" "$NHICTL" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
+finish
