@@ -101,6 +101,9 @@ struct nhi_trust {
 struct nhi_trust *nhi_server_trust_get(struct nhi_server *s);
 /* NULL is a no-op. */
 void nhi_trust_put(struct nhi_trust *t);
+/* Parse-only checks of update bodies (watcher.c), for tests/fuzz/update_body.c. */
+nhi_err nhi_revocation_body_check(const uint8_t *body, size_t len) NHI_MUST_CHECK;
+nhi_err nhi_rotation_body_check(const uint8_t *body, size_t len) NHI_MUST_CHECK;
 bool nhi_trust_agent_revoked(const struct nhi_trust *t, const char *agent_id);
 bool nhi_trust_cert_revoked(const struct nhi_trust *t, const uint8_t sha256[32]);
 /*

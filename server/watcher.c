@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
@@ -189,18 +190,81 @@ out:
 	return rv;
 }
 
-nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, uint64_t version, struct nhi_trust **out)
+/* the revocation body into t's sorted sets; nothing else of t is touched */
+static nhi_err revocation_parse(const uint8_t *rev, size_t len, struct nhi_trust *t)
 {
 	static const char *const members[] = {"agents", "cert_sha256", "kids"};
 	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_trust *t = NULL;
-	struct nhi_token_verify_cfg vc;
-	const char *auds[NHI_SERVER_LIST_MAX];
 	json_t *root = NULL, *v;
 	json_error_t jerr;
 	const char *key;
 	char **hex = NULL;
 	size_t n_hex = 0, i, m;
+
+	root = json_loadb((const char *)rev, len, JSON_REJECT_DUPLICATES, &jerr);
+	NHI_CHECK(json_is_object(root), NHI_ERR_FORMAT, "revocation body must be one JSON object: %s",
+		  root ? "not an object" : jerr.text);
+	json_object_foreach(root, key, v) {
+		for (m = 0; m < 3 && strcmp(key, members[m]) != 0; m++)
+			;
+		NHI_CHECK(m < 3, NHI_ERR_FORMAT, "revocation: unknown member '%.64s' (agents, cert_sha256, kids are known)",
+			  key);
+	}
+	NHI_TRY(string_list(root, "agents", NHI_AGENT_ID_MAX_BYTES, &t->agents, &t->n_agents));
+	NHI_TRY(string_list(root, "kids", 43, &t->kids, &t->n_kids));
+	NHI_TRY(string_list(root, "cert_sha256", 64, &hex, &n_hex));
+	if (n_hex > 0) {
+		t->certs = calloc(n_hex, 32);
+		NHI_CHECK(t->certs != NULL, NHI_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < n_hex; i++) {
+		long n = 0;
+		unsigned char *bytes;
+
+		NHI_CHECK(strlen(hex[i]) == 64 && strspn(hex[i], "0123456789abcdef") == 64, NHI_ERR_FORMAT,
+			  "revocation: cert_sha256[%zu] must be 64 lower-case hex digits", i);
+		bytes = OPENSSL_hexstr2buf(hex[i], &n);
+		NHI_CHECK(bytes != NULL && n == 32, NHI_ERR_FORMAT, "revocation: cert_sha256[%zu] is not hex", i);
+		memcpy(t->certs[i], bytes, 32);
+		OPENSSL_free(bytes);
+		t->n_certs = i + 1;
+	}
+	for (i = 0; i < t->n_kids; i++)
+		NHI_CHECK(strlen(t->kids[i]) == 43, NHI_ERR_FORMAT,
+			  "revocation: kids[%zu] is not an RFC 7638 thumbprint (43 characters)", i);
+	if (t->n_agents > 1)
+		qsort(t->agents, t->n_agents, sizeof(t->agents[0]), cmp_str);
+	if (t->n_certs > 1)
+		qsort(t->certs, t->n_certs, 32, cmp_sha);
+	rv = NHI_OK;
+out:
+	for (i = 0; i < n_hex; i++)
+		free(hex[i]);
+	free(hex);
+	json_decref(root);
+	return rv;
+}
+
+nhi_err nhi_revocation_body_check(const uint8_t *body, size_t len)
+{
+	struct nhi_trust *t = calloc(1, sizeof(*t));
+	nhi_err rv;
+
+	if (t == NULL)
+		return nhi_err_set(NHI_ERR_NOMEM, "out of memory");
+	atomic_init(&t->refs, 1);
+	rv = revocation_parse(body, len, t);
+	nhi_trust_put(t);
+	return rv;
+}
+
+nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, uint64_t version, struct nhi_trust **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_trust *t = NULL;
+	struct nhi_token_verify_cfg vc;
+	const char *auds[NHI_SERVER_LIST_MAX];
+	size_t i;
 
 	*out = NULL;
 	t = calloc(1, sizeof(*t));
@@ -208,48 +272,12 @@ nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, ui
 	atomic_init(&t->refs, 1);
 	t->revocation_version = version;
 	if (rev != NULL) {
-		root = json_loadb((const char *)rev, len, JSON_REJECT_DUPLICATES, &jerr);
-		NHI_CHECK(json_is_object(root), NHI_ERR_FORMAT, "revocation body must be one JSON object: %s",
-			  root ? "not an object" : jerr.text);
-		json_object_foreach(root, key, v) {
-			for (m = 0; m < 3 && strcmp(key, members[m]) != 0; m++)
-				;
-			NHI_CHECK(m < 3, NHI_ERR_FORMAT,
-				  "revocation: unknown member '%.64s' (agents, cert_sha256, kids are known)", key);
-		}
-		NHI_TRY(string_list(root, "agents", NHI_AGENT_ID_MAX_BYTES, &t->agents, &t->n_agents));
-		NHI_TRY(string_list(root, "kids", 43, &t->kids, &t->n_kids));
-		NHI_TRY(string_list(root, "cert_sha256", 64, &hex, &n_hex));
-		if (n_hex > 0) {
-			t->certs = calloc(n_hex, 32);
-			NHI_CHECK(t->certs != NULL, NHI_ERR_NOMEM, "out of memory");
-		}
-		for (i = 0; i < n_hex; i++) {
-			size_t b;
-
-			NHI_CHECK(strlen(hex[i]) == 64 && strspn(hex[i], "0123456789abcdef") == 64, NHI_ERR_FORMAT,
-				  "revocation: cert_sha256[%zu] must be 64 lower-case hex digits", i);
-			for (b = 0; b < 32; b++) {
-				unsigned hi = (unsigned)(hex[i][2 * b] <= '9' ? hex[i][2 * b] - '0' : hex[i][2 * b] - 'a' + 10);
-				unsigned lo = (unsigned)(hex[i][2 * b + 1] <= '9' ? hex[i][2 * b + 1] - '0'
-										  : hex[i][2 * b + 1] - 'a' + 10);
-
-				t->certs[i][b] = (uint8_t)(hi << 4 | lo);
-			}
-		}
-		t->n_certs = n_hex;
-		for (i = 0; i < t->n_kids; i++)
-			NHI_CHECK(strlen(t->kids[i]) == 43, NHI_ERR_FORMAT,
-				  "revocation: kids[%zu] is not an RFC 7638 thumbprint (43 characters)", i);
+		NHI_TRY(revocation_parse(rev, len, t));
 		/* the key that signs every new token cannot stop verifying them */
 		NHI_CHECK(!kid_revoked(t, nhi_token_issuer_kid(s->issuer)), NHI_ERR_DENIED,
 			  "revocation names kid %s, the current token signing key '%s': rotate token_keys first, then "
 			  "revoke it",
 			  nhi_token_issuer_kid(s->issuer), s->cfg.token_keys[0]);
-		if (t->n_agents > 1)
-			qsort(t->agents, t->n_agents, sizeof(t->agents[0]), cmp_str);
-		if (t->n_certs > 1)
-			qsort(t->certs, t->n_certs, 32, cmp_sha);
 	}
 	NHI_TRY(filtered_jwks(s, t, &t->jwks));
 	for (i = 0; i < s->cfg.n_audiences; i++)
@@ -267,10 +295,6 @@ nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, ui
 	t = NULL;
 	rv = NHI_OK;
 out:
-	for (i = 0; i < n_hex; i++)
-		free(hex[i]);
-	free(hex);
-	json_decref(root);
 	nhi_trust_put(t);
 	return rv;
 }
@@ -330,6 +354,15 @@ static void rotation_free(struct rotation *r)
 {
 	json_decref(r->root);
 	memset(r, 0, sizeof(*r));
+}
+
+nhi_err nhi_rotation_body_check(const uint8_t *body, size_t len)
+{
+	struct rotation r;
+	nhi_err rv = rotation_parse(body, len, &r);
+
+	rotation_free(&r);
+	return rv;
 }
 
 /* X.509 path to ca_file for a TLS server (the check a client makes, made first) */
