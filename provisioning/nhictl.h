@@ -27,7 +27,7 @@ int nhictl_rotation(int argc, char **argv); /* rotation.c: cert-rotation package
  * doc_type is an enum nhi_doc_type (server/update.h). Returns the exit status.
  */
 int nhictl_doc_sign(int doc_type, const char *cmd, int argc, char **argv);
-/* update.c: strict decimal in [lo, hi] */
+/* cli.c: strict decimal in [lo, hi] (no sign tricks, no trailing bytes) */
 bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out);
 
 /* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */

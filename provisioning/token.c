@@ -41,19 +41,6 @@ static void usage(FILE *f)
 }
 
 /* Strict decimal in [lo, hi]. */
-static bool parse_num(const char *s, long long lo, long long hi, long long *out)
-{
-	char *end = NULL;
-	long long v;
-
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
 /* A certificate file (PEM or DER) as DER, the bytes TLS presents. */
 static nhi_err read_cert_der(const char *path, struct nhi_buf *der)
 {
@@ -173,7 +160,7 @@ static int cmd_verify(int argc, char **argv)
 			break;
 		case 'c': cert_path = optarg; break;
 		case 'l':
-			if (!parse_num(optarg, 0, NHI_TOKEN_LEEWAY_MAX_S, &num)) {
+			if (!nhictl_parse_ll(optarg, 0, NHI_TOKEN_LEEWAY_MAX_S, &num)) {
 				fprintf(stderr, "nhictl token verify: --leeway must be 0..%d seconds\n",
 					NHI_TOKEN_LEEWAY_MAX_S);
 				return 2;
@@ -181,7 +168,7 @@ static int cmd_verify(int argc, char **argv)
 			cfg.leeway_s = (unsigned)num;
 			break;
 		case 'm':
-			if (!parse_num(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
+			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
 				fprintf(stderr, "nhictl token verify: --max-lifetime must be 1..%d seconds\n",
 					NHI_TOKEN_TTL_MAX_S);
 				return 2;
@@ -189,7 +176,7 @@ static int cmd_verify(int argc, char **argv)
 			cfg.lifetime_max_s = (unsigned)num;
 			break;
 		case 'n':
-			if (!parse_num(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX, &num)) {
+			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX, &num)) {
 				fprintf(stderr, "nhictl token verify: --now must be a unix time in seconds\n");
 				return 2;
 			}
@@ -295,7 +282,7 @@ static int cmd_issue(int argc, char **argv)
 		case 'c': cert_path = optarg; break;
 		case 'T':
 		case 'X':
-			if (!parse_num(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
+			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
 				fprintf(stderr, "nhictl token issue: --ttl and --ttl-max must be 1..%d seconds\n",
 					NHI_TOKEN_TTL_MAX_S);
 				return 2;
@@ -306,7 +293,7 @@ static int cmd_issue(int argc, char **argv)
 				icfg.ttl_max_s = (unsigned)num;
 			break;
 		case 'n':
-			if (!parse_num(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX - NHI_TOKEN_TTL_MAX_S, &num)) {
+			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX - NHI_TOKEN_TTL_MAX_S, &num)) {
 				fprintf(stderr, "nhictl token issue: --now must be a unix time in seconds\n");
 				return 2;
 			}

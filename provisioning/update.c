@@ -42,19 +42,6 @@ static void usage(FILE *f)
 		"          its kind, body checksum ok; moves it to DIR/applied/ or DIR/rejected/ with a .reason.\n");
 }
 
-bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out)
-{
-	char *end = NULL;
-	long long v;
-
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
 /* ---- sign (shared) --------------------------------------------------------------- */
 
 int nhictl_doc_sign(int doc_type, const char *cmd, int argc, char **argv)
