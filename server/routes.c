@@ -47,27 +47,36 @@ static json_t *error_body(const char *code, const char *detail)
 	return json_pack("{s:s, s:s}", "error", code, "detail", detail ? detail : "");
 }
 
-/* one place that answers: JSON body, no caching, connection policy, metrics */
-static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
-		      const struct timespec *t0, bool close_conn, int status, json_t *body)
+/* one place that answers: headers (no caching, connection policy), body, metrics.
+ * `b` (may be NULL: empty body) is the caller's and may be freed after. */
+static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
+			const struct timespec *t0, bool close_conn, int status, const char *content_type,
+			struct evbuffer *b)
 {
-	struct evbuffer *b = evbuffer_new();
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 	struct timespec t1;
 
-	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Content-Type", content_type);
 	evhttp_add_header(h, "Cache-Control", "no-store");
 	if (close_conn)
 		evhttp_add_header(h, "Connection", "close");
-	if (b != NULL && text != NULL) {
-		evbuffer_add(b, text, strlen(text));
-		evbuffer_add(b, "\n", 1);
-	}
 	evhttp_send_reply(req, status, reason_phrase(status), b);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	nhi_metrics_observe(&s->metrics, route, status,
 			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
+}
+
+static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
+		      const struct timespec *t0, bool close_conn, int status, json_t *body)
+{
+	struct evbuffer *b = evbuffer_new();
+	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+	if (b != NULL && text != NULL) {
+		evbuffer_add(b, text, strlen(text));
+		evbuffer_add(b, "\n", 1);
+	}
+	send_buffer(s, req, route, t0, close_conn, status, "application/json", b);
 	free(text);
 	if (b != NULL)
 		evbuffer_free(b);
@@ -237,67 +246,59 @@ static void h_health(struct ctx *c)
 	reply(c, 200, json_pack("{s:s}", "status", "ok"));
 }
 
+static void reply_bytes(struct ctx *c, const char *content_type, const void *data, size_t len)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	if (b == NULL || evbuffer_add(b, data, len) != 0) {
+		if (b != NULL)
+			evbuffer_free(b);
+		reply_error(c, 500, "internal", "out of memory");
+		return;
+	}
+	c->status = 200;
+	send_buffer(c->s, c->req, c->route, &c->t0, closing(c), 200, content_type, b);
+	evbuffer_free(b);
+}
+
+/* the JWKS is serialised once per trust snapshot: sent as it is */
 static void h_jwks(struct ctx *c)
 {
-	reply(c, 200, json_loadb((const char *)c->trust->jwks.data, c->trust->jwks.len, 0, NULL));
+	reply_bytes(c, "application/json", c->trust->jwks.data, c->trust->jwks.len);
 }
 
 /* the signed document byte for byte: verifiers check the signatures, not us */
 static void h_trust_bundle(struct ctx *c)
 {
-	struct evbuffer *b = evbuffer_new();
-	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+	struct nhi_buf copy = {0};
 	const struct nhi_buf *doc;
-	struct timespec t1;
+	nhi_err e = NHI_OK;
 	bool off;
 
-	if (b == NULL) {
-		reply_error(c, 500, "internal", "out of memory");
-		return;
-	}
+	/* copied under the lock: a trust-bundle update may swap the bundle meanwhile */
 	pthread_mutex_lock(&c->s->bundle_mu);
 	off = c->s->bundle == NULL;
 	doc = off ? NULL : nhi_bundle_document(c->s->bundle);
-	if (doc != NULL && evbuffer_add(b, doc->data, doc->len) != 0)
-		doc = NULL;
+	if (doc != NULL)
+		e = nhi_buf_append(&copy, doc->data, doc->len);
 	pthread_mutex_unlock(&c->s->bundle_mu);
-	if (doc == NULL) {
-		evbuffer_free(b);
-		if (off)
-			reply_error(c, 404, "no_trust_bundle", "updates are off on this server (no updates_dir): no trust bundle");
-		else
-			reply_error(c, 500, "internal", "out of memory");
-		return;
-	}
-	evhttp_add_header(h, "Content-Type", "application/json");
-	evhttp_add_header(h, "Cache-Control", "no-store");
-	if (closing(c))
-		evhttp_add_header(h, "Connection", "close");
-	evhttp_send_reply(c->req, 200, "OK", b);
-	evbuffer_free(b);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	nhi_metrics_observe(&c->s->metrics, c->route, 200,
-			    (unsigned long long)((t1.tv_sec - c->t0.tv_sec) * 1000000LL + (t1.tv_nsec - c->t0.tv_nsec) / 1000));
+	if (off)
+		reply_error(c, 404, "no_trust_bundle", "updates are off on this server (no updates_dir): no trust bundle");
+	else if (e != NHI_OK)
+		reply_error(c, 500, "internal", "out of memory");
+	else
+		reply_bytes(c, "application/json", copy.data, copy.len);
+	nhi_buf_free(&copy);
 }
 
 static void h_metrics(struct ctx *c)
 {
 	struct nhi_buf text = {0};
-	struct evbuffer *b = evbuffer_new();
-	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
 
-	if (b == NULL || nhi_metrics_render(c->s, &text) != NHI_OK) {
-		if (b != NULL)
-			evbuffer_free(b);
-		nhi_buf_free(&text);
+	if (nhi_metrics_render(c->s, &text) != NHI_OK)
 		reply_error(c, 500, "internal", "metrics unavailable");
-		return;
-	}
-	nhi_metrics_observe(&c->s->metrics, c->route, 200, 0);
-	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4");
-	evbuffer_add(b, text.data, text.len);
-	evhttp_send_reply(c->req, 200, "OK", b);
-	evbuffer_free(b);
+	else
+		reply_bytes(c, "text/plain; version=0.0.4", text.data, text.len);
 	nhi_buf_free(&text);
 }
 
