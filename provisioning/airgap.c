@@ -389,7 +389,7 @@ static void usage(FILE *f)
 		   "  (exit 0 / 1). Sends no packet: DNS is reported from resolv.conf, never queried.\n");
 }
 
-int nhictl_airgap(int argc, char **argv)
+static int cmd_check(int argc, char **argv)
 {
 	static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
 					     {"allow-default-route", no_argument, NULL, 'r'},
@@ -406,12 +406,6 @@ int nhictl_airgap(int argc, char **argv)
 	nhi_err e;
 	int o;
 
-	if (argc < 2 || strcmp(argv[1], "check") != 0) {
-		usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout : stderr);
-		return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? 0 : 2;
-	}
-	argc--;
-	argv++;
 	optind = 1;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
@@ -491,4 +485,11 @@ int nhictl_airgap(int argc, char **argv)
 	}
 	printf("PASS\n");
 	return 0;
+}
+
+int nhictl_airgap(int argc, char **argv)
+{
+	static const struct nhictl_action actions[] = {{"check", cmd_check}};
+
+	return nhictl_dispatch("airgap", actions, 1, usage, argc, argv);
 }

@@ -145,7 +145,7 @@ static void usage(FILE *f)
 		   "  records after the last checkpoint (chained, not signed yet).\n");
 }
 
-int nhictl_audit(int argc, char **argv)
+static int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"pubkey", required_argument, NULL, 'k'},
@@ -155,17 +155,7 @@ int nhictl_audit(int argc, char **argv)
 	const char *pubkey = NULL;
 	int opt;
 
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "verify") != 0) {
-		fprintf(stderr, "nhictl audit: unknown command '%s'\n", argv[1]);
-		usage(stderr);
-		return 2;
-	}
-	argc--;
-	argv++;
+	optind = 1;
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'k': pubkey = optarg; break;
@@ -178,4 +168,11 @@ int nhictl_audit(int argc, char **argv)
 		return 2;
 	}
 	return verify(argv[optind], pubkey);
+}
+
+int nhictl_audit(int argc, char **argv)
+{
+	static const struct nhictl_action actions[] = {{"verify", cmd_verify}};
+
+	return nhictl_dispatch("audit", actions, 1, usage, argc, argv);
 }

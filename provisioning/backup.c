@@ -297,17 +297,8 @@ out:
 
 int nhictl_backup(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "create") == 0)
-		return cmd_create(argc - 1, argv + 1);
-	if (strcmp(argv[1], "inspect") == 0)
-		return cmd_inspect(argc - 1, argv + 1);
-	if (strcmp(argv[1], "verify") == 0)
-		return cmd_verify(argc - 1, argv + 1);
-	fprintf(stderr, "nhictl backup: unknown action '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	static const struct nhictl_action actions[] = {
+		{"create", cmd_create}, {"inspect", cmd_inspect}, {"verify", cmd_verify}};
+
+	return nhictl_dispatch("backup", actions, sizeof(actions) / sizeof(actions[0]), usage, argc, argv);
 }

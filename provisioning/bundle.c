@@ -258,21 +258,15 @@ out:
 	return status;
 }
 
+static int cmd_sign(int argc, char **argv)
+{
+	return nhictl_doc_sign(NHI_DOC_BUNDLE, "bundle sign", argc, argv);
+}
+
 int nhictl_bundle(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "create") == 0)
-		return cmd_create(argc - 1, argv + 1);
-	if (strcmp(argv[1], "sign") == 0)
-		return nhictl_doc_sign(NHI_DOC_BUNDLE, "bundle sign", argc - 1, argv + 1);
-	if (strcmp(argv[1], "fingerprint") == 0)
-		return cmd_fingerprint(argc - 1, argv + 1);
-	if (strcmp(argv[1], "verify") == 0)
-		return cmd_verify(argc - 1, argv + 1);
-	fprintf(stderr, "nhictl bundle: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	static const struct nhictl_action actions[] = {
+		{"create", cmd_create}, {"sign", cmd_sign}, {"fingerprint", cmd_fingerprint}, {"verify", cmd_verify}};
+
+	return nhictl_dispatch("bundle", actions, sizeof(actions) / sizeof(actions[0]), usage, argc, argv);
 }

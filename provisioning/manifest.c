@@ -144,19 +144,15 @@ out:
 	return status;
 }
 
+static int cmd_add_signature(int argc, char **argv)
+{
+	return nhictl_doc_sign(NHI_DOC_MANIFEST, "manifest add-signature", argc, argv);
+}
+
 int nhictl_manifest(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "sign") == 0)
-		return cmd_sign(argc - 1, argv + 1);
-	if (strcmp(argv[1], "add-signature") == 0)
-		return nhictl_doc_sign(NHI_DOC_MANIFEST, "manifest add-signature", argc - 1, argv + 1);
-	if (strcmp(argv[1], "verify") == 0)
-		return cmd_verify(argc - 1, argv + 1);
-	fprintf(stderr, "nhictl manifest: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	static const struct nhictl_action actions[] = {
+		{"sign", cmd_sign}, {"add-signature", cmd_add_signature}, {"verify", cmd_verify}};
+
+	return nhictl_dispatch("manifest", actions, sizeof(actions) / sizeof(actions[0]), usage, argc, argv);
 }

@@ -8,6 +8,8 @@
 
 #include "../common/nhi.h"
 
+#include <stdio.h>
+
 int nhictl_hsm_init(int argc, char **argv); /* hsm_init.c: initialise a token */
 int nhictl_ceremony(int argc, char **argv); /* ceremony.c: key ceremony, transcript verify */
 int nhictl_enroll(int argc, char **argv);   /* enroll.c: agent key + client cert */
@@ -27,6 +29,18 @@ int nhictl_rotation(int argc, char **argv); /* rotation.c: cert-rotation package
  * doc_type is an enum nhi_doc_type (server/update.h). Returns the exit status.
  */
 int nhictl_doc_sign(int doc_type, const char *cmd, int argc, char **argv);
+/* One action of a subcommand ("create", "verify"...): argv[0] is the action's name. */
+struct nhictl_action {
+	const char *name;
+	int (*run)(int argc, char **argv);
+};
+/*
+ * cli.c: run the action argv[1] names. No action: usage on stderr, 2; --help/-h:
+ * usage on stdout, 0; an unknown one: "nhictl CMD: unknown action 'X'", usage, 2.
+ */
+int nhictl_dispatch(const char *cmd, const struct nhictl_action *actions, size_t n, void (*usage)(FILE *f), int argc,
+		    char **argv);
+
 /* cli.c: strict decimal in [lo, hi] (no sign tricks, no trailing bytes) */
 bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out);
 

@@ -137,7 +137,7 @@ static void usage(FILE *f)
 		   "  Then: nhictl update create --kind cert-rotation --body BODY.json ...\n");
 }
 
-int nhictl_rotation(int argc, char **argv)
+static int cmd_make(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},    {"pin-file", required_argument, NULL, 'p'},
@@ -152,12 +152,7 @@ int nhictl_rotation(int argc, char **argv)
 	nhi_err e;
 	int opt;
 
-	if (argc < 2 || strcmp(argv[1], "make") != 0) {
-		usage(argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? stdout : stderr);
-		return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) ? 0 : 2;
-	}
-	argc--;
-	argv++;
+	optind = 1;
 	while ((opt = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': o.config = optarg; break;
@@ -200,4 +195,11 @@ int nhictl_rotation(int argc, char **argv)
 	}
 	e = make_rotation(&o);
 	return e == NHI_OK ? 0 : nhictl_fail("rotation", "make", e);
+}
+
+int nhictl_rotation(int argc, char **argv)
+{
+	static const struct nhictl_action actions[] = {{"make", cmd_make}};
+
+	return nhictl_dispatch("rotation", actions, 1, usage, argc, argv);
 }

@@ -421,17 +421,7 @@ out:
 
 int nhictl_token(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "verify") == 0)
-		return cmd_verify(argc - 1, argv + 1);
-	if (strcmp(argv[1], "issue") == 0)
-		return cmd_issue(argc - 1, argv + 1);
-	if (strcmp(argv[1], "jwks") == 0)
-		return cmd_jwks(argc - 1, argv + 1);
-	fprintf(stderr, "nhictl token: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	static const struct nhictl_action actions[] = {{"verify", cmd_verify}, {"issue", cmd_issue}, {"jwks", cmd_jwks}};
+
+	return nhictl_dispatch("token", actions, sizeof(actions) / sizeof(actions[0]), usage, argc, argv);
 }

@@ -507,27 +507,17 @@ static int cmd_scan(int argc, char **argv)
 	return status;
 }
 
+static int cmd_sign(int argc, char **argv)
+{
+	return nhictl_doc_sign(NHI_DOC_UPDATE, "update sign", argc, argv);
+}
+
 int nhictl_update(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
-	}
-	if (strcmp(argv[1], "create") == 0)
-		return cmd_create(argc - 1, argv + 1);
-	if (strcmp(argv[1], "sign") == 0)
-		return nhictl_doc_sign(NHI_DOC_UPDATE, "update sign", argc - 1, argv + 1);
-	if (strcmp(argv[1], "pubkey") == 0)
-		return cmd_pubkey(argc - 1, argv + 1);
-	if (strcmp(argv[1], "verify") == 0)
-		return cmd_verify(argc - 1, argv + 1);
-	if (strcmp(argv[1], "init") == 0)
-		return cmd_init(argc - 1, argv + 1);
-	if (strcmp(argv[1], "apply") == 0)
-		return cmd_apply(argc - 1, argv + 1);
-	if (strcmp(argv[1], "scan") == 0)
-		return cmd_scan(argc - 1, argv + 1);
-	fprintf(stderr, "nhictl update: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	static const struct nhictl_action actions[] = {
+		{"create", cmd_create}, {"sign", cmd_sign},   {"pubkey", cmd_pubkey}, {"verify", cmd_verify},
+		{"init", cmd_init},	{"apply", cmd_apply}, {"scan", cmd_scan},
+	};
+
+	return nhictl_dispatch("update", actions, sizeof(actions) / sizeof(actions[0]), usage, argc, argv);
 }
