@@ -10,6 +10,7 @@
  */
 #include "../../common/pkey.h"
 #include "../../server/update.h"
+#include "fuzz_sign.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -64,27 +65,6 @@ __attribute__((destructor)) static void fini(void)
 	EVP_PKEY_free(key);
 }
 
-static bool wrap_signed(const uint8_t *p, size_t n, struct nhi_buf *out)
-{
-	struct nhi_buf doc = {0}, msg = {0};
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	uint8_t der[80], raw[64];
-	size_t der_len = sizeof(der);
-	bool ok = false;
-
-	if (md != NULL && nhi_doc_wrap(p, n, &doc) == NHI_OK &&
-	    nhi_doc_signing_input(NHI_DOC_MANIFEST, doc.data, doc.len, &msg) == NHI_OK &&
-	    EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
-	    EVP_DigestSign(md, der, &der_len, msg.data, msg.len) == 1 &&
-	    nhi_ecdsa_der_to_raw(der, der_len, raw) == NHI_OK &&
-	    nhi_doc_add_signature(NHI_DOC_MANIFEST, doc.data, doc.len, key, raw, out) == NHI_OK)
-		ok = true;
-	EVP_MD_CTX_free(md);
-	nhi_buf_free(&doc);
-	nhi_buf_free(&msg);
-	return ok;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -95,7 +75,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	init();
 	(void)!nhi_manifest_verify_dir(data, size, ks, dir, NULL, NULL, &n);
 	if (size > 0 && data[0] == '{' && memmem(data, size, "\"payload\"", 9) == NULL && size < 65536 &&
-	    wrap_signed(data, size, &doc))
+	    fuzz_wrap_signed(NHI_DOC_MANIFEST, key, data, size, &doc))
 		(void)!nhi_manifest_verify_dir(doc.data, doc.len, ks, dir, NULL, NULL, &n);
 	nhi_buf_free(&doc);
 	return 0;
