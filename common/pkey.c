@@ -4,6 +4,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -197,5 +198,26 @@ nhi_err nhi_ecdsa_der_to_raw(const uint8_t *der, size_t len, uint8_t raw[64])
 	rv = NHI_OK;
 out:
 	ECDSA_SIG_free(sig);
+	return rv;
+}
+
+nhi_err nhi_pkey_es256_verify(EVP_PKEY *pk, const uint8_t *msg, size_t len, const uint8_t sig[64])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf der = {0};
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int r;
+
+	NHI_CHECK_SSL(md != NULL, NHI_ERR_NOMEM, "EVP_MD_CTX_new");
+	NHI_TRY(nhi_ecdsa_raw_to_der(sig, &der));
+	NHI_CHECK_SSL(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) == 1, NHI_ERR_CRYPTO,
+		      "EVP_DigestVerifyInit");
+	r = EVP_DigestVerify(md, der.data, der.len, msg, len);
+	ERR_clear_error();
+	NHI_CHECK(r == 1, NHI_ERR_VERIFY, "signature does not verify");
+	rv = NHI_OK;
+out:
+	EVP_MD_CTX_free(md);
+	nhi_buf_free(&der);
 	return rv;
 }

@@ -32,6 +32,11 @@ nhi_err nhi_pkey_fingerprint(const EVP_PKEY *pk, char out[65]) NHI_MUST_CHECK;
 /* raw 64-byte R||S -> DER ECDSA-Sig-Value (appended to out) */
 nhi_err nhi_ecdsa_raw_to_der(const uint8_t raw[64], struct nhi_buf *out) NHI_MUST_CHECK;
 /* DER ECDSA-Sig-Value -> raw 64-byte R||S; NHI_ERR_FORMAT if not a P-256-sized signature */
+/*
+ * ES256 check with OpenSSL: SHA-256 over msg, `sig` raw R||S (64 bytes, as the token
+ * makes them). NHI_ERR_VERIFY when it does not verify (OpenSSL's queue cleared).
+ */
+nhi_err nhi_pkey_es256_verify(EVP_PKEY *pk, const uint8_t *msg, size_t len, const uint8_t sig[64]) NHI_MUST_CHECK;
 nhi_err nhi_ecdsa_der_to_raw(const uint8_t *der, size_t len, uint8_t raw[64]) NHI_MUST_CHECK;
 
 #endif

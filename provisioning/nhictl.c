@@ -23,6 +23,7 @@ static const struct subcommand subcommands[] = {
 	{"rotation", nhictl_rotation, "'rotation make': cert-rotation package body (new TLS cert + key wrapped under nhid-wrap)"},
 	{"bundle", nhictl_bundle, "trust bundle: create, sign, verify a rotation chain from the pinned fingerprint"},
 	{"manifest", nhictl_manifest, "model manifest: sign a directory's per-file SHA-256, verify a directory against it"},
+	{"key", nhictl_key, "a labelled EC P-256 key in a token (signing-service and custodian keys), its public key"},
 	{"airgap", nhictl_airgap, "'airgap check': this host against the air-gap contract (routes, DNS, listeners, files, keys, certs)"},
 };
 

@@ -22,6 +22,9 @@ int nhictl_update(int argc, char **argv);   /* update.c: signed update packages 
 int nhictl_bundle(int argc, char **argv);   /* bundle.c: trust bundle create/sign/verify/fingerprint */
 int nhictl_manifest(int argc, char **argv); /* manifest.c: model manifest sign/verify */
 int nhictl_rotation(int argc, char **argv); /* rotation.c: cert-rotation package body */
+int nhictl_key(int argc, char **argv);      /* key.c: a labelled P-256 key in a token, its public key */
+/* key.c: print a key's public key (PEM); `cmd` names the command in messages. */
+int nhictl_key_pubkey(const char *cmd, int argc, char **argv);
 
 /*
  * update.c: `<cmd> sign` for every signed document (update package, bundle,

@@ -220,56 +220,10 @@ out:
 	return status;
 }
 
-/* ---- pubkey ------------------------------------------------------------------------ */
-
+/* the older name of `nhictl key pubkey` (provisioning/key.c) */
 static int cmd_pubkey(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{"token", required_argument, NULL, 't'},  {"hsm-token", required_argument, NULL, 't'},
-		{"key", required_argument, NULL, 'k'},	  {"pin-file", required_argument, NULL, 'p'},
-		{"module", required_argument, NULL, 'M'}, {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
-	};
-	struct nhi_hsm_config hcfg = {0};
-	struct nhi_hsm *hsm = NULL;
-	struct nhi_hsm_key *key = NULL;
-	struct nhi_buf pem = {0};
-	const char *label = NULL;
-	int c, status = 1;
-	nhi_err e;
-
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case 't': hcfg.token = optarg; break;
-		case 'k': label = optarg; break;
-		case 'p': hcfg.pin_file = optarg; break;
-		case 'M': hcfg.module_path = optarg; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
-		}
-	}
-	if (hcfg.token == NULL || label == NULL || optind != argc) {
-		fprintf(stderr, "nhictl update pubkey: --token and --key are required\n");
-		return 2;
-	}
-	hcfg.sessions = 1;
-	e = nhi_hsm_open(&hcfg, &hsm);
-	if (e == NHI_OK)
-		e = nhi_hsm_find(hsm, label, &key);
-	if (e == NHI_OK)
-		e = nhi_hsm_pubkey_export(hsm, key, NHI_PUBKEY_PEM, &pem);
-	if (e != NHI_OK) {
-		status = nhictl_fail("update pubkey", label, e);
-		goto out;
-	}
-	fwrite(pem.data, 1, pem.len, stdout);
-	status = 0;
-out:
-	nhi_buf_free(&pem);
-	nhi_hsm_key_free(key);
-	nhi_hsm_free(hsm);
-	return status;
+	return nhictl_key_pubkey("update pubkey", argc, argv);
 }
 
 /* ---- verify / init / apply / scan ---------------------------------------------------- */

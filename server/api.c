@@ -14,7 +14,8 @@ static const struct nhi_api_route api_routes[] = {
 	{"/v1/health", "GET", NHI_ROUTE_HEALTH},    {"/v1/tokens", "POST", NHI_ROUTE_TOKENS},
 	{"/v1/resolve", "POST", NHI_ROUTE_RESOLVE}, {"/v1/jwks", "GET", NHI_ROUTE_JWKS},
 	{"/v1/metrics", "GET", NHI_ROUTE_METRICS},  {"/v1/admin/reload", "POST", NHI_ROUTE_RELOAD},
-	{"/v1/trust-bundle", "GET", NHI_ROUTE_TRUST_BUNDLE},
+	{"/v1/trust-bundle", "GET", NHI_ROUTE_TRUST_BUNDLE}, {"/v1/sign", "POST", NHI_ROUTE_SIGN},
+	{"/v1/verify", "POST", NHI_ROUTE_VERIFY}, {"/v1/manifests/verify", "POST", NHI_ROUTE_MANIFEST_VERIFY},
 };
 
 const struct nhi_api_route *nhi_api_route_find(const char *path)
@@ -125,5 +126,139 @@ void nhi_api_resolve_req_free(struct nhi_api_resolve_req *r)
 {
 	json_decref(r->root);
 	nhi_buf_free(&r->presenter_der);
+	memset(r, 0, sizeof(*r));
+}
+
+/* a string member without NUL bytes, 1..max bytes, or NULL */
+static const char *string_member(json_t *j, const char *name, size_t max)
+{
+	json_t *v = json_object_get(j, name);
+	const char *s = json_string_value(v);
+
+	if (s == NULL || json_string_length(v) != strlen(s) || s[0] == '\0' || strlen(s) > max)
+		return NULL;
+	return s;
+}
+
+/* "key": a purpose name as in the config (the route says whether it exists) */
+static nhi_err key_member(json_t *j, char out[33])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	const char *k = string_member(j, "key", 32);
+
+	NHI_CHECK(k != NULL && strspn(k, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(k), NHI_ERR_FORMAT,
+		  "'key' must name a signing key purpose (1-32 of [a-z0-9_-])");
+	memcpy(out, k, strlen(k) + 1);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+static nhi_err b64_member(json_t *j, const char *name, bool allow_empty, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *v = json_object_get(j, name);
+	const char *s = json_string_value(v);
+
+	NHI_CHECK(s != NULL && json_string_length(v) == strlen(s) && (allow_empty || s[0] != '\0'), NHI_ERR_FORMAT,
+		  "'%s' must be a base64url string (no padding)", name);
+	rv = nhi_b64url_decode(s, strlen(s), out);
+	if (rv != NHI_OK)
+		nhi_err_set(NHI_ERR_FORMAT, "'%s' must be a base64url string (no padding): %s", name, nhi_err_detail());
+out:
+	return rv;
+}
+
+nhi_err nhi_api_parse_sign_req(const char *body, size_t len, size_t max_bytes, struct nhi_api_sign_req *out)
+{
+	static const char *const members[] = {"key", "payload"};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *j = NULL;
+
+	memset(out, 0, sizeof(*out));
+	NHI_TRY(object_of(body, len, max_bytes, members, 2, &j));
+	NHI_TRY(key_member(j, out->key));
+	NHI_TRY(b64_member(j, "payload", true, &out->payload));
+	rv = NHI_OK;
+out:
+	json_decref(j);
+	if (rv != NHI_OK)
+		nhi_api_sign_req_free(out);
+	return rv;
+}
+
+void nhi_api_sign_req_free(struct nhi_api_sign_req *r)
+{
+	nhi_buf_free(&r->payload);
+	memset(r, 0, sizeof(*r));
+}
+
+nhi_err nhi_api_parse_verify_req(const char *body, size_t len, size_t max_bytes, struct nhi_api_verify_req *out)
+{
+	static const char *const members[] = {"key", "payload", "sig", "kid"};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf sig = {0};
+	json_t *j = NULL;
+	const char *kid;
+
+	memset(out, 0, sizeof(*out));
+	NHI_TRY(object_of(body, len, max_bytes, members, 4, &j));
+	NHI_TRY(key_member(j, out->key));
+	NHI_TRY(b64_member(j, "payload", true, &out->payload));
+	NHI_TRY(b64_member(j, "sig", false, &sig));
+	NHI_CHECK(sig.len == 64, NHI_ERR_FORMAT, "'sig' must be an ES256 signature: 64 bytes R||S, base64url (got %zu bytes)",
+		  sig.len);
+	memcpy(out->sig, sig.data, 64);
+	if (json_object_get(j, "kid") != NULL) {
+		kid = string_member(j, "kid", 43);
+		NHI_CHECK(kid != NULL && strlen(kid) == 43 &&
+				  strspn(kid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == 43,
+			  NHI_ERR_FORMAT, "'kid' must be an RFC 7638 thumbprint (43 base64url characters)");
+		memcpy(out->kid, kid, 44);
+	}
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&sig);
+	json_decref(j);
+	if (rv != NHI_OK)
+		nhi_api_verify_req_free(out);
+	return rv;
+}
+
+void nhi_api_verify_req_free(struct nhi_api_verify_req *r)
+{
+	nhi_buf_free(&r->payload);
+	memset(r, 0, sizeof(*r));
+}
+
+nhi_err nhi_api_parse_manifest_req(const char *body, size_t len, size_t max_bytes, struct nhi_api_manifest_req *out)
+{
+	static const char *const members[] = {"manifest", "files"};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *m;
+
+	memset(out, 0, sizeof(*out));
+	NHI_TRY(object_of(body, len, max_bytes, members, 2, &out->root));
+	m = json_object_get(out->root, "manifest");
+	NHI_CHECK(json_is_object(m), NHI_ERR_FORMAT,
+		  "'manifest' must be the signed manifest document (a JSON object, as `nhictl manifest sign` writes it)");
+	out->files = json_object_get(out->root, "files");
+	NHI_CHECK(json_is_array(out->files), NHI_ERR_FORMAT,
+		  "'files' must be an array of {\"path\",\"size\",\"sha256\"} for the files the caller has");
+	/* the signatures cover the base64url payload string, carried as is */
+	out->manifest = json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	NHI_CHECK(out->manifest != NULL, NHI_ERR_NOMEM, "out of memory");
+	out->manifest_len = strlen(out->manifest);
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		nhi_api_manifest_req_free(out);
+	return rv;
+}
+
+void nhi_api_manifest_req_free(struct nhi_api_manifest_req *r)
+{
+	free(r->manifest);
+	json_decref(r->root);
 	memset(r, 0, sizeof(*r));
 }

@@ -23,7 +23,8 @@ static const char *const known_keys[] = {
 	"state_dir",       "audit_log",        "audit_key",         "audit_checkpoint_records",
 	"audit_checkpoint_s", "admin_token_hash", "max_connections", "body_max_bytes",
 	"header_max_bytes", "idle_timeout_s",  "requests_per_connection", "trust_domain",
-	"updates_dir",     "update_scan_s",    "clock_skew_s",
+	"updates_dir",     "update_scan_s",    "clock_skew_s",      "signing_keys",
+	"manifest_role",
 };
 
 static bool valid_label(const char *s)
@@ -49,6 +50,92 @@ static bool valid_audience(const char *s)
 		if ((unsigned char)s[i] <= 0x20 || s[i] == '"' || s[i] == '\\' || (unsigned char)s[i] >= 0x7f)
 			return false;
 	return true;
+}
+
+/* a purpose or role name: [a-z0-9_-], 1..32 */
+static bool valid_name(const char *s, size_t n)
+{
+	return n > 0 && n <= 32 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_-") >= n;
+}
+
+static bool valid_sign_item(const char *s)
+{
+	size_t n = strlen(s), parts = 1, i;
+
+	for (i = 0; i < n; i++)
+		parts += s[i] == ':';
+	return n > 0 && n < 200 && (parts == 3 || parts == 4);
+}
+
+/* signing_keys = purpose:label:sign_role[:verify_role], ... (verify_role defaults to sign_role) */
+static nhi_err parse_sign_keys(struct nhi_server_config *c, const char *key, const char *val)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char items[NHI_SERVER_LIST_MAX][200], *f[4], *p;
+	size_t n = 0, i, j, k;
+
+	NHI_TRY(nhi_conf_list(key, val, &items[0][0], sizeof(items[0]), NHI_SERVER_LIST_MAX, &n, valid_sign_item,
+			      "purpose:label:sign_role[:verify_role]"));
+	for (i = 0; i < n; i++) {
+		struct nhi_sign_key_cfg *k_ = &c->sign_keys[i];
+
+		for (j = 0, p = items[i]; j < 4; j++) {
+			f[j] = p;
+			p = p ? strchr(p, ':') : NULL;
+			if (p != NULL)
+				*p++ = '\0';
+		}
+		NHI_CHECK(valid_name(f[0], strlen(f[0])), NHI_ERR_CONFIG,
+			  "config key '%s': purpose '%.40s' must be 1-32 of [a-z0-9_-]", key, f[0]);
+		NHI_CHECK(valid_label(f[1]), NHI_ERR_CONFIG, "config key '%s': '%.64s' (purpose %s) is not a key label",
+			  key, f[1], f[0]);
+		for (k = 2; k < 4; k++)
+			NHI_CHECK(f[k] == NULL || valid_name(f[k], strlen(f[k])), NHI_ERR_CONFIG,
+				  "config key '%s': role '%.40s' (purpose %s) must be 1-32 of [a-z0-9_-]", key, f[k], f[0]);
+		for (k = 0; k < i; k++) {
+			NHI_CHECK(strcmp(c->sign_keys[k].purpose, f[0]) != 0, NHI_ERR_CONFIG,
+				  "config key '%s': purpose '%s' is given twice", key, f[0]);
+			NHI_CHECK(strcmp(c->sign_keys[k].label, f[1]) != 0, NHI_ERR_CONFIG,
+				  "config key '%s': key '%s' serves two purposes (%s, %s): give each purpose its own key",
+				  key, f[1], c->sign_keys[k].purpose, f[0]);
+		}
+		snprintf(k_->purpose, sizeof(k_->purpose), "%s", f[0]);
+		snprintf(k_->label, sizeof(k_->label), "%s", f[1]);
+		snprintf(k_->sign_role, sizeof(k_->sign_role), "%s", f[2]);
+		snprintf(k_->verify_role, sizeof(k_->verify_role), "%s", f[3] ? f[3] : f[2]);
+	}
+	c->n_sign_keys = n;
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* a signing-service key must be nothing else: signing callers' bytes with the token,
+ * TLS, audit, root or wrap key would let them forge what those keys vouch for */
+static nhi_err sign_keys_distinct(const struct nhi_server_config *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	const char *reserved[4 + NHI_SERVER_LIST_MAX];
+	size_t n = 0, i, j;
+
+	reserved[n++] = c->tls_key;
+	reserved[n++] = c->audit_key;
+	reserved[n++] = c->backup_sign_key;
+	reserved[n++] = NHI_SERVER_WRAP_KEY_LABEL;
+	for (i = 0; i < c->n_token_keys; i++)
+		reserved[n++] = c->token_keys[i];
+	for (i = 0; i < c->n_sign_keys; i++)
+		for (j = 0; j < n; j++)
+			NHI_CHECK(strcmp(c->sign_keys[i].label, reserved[j]) != 0 &&
+					  strcmp(c->sign_keys[i].label, "nhid-root") != 0,
+				  NHI_ERR_CONFIG,
+				  "config key 'signing_keys': purpose %s names key '%s', which is one of nhid's own keys "
+				  "(TLS, token, audit, root or wrap): give the signing service its own key "
+				  "(`nhictl key create --label ...`)",
+				  c->sign_keys[i].purpose, c->sign_keys[i].label);
+	rv = NHI_OK;
+out:
+	return rv;
 }
 
 /* "host:port", "[v6]:port" */
@@ -163,6 +250,12 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 	if (strcmp(key, "token_keys") == 0)
 		return nhi_conf_list(key, val, &c->token_keys[0][0], sizeof(c->token_keys[0]), NHI_SERVER_LIST_MAX,
 				     &c->n_token_keys, valid_label, "a key label");
+	if (strcmp(key, "signing_keys") == 0)
+		return parse_sign_keys(c, key, val);
+	if (strcmp(key, "manifest_role") == 0)
+		return valid_name(val, strlen(val)) ? COPY(manifest_role)
+						    : nhi_err_set(NHI_ERR_CONFIG,
+								  "config key 'manifest_role' must be 1-32 of [a-z0-9_-]");
 	if (strcmp(key, "audiences") == 0)
 		return nhi_conf_list(key, val, &c->audiences[0][0], sizeof(c->audiences[0]), NHI_SERVER_LIST_MAX,
 				     &c->n_audiences, valid_audience, "a printable audience without spaces");
@@ -210,6 +303,7 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 	c->requests_per_connection = NHI_SERVER_REQUESTS_PER_CONN_DEFAULT;
 	c->update_scan_s = NHI_SERVER_UPDATE_SCAN_DEFAULT_S;
 	c->clock_skew_s = NHI_UPDATE_CLOCK_SKEW_DEFAULT_S;
+	snprintf(c->manifest_role, sizeof(c->manifest_role), "manifest-verifier");
 	NHI_TRY(nhi_conf_parse(text, len, "nhid", known_keys, sizeof(known_keys) / sizeof(known_keys[0]), apply, c));
 	NHI_CHECK(c->listen_port != 0, NHI_ERR_CONFIG, "config key 'listen' is required (e.g. 127.0.0.1:8443)");
 	NHI_CHECK(c->hsm_token[0] && c->hsm_pin_file[0], NHI_ERR_CONFIG,
@@ -228,6 +322,7 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 	NHI_CHECK(c->updates_dir[0] == '\0' || strcmp(c->updates_dir, c->state_dir) != 0, NHI_ERR_CONFIG,
 		  "config key 'updates_dir' must not be state_dir (%s): give the watched directory its own path",
 		  c->state_dir);
+	NHI_TRY(sign_keys_distinct(c));
 	rv = NHI_OK;
 out:
 	return rv;

@@ -206,15 +206,62 @@ static bool valid_rel(const char *s)
 	}
 }
 
+/*
+ * A file list (paths borrowed from the JSON) into l. A manifest's list must be in
+ * strictly increasing path order; a caller's list (must_be_sorted false) is sorted
+ * here. Either way a path given twice is refused.
+ */
+static nhi_err parse_file_array(json_t *files, const char *what, bool must_be_sorted, struct mf_list *l)
+{
+	static const char *const fknown[] = {"path", "size", "sha256", NULL};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *f, *m;
+	long long v;
+	size_t i, j;
+
+	NHI_CHECK(json_is_array(files) && json_array_size(files) <= NHI_MANIFEST_FILES_MAX, NHI_ERR_FORMAT,
+		  "%s: files must be an array of at most %d entries", what, NHI_MANIFEST_FILES_MAX);
+	l->e = calloc(json_array_size(files) + 1, sizeof(*l->e));
+	NHI_CHECK(l->e != NULL, NHI_ERR_NOMEM, "out of memory");
+	json_array_foreach (files, i, f) {
+		NHI_CHECK(json_is_object(f), NHI_ERR_FORMAT, "%s: files[%zu] is not an object", what, i);
+		NHI_TRY(nhi_json_only(f, "manifest file", fknown));
+		m = json_object_get(f, "path");
+		NHI_CHECK(json_is_string(m) && json_string_length(m) == strlen(json_string_value(m)) &&
+				  valid_rel(json_string_value(m)),
+			  NHI_ERR_FORMAT, "%s: files[%zu].path is not a clean relative path", what, i);
+		l->e[i].path = (char *)json_string_value(m);
+		NHI_CHECK(!must_be_sorted || i == 0 || strcmp(l->e[i - 1].path, l->e[i].path) < 0, NHI_ERR_FORMAT,
+			  "%s: files are not in strictly increasing path order at %zu", what, i);
+		NHI_TRY(nhi_json_int(f, "manifest file", "size", 0, (long long)NHI_MANIFEST_FILE_MAX_BYTES, &v));
+		l->e[i].size = (uint64_t)v;
+		m = json_object_get(f, "sha256");
+		NHI_CHECK(json_is_string(m) && json_string_length(m) == 64, NHI_ERR_FORMAT,
+			  "%s: files[%zu].sha256 is not 64 hex digits", what, i);
+		for (j = 0; j < 64; j++)
+			NHI_CHECK(strchr("0123456789abcdef", json_string_value(m)[j]) != NULL, NHI_ERR_FORMAT,
+				  "%s: files[%zu].sha256 is not lower-case hex", what, i);
+		memcpy(l->e[i].sha256, json_string_value(m), 65);
+		l->n = i + 1;
+	}
+	if (!must_be_sorted && l->n > 1) {
+		qsort(l->e, l->n, sizeof(l->e[0]), mf_cmp);
+		for (i = 1; i < l->n; i++)
+			NHI_CHECK(strcmp(l->e[i - 1].path, l->e[i].path) != 0, NHI_ERR_FORMAT,
+				  "%s: path '%.200s' is given twice", what, l->e[i].path);
+	}
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 /* Parse the manifest payload's file list (sorted, unique, valid) into l (paths borrowed from p). */
 static nhi_err parse_files(json_t *p, struct mf_list *l)
 {
 	static const char *const known[] = {"type", "name", "created_at", "files", NULL};
-	static const char *const fknown[] = {"path", "size", "sha256", NULL};
 	nhi_err rv = NHI_ERR_INTERNAL;
-	json_t *files, *f, *m;
+	json_t *m;
 	long long v;
-	size_t i, j;
 
 	NHI_TRY(nhi_json_only(p, "manifest", known));
 	m = json_object_get(p, "type");
@@ -223,85 +270,101 @@ static nhi_err parse_files(json_t *p, struct mf_list *l)
 	m = json_object_get(p, "name");
 	NHI_CHECK(json_is_string(m), NHI_ERR_FORMAT, "manifest: name missing");
 	NHI_TRY(nhi_json_int(p, "manifest", "created_at", 0, NHI_UPDATE_TIME_MAX_S, &v));
-	files = json_object_get(p, "files");
-	NHI_CHECK(json_is_array(files) && json_array_size(files) <= NHI_MANIFEST_FILES_MAX, NHI_ERR_FORMAT,
-		  "manifest: files must be an array of at most %d entries", NHI_MANIFEST_FILES_MAX);
-	l->e = calloc(json_array_size(files) + 1, sizeof(*l->e));
-	NHI_CHECK(l->e != NULL, NHI_ERR_NOMEM, "out of memory");
-	json_array_foreach (files, i, f) {
-		NHI_CHECK(json_is_object(f), NHI_ERR_FORMAT, "manifest: files[%zu] is not an object", i);
-		NHI_TRY(nhi_json_only(f, "manifest file", fknown));
-		m = json_object_get(f, "path");
-		NHI_CHECK(json_is_string(m) && valid_rel(json_string_value(m)), NHI_ERR_FORMAT,
-			  "manifest: files[%zu].path is not a clean relative path", i);
-		l->e[i].path = (char *)json_string_value(m);
-		NHI_CHECK(i == 0 || strcmp(l->e[i - 1].path, l->e[i].path) < 0, NHI_ERR_FORMAT,
-			  "manifest: files are not in strictly increasing path order at %zu", i);
-		NHI_TRY(nhi_json_int(f, "manifest file", "size", 0, (long long)NHI_MANIFEST_FILE_MAX_BYTES, &v));
-		l->e[i].size = (uint64_t)v;
-		m = json_object_get(f, "sha256");
-		NHI_CHECK(json_is_string(m) && json_string_length(m) == 64, NHI_ERR_FORMAT,
-			  "manifest: files[%zu].sha256 is not 64 hex digits", i);
-		for (j = 0; j < 64; j++)
-			NHI_CHECK(strchr("0123456789abcdef", json_string_value(m)[j]) != NULL, NHI_ERR_FORMAT,
-				  "manifest: files[%zu].sha256 is not lower-case hex", i);
-		memcpy(l->e[i].sha256, json_string_value(m), 65);
-		l->n = i + 1;
-	}
+	NHI_TRY(parse_file_array(json_object_get(p, "files"), "manifest", true, l));
 	rv = NHI_OK;
 out:
 	return rv;
+}
+
+/* the signed document's file list: signature by one of `keys` first, then the payload */
+static nhi_err signed_files(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, json_t **p,
+			    struct mf_list *want)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_envelope env;
+	unsigned n = 0;
+
+	memset(&env, 0, sizeof(env));
+	NHI_TRY(nhi_envelope_parse(doc, len, NHI_MANIFEST_MAX_BYTES, &env));
+	NHI_TRY(nhi_envelope_count(NHI_DOC_MANIFEST, &env, keys, &n));
+	NHI_CHECK(n >= 1, NHI_ERR_VERIFY, "manifest signature: no valid signature by a trust-bundle manifest key");
+	NHI_TRY(nhi_json_object(env.payload.data, env.payload.len, "manifest payload", p));
+	NHI_TRY(parse_files(*p, want));
+	rv = NHI_OK;
+out:
+	nhi_envelope_free(&env);
+	return rv;
+}
+
+/* walk both sorted lists; cb hears of every difference; returns their number */
+static size_t compare(const struct mf_list *want, const struct mf_list *have, nhi_manifest_diff_cb cb, void *cb_arg)
+{
+	size_t i = 0, j = 0, diffs = 0;
+	int c;
+
+	while (i < want->n || j < have->n) {
+		c = i == want->n ? 1 : j == have->n ? -1 : strcmp(want->e[i].path, have->e[j].path);
+		if (c < 0) {
+			diffs++;
+			if (cb != NULL)
+				cb(cb_arg, NHI_MANIFEST_MISSING, want->e[i].path);
+			i++;
+		} else if (c > 0) {
+			diffs++;
+			if (cb != NULL)
+				cb(cb_arg, NHI_MANIFEST_EXTRA, have->e[j].path);
+			j++;
+		} else {
+			if (want->e[i].size != have->e[j].size || !nhi_ct_equal(want->e[i].sha256, have->e[j].sha256, 64)) {
+				diffs++;
+				if (cb != NULL)
+					cb(cb_arg, NHI_MANIFEST_DIFFERS, want->e[i].path);
+			}
+			i++;
+			j++;
+		}
+	}
+	return diffs;
 }
 
 nhi_err nhi_manifest_verify_dir(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, const char *dir,
 				nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_envelope env;
 	struct mf_list want = {0}, have = {0};
 	json_t *p = NULL;
-	unsigned n = 0;
-	size_t i = 0, j = 0, diffs = 0;
-	int c;
 
-	memset(&env, 0, sizeof(env));
 	*n_diffs = 0;
-	NHI_TRY(nhi_envelope_parse(doc, len, NHI_MANIFEST_MAX_BYTES, &env));
-	NHI_TRY(nhi_envelope_count(NHI_DOC_MANIFEST, &env, keys, &n));
-	NHI_CHECK(n >= 1, NHI_ERR_VERIFY, "manifest signature: no valid signature by a trust-bundle manifest key");
-	NHI_TRY(nhi_json_object(env.payload.data, env.payload.len, "manifest payload", &p));
-	NHI_TRY(parse_files(p, &want));
+	NHI_TRY(signed_files(doc, len, keys, &p, &want));
 	NHI_TRY(list_dir(dir, &have));
-	while (i < want.n || j < have.n) {
-		c = i == want.n ? 1 : j == have.n ? -1 : strcmp(want.e[i].path, have.e[j].path);
-		if (c < 0) {
-			diffs++;
-			if (cb != NULL)
-				cb(cb_arg, NHI_MANIFEST_MISSING, want.e[i].path);
-			i++;
-		} else if (c > 0) {
-			diffs++;
-			if (cb != NULL)
-				cb(cb_arg, NHI_MANIFEST_EXTRA, have.e[j].path);
-			j++;
-		} else {
-			if (want.e[i].size != have.e[j].size || !nhi_ct_equal(want.e[i].sha256, have.e[j].sha256, 64)) {
-				diffs++;
-				if (cb != NULL)
-					cb(cb_arg, NHI_MANIFEST_DIFFERS, want.e[i].path);
-			}
-			i++;
-			j++;
-		}
-	}
-	*n_diffs = diffs;
-	NHI_CHECK(diffs == 0, NHI_ERR_VERIFY, "%s does not match its manifest: %zu file(s) differ, are missing or extra",
-		  dir, diffs);
+	*n_diffs = compare(&want, &have, cb, cb_arg);
+	NHI_CHECK(*n_diffs == 0, NHI_ERR_VERIFY,
+		  "%s does not match its manifest: %zu file(s) differ, are missing or extra", dir, *n_diffs);
 	rv = NHI_OK;
 out:
 	free(want.e); /* paths borrowed from p */
 	mf_list_free(&have);
 	json_decref(p);
-	nhi_envelope_free(&env);
+	return rv;
+}
+
+nhi_err nhi_manifest_verify_list(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, struct json_t *files,
+				 nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct mf_list want = {0}, have = {0};
+	json_t *p = NULL;
+
+	*n_diffs = 0;
+	NHI_TRY(signed_files(doc, len, keys, &p, &want));
+	NHI_TRY(parse_file_array(files, "files", false, &have));
+	*n_diffs = compare(&want, &have, cb, cb_arg);
+	NHI_CHECK(*n_diffs == 0, NHI_ERR_VERIFY,
+		  "the files do not match the manifest: %zu file(s) differ, are missing or extra", *n_diffs);
+	rv = NHI_OK;
+out:
+	free(want.e); /* paths borrowed from p */
+	free(have.e); /* paths borrowed from files */
+	json_decref(p);
 	return rv;
 }

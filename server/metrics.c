@@ -4,7 +4,8 @@
 #include <stdio.h>
 
 static const char *const route_names[NHI_ROUTE__COUNT] = {"health", "tokens", "resolve", "jwks",
-							   "metrics", "admin_reload", "trust_bundle", "other"};
+							   "metrics", "admin_reload", "trust_bundle", "sign",
+							   "verify", "manifest_verify", "other"};
 /* latency bucket upper bounds, microseconds */
 static const unsigned long long bounds_us[NHI_LATENCY_BUCKETS] = {100,   250,    500,    1000,   2500,   5000,
 								    10000, 25000, 50000, 100000, 250000, 1000000};

@@ -35,6 +35,7 @@ static const char *reason_phrase(int status)
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 409: return "Conflict";
+	case 422: return "Unprocessable Content";
 	case 413: return "Payload Too Large";
 	case 503: return "Service Unavailable";
 	default: return status >= 500 ? "Internal Server Error" : "Error";
@@ -458,10 +459,217 @@ out:
 	nhi_agent_free(a);
 }
 
+/* the caller, if it holds `role` for using signing key k; else a 403 (audited) was sent */
+static struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, const char *purpose, bool sign)
+{
+	struct nhi_agent *a = caller(c);
+	const char *role;
+	char detail[160];
+
+	if (a == NULL)
+		return NULL;
+	if (k == NULL) {
+		reply_error(c, 400, "unknown_key", "no signing key serves this purpose (config signing_keys)");
+		nhi_agent_free(a);
+		return NULL;
+	}
+	role = sign ? k->cfg->sign_role : k->cfg->verify_role;
+	if (!nhi_agent_has_role(a, role)) {
+		snprintf(detail, sizeof(detail), "the '%s' role is required to %s with key '%s'", role,
+			 sign ? "sign" : "verify", purpose);
+		reply_audited(c, sign ? "sign_refused" : "verify_refused",
+			      json_pack("{s:s, s:s, s:s}", "caller", a->id, "key", purpose, "reason", "role"), 403,
+			      error_body("forbidden", detail));
+		nhi_agent_free(a);
+		return NULL;
+	}
+	return a;
+}
+
+static void h_sign(struct ctx *c)
+{
+	struct nhi_api_sign_req q = {0};
+	struct nhi_agent *a = NULL;
+	const struct nhi_sign_key *k;
+	uint8_t sig[64], digest[32];
+	struct nhi_buf sig_b64 = {0};
+	char hex[65];
+	const char *body;
+	size_t len;
+
+	if ((body = body_bytes(c, &len)) == NULL)
+		goto out;
+	if (nhi_api_parse_sign_req(body, len, c->s->cfg.body_max_bytes, &q) != NHI_OK) {
+		reply_error(c, 400, "bad_request", nhi_err_detail());
+		goto out;
+	}
+	k = nhi_signing_find(c->s, q.key);
+	if ((a = key_user(c, k, q.key, true)) == NULL)
+		goto out;
+	if (nhi_signing_sign(c->s, k, q.payload.data, q.payload.len, sig) != NHI_OK ||
+	    nhi_sha256(q.payload.data, q.payload.len, digest) != NHI_OK || nhi_b64url_encode(sig, 64, &sig_b64) != NHI_OK) {
+		fprintf(stderr, "nhid: signing with '%s' failed: %s\n", k->cfg->label, nhi_err_detail());
+		reply_error(c, 500, "internal", "signing failed");
+		goto out;
+	}
+	nhi_hex(digest, 32, hex);
+	/* durable before the signature leaves: the record names the payload by its hash */
+	reply_audited(c, "payload_signed",
+		      json_pack("{s:s, s:s, s:s, s:s, s:I}", "caller", a->id, "key", q.key, "kid", k->kid, "payload_sha256",
+				hex, "payload_bytes", (json_int_t)q.payload.len),
+		      200, json_pack("{s:s, s:s, s:s, s:s}", "key", q.key, "kid", k->kid, "alg", "ES256", "sig",
+				     (const char *)sig_b64.data));
+out:
+	nhi_buf_free(&sig_b64);
+	nhi_api_sign_req_free(&q);
+	nhi_agent_free(a);
+}
+
+static void h_verify(struct ctx *c)
+{
+	struct nhi_api_verify_req q = {0};
+	struct nhi_agent *a = NULL;
+	struct nhi_signing_verdict v;
+	const struct nhi_sign_key *k;
+	uint8_t digest[32];
+	char hex[65];
+	const char *body;
+	size_t len;
+
+	if ((body = body_bytes(c, &len)) == NULL)
+		goto out;
+	if (nhi_api_parse_verify_req(body, len, c->s->cfg.body_max_bytes, &q) != NHI_OK) {
+		reply_error(c, 400, "bad_request", nhi_err_detail());
+		goto out;
+	}
+	k = nhi_signing_find(c->s, q.key);
+	if ((a = key_user(c, k, q.key, false)) == NULL)
+		goto out;
+	if (nhi_sha256(q.payload.data, q.payload.len, digest) != NHI_OK) {
+		reply_error(c, 500, "internal", "hashing failed");
+		goto out;
+	}
+	nhi_hex(digest, 32, hex);
+	if (nhi_signing_verify(c->s, c->trust, k, q.kid[0] ? q.kid : NULL, q.payload.data, q.payload.len, q.sig, &v) !=
+	    NHI_OK) {
+		reply_audited(c, "signature_refused",
+			      json_pack("{s:s, s:s, s:s, s:s, s:s}", "caller", a->id, "key", q.key, "kid", v.kid,
+					"payload_sha256", hex, "reason", v.reason ? v.reason : "error"),
+			      422, json_pack("{s:s, s:s, s:s}", "error", "invalid_signature", "reason",
+					     v.reason ? v.reason : "error", "detail", nhi_err_detail()));
+		goto out;
+	}
+	reply_audited(c, "signature_verified",
+		      json_pack("{s:s, s:s, s:s, s:s, s:s}", "caller", a->id, "key", q.key, "kid", v.kid, "signer",
+				v.signer, "payload_sha256", hex),
+		      200, json_pack("{s:b, s:s, s:s, s:s}", "valid", 1, "key", q.key, "kid", v.kid, "signer", v.signer));
+out:
+	nhi_api_verify_req_free(&q);
+	nhi_agent_free(a);
+}
+
+#define MANIFEST_NAMES_MAX 1000 /* names listed in one mismatch reply; the counts are exact */
+
+struct diffs {
+	json_t *lists[4]; /* by enum nhi_manifest_diff */
+	size_t listed;
+	bool truncated;
+};
+
+static void diff_cb(void *arg, enum nhi_manifest_diff d, const char *path)
+{
+	struct diffs *df = arg;
+
+	if (df->listed >= MANIFEST_NAMES_MAX) {
+		df->truncated = true;
+		return;
+	}
+	json_array_append_new(df->lists[d], json_string(path));
+	df->listed++;
+}
+
+static void h_manifest_verify(struct ctx *c)
+{
+	struct nhi_api_manifest_req q = {0};
+	struct diffs df = {{NULL, json_array(), json_array(), json_array()}, 0, false};
+	struct nhi_agent *a = NULL;
+	size_t n_diffs = 0;
+	uint8_t digest[32];
+	char hex[65], detail[NHI_ERR_DETAIL_MAX];
+	const char *body;
+	nhi_err e;
+	size_t len;
+	bool off;
+
+	if ((body = body_bytes(c, &len)) == NULL)
+		goto out;
+	if (nhi_api_parse_manifest_req(body, len, c->s->cfg.body_max_bytes, &q) != NHI_OK) {
+		reply_error(c, 400, "bad_request", nhi_err_detail());
+		goto out;
+	}
+	if ((a = caller(c)) == NULL)
+		goto out;
+	if (!nhi_agent_has_role(a, c->s->cfg.manifest_role)) {
+		snprintf(detail, sizeof(detail), "the '%s' role is required", c->s->cfg.manifest_role);
+		reply_audited(c, "manifest_refused", json_pack("{s:s, s:s}", "caller", a->id, "reason", "role"), 403,
+			      error_body("forbidden", detail));
+		goto out;
+	}
+	if (df.lists[1] == NULL || df.lists[2] == NULL || df.lists[3] == NULL ||
+	    nhi_sha256((const uint8_t *)q.manifest, q.manifest_len, digest) != NHI_OK) {
+		reply_error(c, 500, "internal", "out of memory");
+		goto out;
+	}
+	nhi_hex(digest, 32, hex);
+	/* the manifest keys of the bundle in service; held while they are used */
+	pthread_mutex_lock(&c->s->bundle_mu);
+	off = c->s->bundle == NULL;
+	e = off ? NHI_ERR_NOT_FOUND
+		: nhi_manifest_verify_list((const uint8_t *)q.manifest, q.manifest_len,
+					   nhi_bundle_manifest_keys(c->s->bundle), q.files, diff_cb, &df, &n_diffs);
+	snprintf(detail, sizeof(detail), "%s", off ? "" : nhi_err_detail());
+	pthread_mutex_unlock(&c->s->bundle_mu);
+	if (off) {
+		reply_error(c, 404, "no_trust_bundle", "updates are off on this server (no updates_dir): no manifest keys");
+		goto out;
+	}
+	if (e == NHI_ERR_FORMAT || e == NHI_ERR_LIMIT) {
+		reply_error(c, 400, "bad_request", detail);
+		goto out;
+	}
+	if (e != NHI_OK && n_diffs == 0) {
+		reply_audited(c, "manifest_refused",
+			      json_pack("{s:s, s:s, s:s}", "caller", a->id, "manifest_sha256", hex, "reason", "signature"),
+			      422, json_pack("{s:s, s:s}", "error", "invalid_signature", "detail", detail));
+		goto out;
+	}
+	if (e != NHI_OK) {
+		reply_audited(c, "manifest_refused",
+			      json_pack("{s:s, s:s, s:s, s:I}", "caller", a->id, "manifest_sha256", hex, "reason", "mismatch",
+					"differences", (json_int_t)n_diffs),
+			      422, json_pack("{s:s, s:s, s:I, s:O, s:O, s:O, s:b}", "error", "manifest_mismatch", "detail",
+					     detail, "differences", (json_int_t)n_diffs, "differs",
+					     df.lists[NHI_MANIFEST_DIFFERS], "missing", df.lists[NHI_MANIFEST_MISSING],
+					     "extra", df.lists[NHI_MANIFEST_EXTRA], "truncated", df.truncated));
+		goto out;
+	}
+	reply_audited(c, "manifest_verified",
+		      json_pack("{s:s, s:s, s:I}", "caller", a->id, "manifest_sha256", hex, "files",
+				(json_int_t)json_array_size(q.files)),
+		      200, json_pack("{s:b, s:I}", "valid", 1, "files", (json_int_t)json_array_size(q.files)));
+out:
+	json_decref(df.lists[1]);
+	json_decref(df.lists[2]);
+	json_decref(df.lists[3]);
+	nhi_api_manifest_req_free(&q);
+	nhi_agent_free(a);
+}
+
 static void (*const handlers[NHI_ROUTE__COUNT])(struct ctx *c) = {
 	[NHI_ROUTE_HEALTH] = h_health, [NHI_ROUTE_TOKENS] = h_tokens,   [NHI_ROUTE_RESOLVE] = h_resolve,
 	[NHI_ROUTE_JWKS] = h_jwks,     [NHI_ROUTE_METRICS] = h_metrics, [NHI_ROUTE_RELOAD] = h_reload,
-	[NHI_ROUTE_TRUST_BUNDLE] = h_trust_bundle,
+	[NHI_ROUTE_TRUST_BUNDLE] = h_trust_bundle, [NHI_ROUTE_SIGN] = h_sign, [NHI_ROUTE_VERIFY] = h_verify,
+	[NHI_ROUTE_MANIFEST_VERIFY] = h_manifest_verify,
 };
 
 void nhi_routes_handle(struct evhttp_request *req, void *arg)

@@ -312,6 +312,7 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	NHI_TRY(nhi_store_new(&s->store));
 	NHI_TRY(load_backup(s, "startup", true));
 	NHI_TRY(build_issuer(s));
+	NHI_TRY(nhi_signing_load(s));
 	/* trust bundle, revocations and a rotated TLS identity committed in state_dir */
 	NHI_TRY(nhi_watcher_load(s));
 	rv = nhi_hsm_find(s->hsm, s->tls_label, &s->tls_key);
@@ -425,6 +426,7 @@ void nhi_server_free(struct nhi_server *s)
 	nhi_trust_put(s->trust);
 	nhi_bundle_free(s->bundle);
 	nhi_token_issuer_free(s->issuer);
+	nhi_signing_free(s);
 	nhi_store_free(s->store);
 	nhi_audit_free(s->audit);
 	nhi_hsm_free(s->hsm);

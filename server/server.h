@@ -10,6 +10,14 @@
 
 #define NHI_SERVER_LIST_MAX 16
 
+/* One key of the signing service (/v1/sign, /v1/verify): config key signing_keys. */
+struct nhi_sign_key_cfg {
+	char purpose[33];     /* [a-z0-9_-]: the name callers use ("replication") */
+	char label[65];       /* the P-256 key in the token */
+	char sign_role[33];   /* the role a caller needs to sign with it */
+	char verify_role[33]; /* the role a caller needs to verify against it (and its peers' keys) */
+};
+
 struct nhi_server_config {
 	char listen_host[64];
 	int listen_port;
@@ -42,6 +50,11 @@ struct nhi_server_config {
 	char updates_dir[512]; /* watched for signed update packages; "" = updates off */
 	unsigned update_scan_s; /* period of the scan of updates_dir */
 	unsigned clock_skew_s;  /* local clock may lag the highest trusted time by this */
+
+	/* "purpose:label:sign_role[:verify_role], ..." */
+	struct nhi_sign_key_cfg sign_keys[NHI_SERVER_LIST_MAX];
+	size_t n_sign_keys;
+	char manifest_role[33]; /* role for POST /v1/manifests/verify */
 
 	unsigned max_connections;
 	size_t body_max_bytes, header_max_bytes;

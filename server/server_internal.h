@@ -27,6 +27,9 @@ enum nhi_route {
 	NHI_ROUTE_METRICS,
 	NHI_ROUTE_RELOAD,
 	NHI_ROUTE_TRUST_BUNDLE,
+	NHI_ROUTE_SIGN,
+	NHI_ROUTE_VERIFY,
+	NHI_ROUTE_MANIFEST_VERIFY,
 	NHI_ROUTE_OTHER,
 	NHI_ROUTE__COUNT
 };
@@ -129,6 +132,38 @@ void nhi_watcher_stop(struct nhi_server *s);
 /* Join and free the scan thread; safe when it never started. */
 void nhi_watcher_free(struct nhi_server *s);
 
+/* ---- the signing service (signing.c) --------------------------------------------- */
+
+struct nhi_sign_key {
+	const struct nhi_sign_key_cfg *cfg; /* in s->cfg */
+	struct nhi_hsm_key *key;
+	EVP_PKEY *pub;
+	char kid[44]; /* RFC 7638 thumbprint */
+};
+/* Find every signing_keys key in the token (startup; a missing one names the fix). */
+nhi_err nhi_signing_load(struct nhi_server *s) NHI_MUST_CHECK;
+void nhi_signing_free(struct nhi_server *s);
+/* The key of a purpose, or NULL. */
+const struct nhi_sign_key *nhi_signing_find(const struct nhi_server *s, const char *purpose);
+/* The bytes signed: "nhid-sign-v1" 0x00 purpose 0x00 payload, appended to out. */
+nhi_err nhi_signing_input(const char *purpose, const uint8_t *payload, size_t len, struct nhi_buf *out) NHI_MUST_CHECK;
+/* ES256 in the token over nhi_signing_input; 64 bytes R||S. */
+nhi_err nhi_signing_sign(struct nhi_server *s, const struct nhi_sign_key *k, const uint8_t *payload, size_t len,
+			 uint8_t sig[64]) NHI_MUST_CHECK;
+struct nhi_signing_verdict {
+	char kid[44];
+	const char *signer; /* "local" or "peer" */
+	const char *reason; /* "ok", "kid_revoked", "unknown_kid", "signature_mismatch" */
+};
+/*
+ * Verify `sig` over payload for k's purpose, by `kid` (NULL: k's own key): k's key,
+ * or a peer key of the trust bundle in service; a kid revoked by `t` never verifies.
+ * NHI_OK, or NHI_ERR_VERIFY with v->reason and the detail set.
+ */
+nhi_err nhi_signing_verify(struct nhi_server *s, const struct nhi_trust *t, const struct nhi_sign_key *k,
+			   const char *kid, const uint8_t *payload, size_t len, const uint8_t sig[64],
+			   struct nhi_signing_verdict *v) NHI_MUST_CHECK;
+
 /* ---- the server -------------------------------------------------------------------- */
 
 struct nhi_worker {
@@ -158,6 +193,8 @@ struct nhi_server {
 	size_t n_old_tls_keys;
 	struct nhi_store *store;
 	struct nhi_token_issuer *issuer;
+	struct nhi_sign_key *sign_keys; /* cfg.sign_keys, found in the token */
+	size_t n_sign_keys;
 	struct nhi_audit *audit;
 
 	pthread_mutex_t trust_mu; /* guards the trust pointer swap */
@@ -204,6 +241,35 @@ struct nhi_api_resolve_req {
 nhi_err nhi_api_parse_resolve_req(const char *body, size_t len, size_t max_bytes,
 				  struct nhi_api_resolve_req *out) NHI_MUST_CHECK;
 void nhi_api_resolve_req_free(struct nhi_api_resolve_req *r);
+
+/* POST /v1/sign body: {"key": purpose, "payload": base64url}. */
+struct nhi_api_sign_req {
+	char key[33];
+	struct nhi_buf payload; /* decoded */
+};
+nhi_err nhi_api_parse_sign_req(const char *body, size_t len, size_t max_bytes, struct nhi_api_sign_req *out) NHI_MUST_CHECK;
+/* POST /v1/verify body: {"key": purpose, "payload": base64url, "sig": base64url(64 bytes), "kid"?: thumbprint}. */
+struct nhi_api_verify_req {
+	char key[33];
+	struct nhi_buf payload; /* decoded */
+	uint8_t sig[64];
+	char kid[44]; /* "" when not given */
+};
+nhi_err nhi_api_parse_verify_req(const char *body, size_t len, size_t max_bytes,
+				 struct nhi_api_verify_req *out) NHI_MUST_CHECK;
+/* Free what the sign and verify parsers allocated (both are safe after a failure). */
+void nhi_api_sign_req_free(struct nhi_api_sign_req *r);
+void nhi_api_verify_req_free(struct nhi_api_verify_req *r);
+/* POST /v1/manifests/verify body: {"manifest": signed manifest document (object), "files": [...]}. */
+struct nhi_api_manifest_req {
+	json_t *root;           /* owns files */
+	char *manifest;         /* the document, compact JSON (malloc) */
+	size_t manifest_len;
+	json_t *files;          /* borrowed from root */
+};
+nhi_err nhi_api_parse_manifest_req(const char *body, size_t len, size_t max_bytes,
+				   struct nhi_api_manifest_req *out) NHI_MUST_CHECK;
+void nhi_api_manifest_req_free(struct nhi_api_manifest_req *r);
 
 /* Name of a network filesystem for a statfs f_type, NULL for a local one (config.c). */
 const char *nhi_server_network_fs_name(long type);

@@ -310,28 +310,6 @@ out:
 	return rv;
 }
 
-/* ES256 over msg: raw R||S -> DER -> EVP_DigestVerify. NHI_ERR_VERIFY when wrong. */
-static nhi_err es256_verify(EVP_PKEY *pk, const struct nhi_buf *msg, const uint8_t sig[64])
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_buf der = {0};
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	int r;
-
-	NHI_CHECK_SSL(md != NULL, NHI_ERR_NOMEM, "EVP_MD_CTX_new");
-	NHI_TRY(nhi_ecdsa_raw_to_der(sig, &der));
-	NHI_CHECK_SSL(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) == 1, NHI_ERR_CRYPTO,
-		      "EVP_DigestVerifyInit");
-	r = EVP_DigestVerify(md, der.data, der.len, msg->data, msg->len);
-	ERR_clear_error();
-	NHI_CHECK(r == 1, NHI_ERR_VERIFY, "signature does not verify");
-	rv = NHI_OK;
-out:
-	EVP_MD_CTX_free(md);
-	nhi_buf_free(&der);
-	return rv;
-}
-
 nhi_err nhi_envelope_count(enum nhi_doc_type t, const struct nhi_envelope *env, const struct nhi_keyset *ks,
 			   unsigned *n_valid)
 {
@@ -349,7 +327,7 @@ nhi_err nhi_envelope_count(enum nhi_doc_type t, const struct nhi_envelope *env, 
 		 * signed (a repeated signature must never stand in for a second custodian) */
 		if (k < 0 || counted[k])
 			continue;
-		if (es256_verify(ks->pk[k], &msg, env->sig[i]) != NHI_OK)
+		if (nhi_pkey_es256_verify(ks->pk[k], msg.data, msg.len, env->sig[i]) != NHI_OK)
 			continue;
 		counted[k] = true;
 		n++;
@@ -460,7 +438,7 @@ nhi_err nhi_doc_add_signature(enum nhi_doc_type t, const uint8_t *doc, size_t le
 	NHI_TRY(nhi_envelope_parse(doc, len, doc_max(t), &env));
 	NHI_TRY(nhi_pkey_thumbprint(signer, kid));
 	NHI_TRY(signing_input(t, &env.payload, &msg));
-	if (es256_verify(signer, &msg, sig) != NHI_OK)
+	if (nhi_pkey_es256_verify(signer, msg.data, msg.len, sig) != NHI_OK)
 		NHI_FAIL(NHI_ERR_VERIFY, "the new signature does not verify under key %s: wrong key or document", kid);
 	for (i = 0; i < env.n_sigs && strcmp(env.keyid[i], kid) != 0; i++)
 		;

@@ -337,4 +337,14 @@ typedef void (*nhi_manifest_diff_cb)(void *arg, enum nhi_manifest_diff d, const 
 nhi_err nhi_manifest_verify_dir(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, const char *dir,
 				nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs) NHI_MUST_CHECK;
 
+/*
+ * The same check against a list the caller made (POST /v1/manifests/verify: the
+ * inference component hashes what it loads): `files` is a JSON array of
+ * {"path","size","sha256"} in any order, paths unique. NHI_ERR_FORMAT for a bad
+ * list, else as nhi_manifest_verify_dir.
+ */
+struct json_t;
+nhi_err nhi_manifest_verify_list(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, struct json_t *files,
+				 nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs) NHI_MUST_CHECK;
+
 #endif

@@ -395,24 +395,14 @@ static nhi_err key_matches(struct nhi_server *s, const struct nhi_hsm_key *key, 
 	static const uint8_t msg[] = "nhid cert-rotation: proof that the unwrapped key is the certificate's";
 	uint8_t sig[64];
 	size_t sig_len = 0;
-	struct nhi_buf der = {0};
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
 
-	NHI_CHECK_SSL(md != NULL, NHI_ERR_NOMEM, "out of memory");
 	NHI_TRY(nhi_hsm_sign(s->hsm, key, msg, sizeof(msg) - 1, sig, &sig_len));
 	NHI_CHECK(sig_len == 64, NHI_ERR_CRYPTO, "unexpected signature length %zu", sig_len);
-	NHI_TRY(nhi_ecdsa_raw_to_der(sig, &der));
-	NHI_CHECK_SSL(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(leaf)) == 1, NHI_ERR_CRYPTO,
-		      "EVP_DigestVerifyInit");
-	if (EVP_DigestVerify(md, der.data, der.len, msg, sizeof(msg) - 1) != 1) {
-		ERR_clear_error();
-		NHI_FAIL(NHI_ERR_VERIFY, "the wrapped key does not match the certificate's public key: the package pairs "
-					 "a certificate with another key");
-	}
+	NHI_CHECK(nhi_pkey_es256_verify(X509_get0_pubkey(leaf), msg, sizeof(msg) - 1, sig) == NHI_OK, NHI_ERR_VERIFY,
+		  "the wrapped key does not match the certificate's public key: the package pairs a certificate with "
+		  "another key");
 	rv = NHI_OK;
 out:
-	EVP_MD_CTX_free(md);
-	nhi_buf_free(&der);
 	return rv;
 }
 
@@ -449,6 +439,10 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	for (i = 0; i < s->cfg.n_token_keys; i++)
 		NHI_CHECK(strcmp(r.label, s->cfg.token_keys[i]) != 0, NHI_ERR_FORMAT,
 			  "cert-rotation: key_label '%s' is a token signing key", r.label);
+	for (i = 0; i < s->cfg.n_sign_keys; i++)
+		NHI_CHECK(strcmp(r.label, s->cfg.sign_keys[i].label) != 0, NHI_ERR_FORMAT,
+			  "cert-rotation: key_label '%s' is the signing service's key for purpose %s", r.label,
+			  s->cfg.sign_keys[i].purpose);
 	NHI_CHECK(strcmp(r.label, s->cfg.audit_key) != 0 && strcmp(r.label, s->cfg.backup_sign_key) != 0 &&
 			  strcmp(r.label, NHI_SERVER_WRAP_KEY_LABEL) != 0,
 		  NHI_ERR_FORMAT, "cert-rotation: key_label '%s' names one of the ceremony's keys", r.label);

@@ -1,7 +1,8 @@
 /*
  * tests/fuzz/api_request.c — nhid's request routing and endpoint bodies. The first
  * byte picks the parser ('p' path lookup, 't' POST /v1/tokens, 'r' POST
- * /v1/resolve); the rest is the input.
+ * /v1/resolve, 's' POST /v1/sign, 'v' POST /v1/verify, 'm' POST /v1/manifests/verify
+ * and its file list against the manifest); the rest is the input.
  */
 #include "../../server/server_internal.h"
 
@@ -13,6 +14,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct nhi_api_token_req t;
 	struct nhi_api_resolve_req r;
+	struct nhi_api_sign_req sg;
+	struct nhi_api_verify_req vr;
+	struct nhi_api_manifest_req mr;
+	struct nhi_keyset *ks = NULL;
+	size_t n_diffs = 0;
 	const struct nhi_api_route *route;
 	char *path;
 
@@ -40,6 +46,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (r.token == NULL || strlen(r.token) != r.token_len)
 				abort();
 			nhi_api_resolve_req_free(&r);
+		}
+		break;
+	case 's':
+		if (nhi_api_parse_sign_req((const char *)data + 1, size - 1, 16384, &sg) == NHI_OK) {
+			if (sg.key[0] == '\0' || strlen(sg.key) > 32)
+				abort();
+			nhi_api_sign_req_free(&sg);
+		}
+		break;
+	case 'v':
+		if (nhi_api_parse_verify_req((const char *)data + 1, size - 1, 16384, &vr) == NHI_OK) {
+			if (vr.key[0] == '\0' || (vr.kid[0] != '\0' && strlen(vr.kid) != 43))
+				abort();
+			nhi_api_verify_req_free(&vr);
+		}
+		break;
+	case 'm':
+		if (nhi_api_parse_manifest_req((const char *)data + 1, size - 1, 16384, &mr) == NHI_OK) {
+			if (mr.manifest == NULL || !json_is_array(mr.files))
+				abort();
+			/* no key: the signature check refuses, after the envelope was parsed */
+			if (nhi_keyset_new(&ks) == NHI_OK &&
+			    nhi_manifest_verify_list((const uint8_t *)mr.manifest, mr.manifest_len, ks, mr.files, NULL, NULL,
+						     &n_diffs) == NHI_OK)
+				abort();
+			nhi_keyset_free(ks);
+			nhi_api_manifest_req_free(&mr);
 		}
 		break;
 	default:

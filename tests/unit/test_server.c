@@ -48,6 +48,20 @@ static void test_good_config_and_defaults(void **state)
 	assert_string_equal(c.updates_dir, "/srv/nhid/incoming");
 	assert_int_equal(c.update_scan_s, 2);
 	assert_int_equal(c.clock_skew_s, 60);
+	/* the signing service: off by default; verify_role defaults to sign_role */
+	assert_int_equal(c.n_sign_keys, 0);
+	assert_string_equal(c.manifest_role, "manifest-verifier");
+	assert_int_equal(parse_with("signing_keys = replication:nhid-sign-1:replicator, export:nhid-sign-2:exporter:auditor\n"
+				    "manifest_role = inference\n",
+				    &c),
+			 NHI_OK);
+	assert_int_equal(c.n_sign_keys, 2);
+	assert_string_equal(c.sign_keys[0].purpose, "replication");
+	assert_string_equal(c.sign_keys[0].label, "nhid-sign-1");
+	assert_string_equal(c.sign_keys[0].sign_role, "replicator");
+	assert_string_equal(c.sign_keys[0].verify_role, "replicator");
+	assert_string_equal(c.sign_keys[1].verify_role, "auditor");
+	assert_string_equal(c.manifest_role, "inference");
 	assert_int_equal(parse_with("listen = [::1]:9443\n", &c), NHI_OK);
 	assert_string_equal(c.listen_host, "::1");
 	assert_int_equal(c.listen_port, 9443);
@@ -82,6 +96,20 @@ static void test_bad_configs_name_the_key(void **state)
 		{"clock_skew_s = 0\n", "'clock_skew_s'"},
 		{"clock_skew_s = 86401\n", "'clock_skew_s'"},
 		{"updates_dir = /srv/nhid/state\n", "must not be state_dir"},
+		{"signing_keys = repl:nhid-token-1:replicator\n", "one of nhid's own keys"},
+		{"signing_keys = repl:nhid-tls:replicator\n", "one of nhid's own keys"},
+		{"signing_keys = repl:nhid-wrap:replicator\n", "one of nhid's own keys"},
+		{"signing_keys = repl:nhid-root:replicator\n", "one of nhid's own keys"},
+		{"signing_keys = repl:nhid-audit:replicator\n", "one of nhid's own keys"},
+		{"signing_keys = repl:k1:r, repl:k2:r\n", "purpose 'repl' is given twice"},
+		{"signing_keys = a:k1:r, b:k1:r\n", "serves two purposes"},
+		{"signing_keys = Repl:k1:r\n", "purpose 'Repl'"},
+		{"signing_keys = repl:k 1:r\n", "is not a key label"},
+		{"signing_keys = repl:k1\n", "purpose:label:sign_role"},
+		{"signing_keys = repl:k1:r:v:x\n", "purpose:label:sign_role"},
+		{"signing_keys = repl:k1:Role\n", "role 'Role'"},
+		{"signing_keys = repl:k1:r:\n", "role ''"},
+		{"manifest_role = Bad Role\n", "'manifest_role'"},
 	};
 	struct nhi_server_config c;
 	size_t i;
@@ -159,12 +187,70 @@ static void test_trust_bundle_route(void **state)
 	assert_null(nhi_api_route_find("/v1/trust-bundle/"));
 }
 
+#define J(lit) lit, strlen(lit)
+static void test_signing_requests(void **state)
+{
+	struct nhi_api_sign_req s;
+	struct nhi_api_verify_req v;
+	struct nhi_api_manifest_req m;
+	const char sig64[] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+	char body[512];
+
+	(void)state;
+	assert_int_equal(nhi_api_route_find("/v1/sign")->id, NHI_ROUTE_SIGN);
+	assert_int_equal(nhi_api_route_find("/v1/verify")->id, NHI_ROUTE_VERIFY);
+	assert_int_equal(nhi_api_route_find("/v1/manifests/verify")->id, NHI_ROUTE_MANIFEST_VERIFY);
+	/* sign: payload decoded, empty allowed */
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"key\":\"repl\",\"payload\":\"aGk\"}"), 16384, &s), NHI_OK);
+	assert_string_equal(s.key, "repl");
+	assert_int_equal(s.payload.len, 2);
+	assert_memory_equal(s.payload.data, "hi", 2);
+	nhi_api_sign_req_free(&s);
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"key\":\"repl\",\"payload\":\"\"}"), 16384, &s), NHI_OK);
+	assert_int_equal(s.payload.len, 0);
+	nhi_api_sign_req_free(&s);
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"key\":\"repl\",\"payload\":\"aGk=\"}"), 16384, &s),
+			 NHI_ERR_FORMAT); /* padding */
+	assert_non_null(strstr(nhi_err_detail(), "'payload'"));
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"key\":\"../x\",\"payload\":\"\"}"), 16384, &s), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "'key'"));
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"payload\":\"\"}"), 16384, &s), NHI_ERR_FORMAT);
+	assert_int_equal(nhi_api_parse_sign_req(J("{\"key\":\"a\",\"key\":\"b\",\"payload\":\"\"}"), 16384, &s),
+			 NHI_ERR_FORMAT); /* duplicate member */
+	/* verify: a 64-byte signature, an optional 43-character kid */
+	snprintf(body, sizeof(body), "{\"key\":\"repl\",\"payload\":\"\",\"sig\":\"%s\"}", sig64);
+	assert_int_equal(nhi_api_parse_verify_req(body, strlen(body), 16384, &v), NHI_OK);
+	assert_string_equal(v.kid, "");
+	nhi_api_verify_req_free(&v);
+	snprintf(body, sizeof(body), "{\"key\":\"repl\",\"payload\":\"\",\"sig\":\"%s\",\"kid\":\"%.43s\"}", sig64,
+		 sig64);
+	assert_int_equal(nhi_api_parse_verify_req(body, strlen(body), 16384, &v), NHI_OK);
+	assert_int_equal(strlen(v.kid), 43);
+	nhi_api_verify_req_free(&v);
+	snprintf(body, sizeof(body), "{\"key\":\"repl\",\"payload\":\"\",\"sig\":\"%.84s\"}", sig64);
+	assert_int_equal(nhi_api_parse_verify_req(body, strlen(body), 16384, &v), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "64 bytes"));
+	snprintf(body, sizeof(body), "{\"key\":\"repl\",\"payload\":\"\",\"sig\":\"%s\",\"kid\":\"short\"}", sig64);
+	assert_int_equal(nhi_api_parse_verify_req(body, strlen(body), 16384, &v), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "'kid'"));
+	/* manifests/verify: an object and an array */
+	assert_int_equal(nhi_api_parse_manifest_req(J("{\"manifest\":{\"payload\":\"e30\",\"signatures\":[]},\"files\":[]}"), 16384, &m),
+			 NHI_OK);
+	assert_non_null(strstr(m.manifest, "\"payload\":\"e30\""));
+	nhi_api_manifest_req_free(&m);
+	assert_int_equal(nhi_api_parse_manifest_req(J("{\"manifest\":\"x\",\"files\":[]}"), 16384, &m), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "'manifest'"));
+	assert_int_equal(nhi_api_parse_manifest_req(J("{\"manifest\":{},\"files\":{}}"), 16384, &m), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "'files'"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_config_and_defaults), cmocka_unit_test(test_bad_configs_name_the_key),
 		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
+		cmocka_unit_test(test_signing_requests),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
