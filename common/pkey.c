@@ -1,5 +1,6 @@
 /* common/pkey.c — public key export and ECDSA signature forms over OpenSSL 3. */
 #include "pkey.h"
+#include "limits.h"
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -51,6 +52,39 @@ out:
 	return rv;
 }
 
+bool nhi_pkey_is_p256(const EVP_PKEY *pk)
+{
+	char group[32] = "";
+
+	return pk != NULL && EVP_PKEY_get_id(pk) == EVP_PKEY_EC &&
+	       EVP_PKEY_get_group_name(pk, group, sizeof(group), NULL) == 1 && strcmp(group, "prime256v1") == 0;
+}
+
+nhi_err nhi_pkey_load_pem_p256(const char *path, EVP_PKEY **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf pem = {0};
+	BIO *b = NULL;
+	EVP_PKEY *pk = NULL;
+
+	*out = NULL;
+	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES, &pem));
+	b = BIO_new_mem_buf(pem.data, (int)pem.len);
+	NHI_CHECK_SSL(b != NULL, NHI_ERR_NOMEM, "BIO_new_mem_buf");
+	pk = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
+	NHI_CHECK_SSL(pk != NULL, NHI_ERR_FORMAT,
+		      "%s is not a PEM public key (\"-----BEGIN PUBLIC KEY-----\", as `nhictl key pubkey` prints)", path);
+	NHI_CHECK(nhi_pkey_is_p256(pk), NHI_ERR_FORMAT, "%s is not an EC P-256 key: these keys sign ES256 only", path);
+	*out = pk;
+	pk = NULL;
+	rv = NHI_OK;
+out:
+	EVP_PKEY_free(pk);
+	BIO_free(b);
+	nhi_buf_free(&pem);
+	return rv;
+}
+
 nhi_err nhi_pkey_raw(const EVP_PKEY *pk, uint8_t *out, size_t *out_len)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -60,8 +94,7 @@ nhi_err nhi_pkey_raw(const EVP_PKEY *pk, uint8_t *out, size_t *out_len)
 		len = 32;
 		NHI_CHECK_SSL(EVP_PKEY_get_raw_public_key(pk, out, &len) == 1, NHI_ERR_CRYPTO, "Ed25519 public key");
 	} else {
-		NHI_CHECK(EVP_PKEY_get_id(pk) == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) == 256, NHI_ERR_ARG,
-			  "only P-256 and Ed25519 keys are supported");
+		NHI_CHECK(nhi_pkey_is_p256(pk), NHI_ERR_ARG, "only P-256 and Ed25519 keys are supported");
 		NHI_CHECK_SSL(EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, out, 65, &len) == 1 &&
 				      len == 65,
 			      NHI_ERR_CRYPTO, "reading the P-256 public point");

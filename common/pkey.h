@@ -17,6 +17,14 @@ enum nhi_pkey_type {
 };
 
 /* EVP_PKEY from a raw public point (65 bytes 0x04||X||Y, or 32 Ed25519 bytes). Caller frees. */
+/* True for an EC key on P-256 (the curve is checked by name, not by its size). */
+bool nhi_pkey_is_p256(const EVP_PKEY *pk);
+/*
+ * Read a PEM public key ("-----BEGIN PUBLIC KEY-----", as `nhictl key pubkey` and the
+ * ceremony write them) from `path`, capped at NHI_CERT_MAX_BYTES; it must be P-256.
+ * NHI_ERR_FORMAT naming the file otherwise. *out is the caller's.
+ */
+nhi_err nhi_pkey_load_pem_p256(const char *path, EVP_PKEY **out) NHI_MUST_CHECK;
 nhi_err nhi_pkey_from_raw(enum nhi_pkey_type t, const uint8_t *raw, size_t len, EVP_PKEY **out) NHI_MUST_CHECK;
 /* Raw public point of a P-256 (65 bytes) or Ed25519 (32 bytes) key into out (>= 65 bytes). */
 nhi_err nhi_pkey_raw(const EVP_PKEY *pk, uint8_t *out, size_t *out_len) NHI_MUST_CHECK;

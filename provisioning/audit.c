@@ -18,31 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static nhi_err load_pubkey(const char *path, EVP_PKEY **out)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_buf b = {0};
-	BIO *bio = NULL;
-	EVP_PKEY *pk = NULL;
-
-	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES, &b));
-	bio = BIO_new_mem_buf(b.data, (int)b.len);
-	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
-	pk = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
-	NHI_CHECK_SSL(pk != NULL, NHI_ERR_FORMAT,
-		      "%s is not a PEM public key (\"-----BEGIN PUBLIC KEY-----\", the ceremony's audit.pub.pem)", path);
-	NHI_CHECK(EVP_PKEY_is_a(pk, "EC") && EVP_PKEY_get_bits(pk) == 256, NHI_ERR_FORMAT,
-		  "%s is not an EC P-256 key: the audit key signs ES256 checkpoints", path);
-	*out = pk;
-	pk = NULL;
-	rv = NHI_OK;
-out:
-	EVP_PKEY_free(pk);
-	BIO_free(bio);
-	nhi_buf_free(&b);
-	return rv;
-}
-
 /* map the log read-only: logs grow past what is sensible to copy into memory */
 static nhi_err map_file(const char *path, const uint8_t **data, size_t *len)
 {
@@ -95,7 +70,7 @@ static int verify(const char *file, const char *pubkey_path)
 	char fp[65];
 	int rc = 1;
 
-	e = load_pubkey(pubkey_path, &pub);
+	e = nhi_pkey_load_pem_p256(pubkey_path, &pub);
 	if (e != NHI_OK) {
 		rc = nhictl_fail("audit verify", pubkey_path, e);
 		goto out;

@@ -5,6 +5,7 @@
  * pinned fingerprint: every step signed by a threshold of the previous AND of its
  * own update signers, versions consecutive, the last one unexpired).
  */
+#include "../common/pkey.h"
 #include "nhictl.h"
 #include "../common/limits.h"
 #include "../server/update.h"
@@ -29,25 +30,6 @@ static void usage(FILE *f)
 		"  A bundle is signed by at least M of its own update signers; bundle N+1 must also be\n"
 		"  signed by at least the threshold of bundle N's signers (TUF root rotation), and its\n"
 		"  version must be exactly N+1. verify takes the chain from the pinned bundle onwards.\n");
-}
-
-static nhi_err load_pub(const char *path, EVP_PKEY **out)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_buf pem = {0};
-	BIO *b = NULL;
-
-	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES, &pem));
-	b = BIO_new_mem_buf(pem.data, (int)pem.len);
-	NHI_CHECK_SSL(b != NULL, NHI_ERR_NOMEM, "BIO_new_mem_buf");
-	*out = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
-	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s is not a PEM public key (nhictl update pubkey prints one)",
-		      path);
-	rv = NHI_OK;
-out:
-	BIO_free(b);
-	nhi_buf_free(&pem);
-	return rv;
 }
 
 #define LIST_MAX NHI_BUNDLE_KEYS_MAX
@@ -114,7 +96,7 @@ static int cmd_create(int argc, char **argv)
 	}
 	for (l = 0; l < 3 && e == NHI_OK; l++)
 		for (i = 0; i < counts[l] && e == NHI_OK; i++) {
-			e = load_pub(paths[l][i], &lists[l][i]);
+			e = nhi_pkey_load_pem_p256(paths[l][i], &lists[l][i]);
 			if (e != NHI_OK)
 				status = nhictl_fail("bundle create", paths[l][i], e);
 		}

@@ -3,26 +3,36 @@
  * trust root, and `nhictl ceremony verify` that lets witnesses check its transcript
  * offline. docs/ceremony.md is the runbook.
  *
- * All-or-nothing: every check (labels free, outputs absent) runs before anything is
- * created; if a later step fails, the keys made in this run are destroyed and the
- * files written in this run removed.
+ * All-or-nothing: every check (config, the custodians' public-key files, labels
+ * free, outputs absent) runs before anything is created; if a later step fails, the
+ * keys made in this run are destroyed and the files written in this run removed.
+ *
+ * With update_signers in the config the ceremony also makes trust bundle v1
+ * (unsigned: the custodians sign it offline with `nhictl bundle sign`) and prints
+ * and records its fingerprint, the value `nhictl update init --pin` takes.
  */
 #include "nhictl.h"
 #include "prov_internal.h"
 #include "../common/limits.h"
 #include "../common/pkey.h"
+#include "../server/update.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <openssl/obj_mac.h>
+#include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-#define STEPS 9
+#define STEPS 9        /* without a trust bundle */
+#define STEPS_BUNDLE 10 /* with one: the bundle step comes after the public material */
 #define MAX_OUTPUTS 16
+#define BUNDLE_FILE "trust-bundle-v1.json"
 
 struct key_plan {
 	const char *label;
@@ -31,13 +41,18 @@ struct key_plan {
 };
 
 static const struct key_plan key_plan[] = {
-	{NHI_LABEL_ROOT, NHI_KEY_EC_P256, "root CA key: signs certificates, the trust bundle, backups"},
+	{NHI_LABEL_ROOT, NHI_KEY_EC_P256, "root CA key: signs certificates, backups, the transcript"},
 	{NHI_LABEL_TLS, NHI_KEY_EC_P256, "TLS server key: every handshake signature of nhid"},
 	{NHI_LABEL_TOKEN, NHI_KEY_EC_P256, "token-signing key: ES256 agent tokens"},
 	{NHI_LABEL_AUDIT, NHI_KEY_EC_P256, "audit key: signs audit checkpoints"},
 	{NHI_LABEL_WRAP, NHI_KEY_AES256, "wrap key: unwraps backup data keys and rotated keys"},
 };
 #define N_KEYS (sizeof(key_plan) / sizeof(key_plan[0]))
+
+/* The public-key lists of the trust bundle, in the order of the config keys. */
+enum { LIST_SIGNERS, LIST_PEERS, LIST_MANIFEST, N_LISTS };
+static const char *const list_key[N_LISTS] = {"update_signers", "peer_keys", "manifest_keys"};
+static const char *const list_role[N_LISTS] = {"update signer", "peer key", "manifest key"};
 
 struct output {
 	char path[1100];
@@ -57,15 +72,20 @@ struct ceremony {
 	size_t n_out;
 	struct nhi_transcript *tr;
 	X509 *root, *server;
+	/* trust bundle inputs, read at step 1 */
+	EVP_PKEY *bkeys[N_LISTS][NHI_CFG_LIST_MAX];
+	char bkids[N_LISTS][NHI_CFG_LIST_MAX][44];
+	size_t n_bkeys[N_LISTS];
+	char bundle_fp[65]; /* "" without a bundle */
 };
 
-static int step_no;
+static int step_no, n_steps = STEPS;
 static void step(const char *fmt, ...) NHI_PRINTF(1, 2);
 static void step(const char *fmt, ...)
 {
 	va_list ap;
 
-	printf("[%d/%d] ", ++step_no, STEPS);
+	printf("[%d/%d] ", ++step_no, n_steps);
 	va_start(ap, fmt);
 	vprintf(fmt, ap);
 	va_end(ap);
@@ -85,10 +105,68 @@ static struct output *add_output(struct ceremony *c, const char *name, unsigned 
 	return o;
 }
 
+/* The output added as `name`, or NULL. */
+static struct output *find_output(struct ceremony *c, const char *name)
+{
+	char path[sizeof(c->out[0].path)];
+	size_t i;
+
+	snprintf(path, sizeof(path), "%s/%s", c->cfg.out_dir, name);
+	for (i = 0; i < c->n_out; i++)
+		if (strcmp(c->out[i].path, path) == 0)
+			return &c->out[i];
+	return NULL;
+}
+
+/*
+ * Read the trust bundle's public-key files named in the config (step 1, before the
+ * token is touched): each a PEM SubjectPublicKeyInfo on EC P-256 (ES256 only), no
+ * key twice in one list. Each key is printed with its kid and SPKI SHA-256 so that
+ * custodians can recognise theirs. Errors name the config key and the file.
+ */
+static nhi_err read_bundle_keys(struct ceremony *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	const char (*paths[N_LISTS])[NHI_CFG_PATH_MAX] = {c->cfg.update_signers, c->cfg.peer_keys,
+							   c->cfg.manifest_keys};
+	const size_t counts[N_LISTS] = {c->cfg.n_signers, c->cfg.n_peers, c->cfg.n_manifest};
+	EVP_PKEY *pk = NULL;
+	char kid[44], fp[65];
+	const char *key = "", *path;
+	size_t l, i, j;
+
+	for (l = 0; l < N_LISTS; l++) {
+		key = list_key[l];
+		for (i = 0; i < counts[l]; i++) {
+			path = paths[l][i];
+			NHI_TRY(nhi_pkey_load_pem_p256(path, &pk));
+			NHI_TRY(nhi_pkey_thumbprint(pk, kid));
+			NHI_TRY(nhi_pkey_fingerprint(pk, fp));
+			for (j = 0; j < i; j++)
+				NHI_CHECK(strcmp(c->bkids[l][j], kid) != 0, NHI_ERR_EXISTS,
+					  "%s holds the same key as %s (kid %s): each key counts once", path,
+					  paths[l][j], kid);
+			printf("      %-13s %s\n      %13s kid %s, SPKI SHA-256 %s\n", list_role[l], path, "", kid, fp);
+			memcpy(c->bkids[l][i], kid, sizeof(kid));
+			c->bkeys[l][i] = pk;
+			pk = NULL;
+			c->n_bkeys[l]++;
+		}
+	}
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "config key '%s'", key);
+	EVP_PKEY_free(pk);
+	return rv;
+}
+
 static nhi_err preflight(struct ceremony *c)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	static const char *const files[] = {"ca.crt", "server.crt", "jwks.json", "audit.pub.pem", "transcript.jsonl"};
+	static const char *const files[] = {"ca.crt",	      "server.crt",	  "jwks.json",
+					    "audit.pub.pem", "transcript.jsonl", BUNDLE_FILE};
+	const size_t n_files = sizeof(files) / sizeof(files[0]) - (c->cfg.n_signers > 0 ? 0 : 1);
 	char path[1100], taken[512] = "";
 	size_t i, used = 0;
 	struct stat st;
@@ -111,7 +189,7 @@ static nhi_err preflight(struct ceremony *c)
 	} else {
 		NHI_CHECK(S_ISDIR(st.st_mode), NHI_ERR_CONFIG, "out_dir %s is not a directory", c->cfg.out_dir);
 	}
-	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+	for (i = 0; i < n_files; i++) {
 		snprintf(path, sizeof(path), "%s/%s", c->cfg.out_dir, files[i]);
 		NHI_CHECK(access(path, F_OK) != 0, NHI_ERR_EXISTS,
 			  "%s already exists: a ceremony never overwrites its outputs; move it away or pick another out_dir",
@@ -265,6 +343,70 @@ out:
 	return rv;
 }
 
+/*
+ * Trust bundle v1 from the root certificate and the JWKS just made, unsigned: the
+ * custodians sign it offline. Its fingerprint (SHA-256 of the payload, what
+ * `nhictl bundle fingerprint` prints and `nhictl update init --pin` takes) goes to
+ * the transcript with the version, threshold and every kid, so witnesses hold the pin.
+ */
+static nhi_err make_bundle(struct ceremony *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct output *o, *ca = find_output(c, "ca.crt"), *jwks = find_output(c, "jwks.json");
+	struct nhi_bundle_create_req req = {0};
+	struct nhi_buf payload = {0};
+	json_t *kids[N_LISTS] = {0}, *rec;
+	char file_fp[65], expires[32];
+	uint8_t d[32];
+	size_t l, i;
+
+	NHI_CHECK(ca != NULL && jwks != NULL, NHI_ERR_INTERNAL, "the bundle needs ca.crt and jwks.json first");
+	req.version = 1;
+	req.expires_at = (int64_t)time(NULL) + (int64_t)c->cfg.bundle_days * 86400;
+	req.ca_pem = (const char *)ca->data.data;
+	req.jwks = (const char *)jwks->data.data;
+	req.signers = c->bkeys[LIST_SIGNERS];
+	req.n_signers = c->n_bkeys[LIST_SIGNERS];
+	req.threshold = c->cfg.update_threshold;
+	req.peers = c->bkeys[LIST_PEERS];
+	req.n_peers = c->n_bkeys[LIST_PEERS];
+	req.manifest = c->bkeys[LIST_MANIFEST];
+	req.n_manifest = c->n_bkeys[LIST_MANIFEST];
+	o = add_output(c, BUNDLE_FILE, 0644);
+	NHI_CHECK(o != NULL, NHI_ERR_INTERNAL, "too many outputs");
+	NHI_TRY(nhi_bundle_create(&req, &o->data));
+	NHI_TRY(nhi_doc_payload(NHI_DOC_BUNDLE, o->data.data, o->data.len, &payload));
+	NHI_TRY(nhi_sha256(payload.data, payload.len, d));
+	nhi_hex(d, 32, c->bundle_fp);
+	NHI_TRY(nhi_sha256(o->data.data, o->data.len, d));
+	nhi_hex(d, 32, file_fp);
+	for (l = 0; l < N_LISTS; l++) {
+		kids[l] = json_array();
+		NHI_CHECK(kids[l] != NULL, NHI_ERR_NOMEM, "out of memory");
+		for (i = 0; i < c->n_bkeys[l]; i++)
+			NHI_CHECK(json_array_append_new(kids[l], json_string(c->bkids[l][i])) == 0, NHI_ERR_NOMEM,
+				  "out of memory");
+	}
+	nhi_time_rfc3339((long long)req.expires_at, expires, sizeof(expires));
+	printf("      %s: version 1, threshold %u of %zu update signer(s), %zu peer key(s), %zu manifest key(s)\n"
+	       "      expires %s; unsigned until the custodians sign it\n"
+	       "      fingerprint (the pin) %s\n",
+	       BUNDLE_FILE, req.threshold, req.n_signers, req.n_peers, req.n_manifest, expires, c->bundle_fp);
+	rec = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:i, s:o, s:o, s:o}", "type", "bundle", "file", BUNDLE_FILE,
+			"sha256", file_fp, "fingerprint", c->bundle_fp, "version", 1, "expires_at",
+			(json_int_t)req.expires_at, "threshold", (int)req.threshold, "update_signers", kids[LIST_SIGNERS],
+			"peer_keys", kids[LIST_PEERS], "manifest_keys", kids[LIST_MANIFEST]);
+	for (l = 0; l < N_LISTS; l++)
+		kids[l] = NULL; /* stolen by "o", even on failure */
+	NHI_TRY(nhi_transcript_add(c->tr, rec));
+	rv = NHI_OK;
+out:
+	for (l = 0; l < N_LISTS; l++)
+		json_decref(kids[l]);
+	nhi_buf_free(&payload);
+	return rv;
+}
+
 static nhi_err write_outputs(struct ceremony *c)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -306,7 +448,9 @@ static nhi_err run(struct ceremony *c, const char *config_path, const char *pin_
 	NHI_TRY(nhi_profiles_load(c->cfg.profiles, &c->profiles, c->prof_sha));
 	nhi_hex(c->cfg_sha, 32, cfg_hex);
 	nhi_hex(c->prof_sha, 32, prof_hex);
+	n_steps = c->cfg.n_signers > 0 ? STEPS_BUNDLE : STEPS;
 	step("config %s SHA-256 %s; profiles %s SHA-256 %s", config_path, cfg_hex, c->cfg.profiles, prof_hex);
+	NHI_TRY(read_bundle_keys(c));
 	NHI_TRY(nhictl_open_hsm(&c->cfg, pin_file, &c->h));
 	step("opened %s", nhi_hsm_token_desc(c->h));
 	NHI_TRY(preflight(c));
@@ -321,6 +465,11 @@ static nhi_err run(struct ceremony *c, const char *config_path, const char *pin_
 	NHI_TRY(issue_certs(c));
 	step("exporting public material");
 	NHI_TRY(export_public(c));
+	if (c->cfg.n_signers > 0) {
+		step("trust bundle v1 for %zu update signer(s), threshold %u, valid %d days", c->cfg.n_signers,
+		     c->cfg.update_threshold, c->cfg.bundle_days);
+		NHI_TRY(make_bundle(c));
+	}
 	NHI_TRY(nhi_cert_fingerprint(c->root, root_fp));
 	NHI_TRY(nhi_transcript_sign(c->tr, c->h, c->keys[0], root_fp));
 	o = add_output(c, "transcript.jsonl", 0644);
@@ -332,6 +481,14 @@ static nhi_err run(struct ceremony *c, const char *config_path, const char *pin_
 	printf("\nRoot certificate SHA-256 (witnesses: write this down):\n  %s\n"
 	       "Verify offline: nhictl ceremony verify %s/transcript.jsonl --ca %s/ca.crt\n",
 	       root_fp, c->cfg.out_dir, c->cfg.out_dir);
+	if (c->bundle_fp[0] != '\0')
+		printf("\nTrust bundle v1 fingerprint, the pin (witnesses: write this down too):\n  %s\n"
+		       "Next: %u of the %zu custodians sign it offline, each in their own token:\n"
+		       "  nhictl bundle sign --token TOKEN --key KEY --pin-file PINFILE %s/%s\n"
+		       "then install it where updates are applied:\n"
+		       "  nhictl update init --state-dir STATE_DIR --bundle %s/%s --pin %s\n",
+		       c->bundle_fp, c->cfg.update_threshold, c->cfg.n_signers, c->cfg.out_dir, BUNDLE_FILE,
+		       c->cfg.out_dir, BUNDLE_FILE, c->bundle_fp);
 	rv = NHI_OK;
 out:
 	return rv;
@@ -339,8 +496,11 @@ out:
 
 static void ceremony_free(struct ceremony *c)
 {
-	size_t i;
+	size_t i, l;
 
+	for (l = 0; l < N_LISTS; l++)
+		for (i = 0; i < c->n_bkeys[l]; i++)
+			EVP_PKEY_free(c->bkeys[l][i]);
 	for (i = 0; i < N_KEYS; i++)
 		nhi_hsm_key_free(c->keys[i]);
 	for (i = 0; i < c->n_out; i++)
@@ -398,7 +558,9 @@ static void usage(FILE *f)
 		   "       nhictl ceremony verify TRANSCRIPT --ca ROOT.crt\n"
 		   "  Generates the root, TLS, token-signing, audit and wrap keys inside the token,\n"
 		   "  issues the root and server certificates, exports public material and a signed\n"
-		   "  transcript. Without --pin-file the user PIN is asked on the terminal.\n");
+		   "  transcript. With update_signers in the config it also writes trust bundle v1\n"
+		   "  (unsigned; the custodians sign it with 'nhictl bundle sign') and prints its\n"
+		   "  fingerprint, the pin. Without --pin-file the user PIN is asked on the terminal.\n");
 }
 
 int nhictl_ceremony(int argc, char **argv)

@@ -95,9 +95,43 @@ static bool valid_ip(const char *s)
 	return inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1;
 }
 
+/* a path as the operator wrote it: printed and recorded, so no control characters */
+static bool valid_path(const char *s)
+{
+	size_t i, n = strlen(s);
+
+	for (i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return false;
+	return n > 0;
+}
+
+/*
+ * A list of public-key files: at least one, none named twice. The same key under two
+ * names is caught when the files are read (ceremony.c), by thumbprint.
+ */
+static nhi_err parse_key_files(const char *key, const char *val, char (*items)[NHI_CFG_PATH_MAX], size_t *n)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	size_t i, j;
+
+	NHI_TRY(nhi_conf_list(key, val, &items[0][0], NHI_CFG_PATH_MAX, NHI_CFG_LIST_MAX, n, valid_path,
+			      "a file name without control characters"));
+	NHI_CHECK(*n > 0, NHI_ERR_CONFIG, "config key '%s' lists no file: name the PEM public-key files, comma separated",
+		  key);
+	for (i = 0; i < *n; i++)
+		for (j = 0; j < i; j++)
+			NHI_CHECK(strcmp(items[i], items[j]) != 0, NHI_ERR_CONFIG,
+				  "config key '%s' lists '%.64s' twice: each key counts once", key, items[i]);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 static const char *const known_keys[] = {
-	"token",       "module",     "out_dir",   "profiles",  "trust_domain", "organization", "root_cn",
-	"server_cn",   "server_dns", "server_ip", "root_days", "server_days",  "agent_days",
+	"token",       "module",         "out_dir",          "profiles",    "trust_domain", "organization",
+	"root_cn",     "server_cn",      "server_dns",       "server_ip",   "root_days",    "server_days",
+	"agent_days",  "update_signers", "update_threshold", "bundle_days", "peer_keys",    "manifest_keys",
 };
 
 static nhi_err apply(void *ctx, const char *key, const char *val)
@@ -138,6 +172,22 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 		return parse_days(&c->server_days, key, val, NHI_SERVER_DAYS_MAX);
 	if (strcmp(key, "agent_days") == 0)
 		return parse_days(&c->agent_days, key, val, NHI_AGENT_DAYS_MAX);
+	if (strcmp(key, "update_signers") == 0)
+		return parse_key_files(key, val, c->update_signers, &c->n_signers);
+	if (strcmp(key, "peer_keys") == 0)
+		return parse_key_files(key, val, c->peer_keys, &c->n_peers);
+	if (strcmp(key, "manifest_keys") == 0)
+		return parse_key_files(key, val, c->manifest_keys, &c->n_manifest);
+	if (strcmp(key, "update_threshold") == 0) {
+		unsigned long long v = 0;
+		nhi_err rv = nhi_conf_uint(&v, key, val, 1, NHI_CFG_LIST_MAX);
+
+		if (rv == NHI_OK)
+			c->update_threshold = (unsigned)v;
+		return rv;
+	}
+	if (strcmp(key, "bundle_days") == 0)
+		return parse_days(&c->bundle_days, key, val, NHI_ROOT_DAYS_MAX);
 	return nhi_err_set(NHI_ERR_CONFIG, "unknown config key '%s'", key);
 }
 
@@ -160,6 +210,30 @@ nhi_err nhi_ceremony_config_parse(const char *text, size_t len, struct nhi_cerem
 	NHI_CHECK(out->server_cn[0] != '\0', NHI_ERR_CONFIG, "config key 'server_cn' is required");
 	NHI_CHECK(out->n_dns + out->n_ip > 0, NHI_ERR_CONFIG,
 		  "the server certificate needs at least one name: set server_dns or server_ip");
+	/* the trust bundle keys come as a set: update_signers turns the bundle on */
+	if (out->n_signers == 0) {
+		NHI_CHECK(out->update_threshold == 0, NHI_ERR_CONFIG,
+			  "config key 'update_threshold' is set without update_signers: list the custodians' "
+			  "public-key files in update_signers, or remove update_threshold");
+		NHI_CHECK(out->bundle_days == 0 && out->n_peers == 0 && out->n_manifest == 0, NHI_ERR_CONFIG,
+			  "config key '%s' is set without update_signers: the trust bundle is made only when "
+			  "update_signers and update_threshold are set",
+			  out->bundle_days ? "bundle_days" : out->n_peers ? "peer_keys" : "manifest_keys");
+	} else {
+		NHI_CHECK(out->update_threshold != 0, NHI_ERR_CONFIG,
+			  "config key 'update_threshold' is required with update_signers: how many of the %zu "
+			  "custodians must sign (1 to %zu)",
+			  out->n_signers, out->n_signers);
+		NHI_CHECK(out->update_threshold <= out->n_signers, NHI_ERR_CONFIG,
+			  "config key 'update_threshold' is %u but update_signers lists %zu key(s): it must be 1 to %zu",
+			  out->update_threshold, out->n_signers, out->n_signers);
+		if (out->bundle_days == 0)
+			out->bundle_days = out->root_days < 365 ? out->root_days : 365;
+		NHI_CHECK(out->bundle_days <= out->root_days, NHI_ERR_CONFIG,
+			  "config key 'bundle_days' is %d, beyond root_days %d: the bundle carries the root "
+			  "certificate, so it must not outlive it",
+			  out->bundle_days, out->root_days);
+	}
 	rv = NHI_OK;
 out:
 	return rv;

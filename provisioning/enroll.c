@@ -5,6 +5,7 @@
  * private key goes to a 0600 file: it is the agent's key, not the service's), or
  * the agent's CSR is certified, after checking its proof of possession.
  */
+#include "../common/pkey.h"
 #include "nhictl.h"
 #include "prov_internal.h"
 #include "../common/limits.h"
@@ -42,7 +43,7 @@ static nhi_err load_csr_key(const char *path, EVP_PKEY **out)
 	NHI_CHECK_SSL(req != NULL, NHI_ERR_FORMAT, "%s is not a PEM certificate request", path);
 	pk = X509_REQ_get0_pubkey(req);
 	NHI_CHECK_SSL(pk != NULL, NHI_ERR_FORMAT, "%s has no usable public key", path);
-	NHI_CHECK(EVP_PKEY_get_id(pk) == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) == 256, NHI_ERR_FORMAT,
+	NHI_CHECK(nhi_pkey_is_p256(pk), NHI_ERR_FORMAT,
 		  "%s: agent keys must be EC P-256 (the agent TLS profile is ECDHE-ECDSA)", path);
 	/* proof of possession: the request is signed by the key it asks us to certify */
 	NHI_CHECK_SSL(X509_REQ_verify(req, pk) == 1, NHI_ERR_VERIFY,

@@ -19,7 +19,8 @@
 #define NHI_LABEL_WRAP "nhid-wrap"
 #define NHI_LABEL_AUDIT "nhid-audit"
 
-#define NHI_CFG_LIST_MAX 16 /* DNS names / IP addresses in one config */
+#define NHI_CFG_LIST_MAX 16 /* DNS names, IP addresses, public-key files in one list of a config */
+#define NHI_CFG_PATH_MAX 512 /* one path in a config, NUL included */
 
 struct nhi_ceremony_config {
 	char token[256];        /* label or pkcs11: URI */
@@ -37,13 +38,30 @@ struct nhi_ceremony_config {
 	int root_days;
 	int server_days;
 	int agent_days;
+	/*
+	 * Trust bundle v1 (docs/ceremony.md): made only when update_signers is set.
+	 * PEM public-key files as `nhictl update pubkey` writes them, read at the
+	 * ceremony's first step; paths are relative to the working directory.
+	 */
+	char update_signers[NHI_CFG_LIST_MAX][NHI_CFG_PATH_MAX];
+	size_t n_signers;
+	unsigned update_threshold; /* M of n_signers; 0 = not set */
+	int bundle_days;           /* validity of bundle v1 */
+	char peer_keys[NHI_CFG_LIST_MAX][NHI_CFG_PATH_MAX];
+	size_t n_peers;
+	char manifest_keys[NHI_CFG_LIST_MAX][NHI_CFG_PATH_MAX];
+	size_t n_manifest;
 };
 
 /*
  * Parse and validate a ceremony config (OpenSSL NCONF syntax, section [ceremony]).
  * Unknown keys, missing required keys, bad names and out-of-range days are errors
  * naming the key. `.include` and other directives are refused: the config must be
- * reviewable as one file. `text` need not be NUL-terminated.
+ * reviewable as one file. The trust-bundle keys go together: update_threshold,
+ * bundle_days, peer_keys and manifest_keys are refused without update_signers,
+ * which needs update_threshold (1..signers); bundle_days defaults to 365 (at most
+ * root_days). Key files are only named here, not read. `text` need not be
+ * NUL-terminated.
  */
 nhi_err nhi_ceremony_config_parse(const char *text, size_t len, struct nhi_ceremony_config *out) NHI_MUST_CHECK;
 nhi_err nhi_ceremony_config_load(const char *path, struct nhi_ceremony_config *out, uint8_t sha256[32]) NHI_MUST_CHECK;

@@ -1357,7 +1357,7 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 	memcpy(prev_hex, zero_hash_hex, sizeof(zero_hash_hex));
 	NHI_CHECK(data != NULL || len == 0, NHI_ERR_ARG, "nhi_audit_verify: no data");
 	if (pub != NULL) {
-		NHI_CHECK(EVP_PKEY_is_a(pub, "EC") && EVP_PKEY_get_bits(pub) == 256, NHI_ERR_ARG,
+		NHI_CHECK(nhi_pkey_is_p256(pub), NHI_ERR_ARG,
 			  "the audit public key must be EC P-256");
 		NHI_TRY(nhi_pkey_fingerprint(pub, v.pub_fp));
 		v.md = EVP_MD_CTX_new();

@@ -42,8 +42,6 @@ nhi_err nhi_signing_load(struct nhi_server *s)
 	NHI_CHECK(s->sign_keys != NULL, NHI_ERR_NOMEM, "out of memory");
 	for (i = 0; i < s->cfg.n_sign_keys; i++) {
 		struct nhi_sign_key *k = &s->sign_keys[i];
-		char group[32] = "";
-
 		k->cfg = &s->cfg.sign_keys[i];
 		s->n_sign_keys = i + 1;
 		rv = nhi_hsm_find(s->hsm, k->cfg->label, &k->key);
@@ -57,9 +55,7 @@ nhi_err nhi_signing_load(struct nhi_server *s)
 			  "signing key '%s' (purpose %s) is not an EC P-256 key: the signing service signs ES256",
 			  k->cfg->label, k->cfg->purpose);
 		NHI_TRY(nhi_hsm_pubkey(s->hsm, k->key, &k->pub));
-		NHI_CHECK(EVP_PKEY_get_group_name(k->pub, group, sizeof(group), NULL) == 1 &&
-				  strcmp(group, "prime256v1") == 0,
-			  NHI_ERR_CONFIG, "signing key '%s' (purpose %s) is not on P-256", k->cfg->label,
+		NHI_CHECK(nhi_pkey_is_p256(k->pub), NHI_ERR_CONFIG, "signing key '%s' (purpose %s) is not on P-256", k->cfg->label,
 			  k->cfg->purpose);
 		NHI_TRY(nhi_pkey_thumbprint(k->pub, k->kid));
 	}

@@ -429,7 +429,6 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	struct nhi_buf wrapped = {0};
 	uint8_t point[65], ec_point[67], fp[32];
 	unsigned char *der = NULL;
-	char group[32] = "";
 	size_t n = 0, i;
 	int der_len;
 
@@ -447,10 +446,7 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 			  strcmp(r.label, NHI_SERVER_WRAP_KEY_LABEL) != 0,
 		  NHI_ERR_FORMAT, "cert-rotation: key_label '%s' names one of the ceremony's keys", r.label);
 	NHI_TRY(nhi_tls_chain_parse((const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", &leaf, &rest));
-	NHI_CHECK(EVP_PKEY_is_a(X509_get0_pubkey(leaf), "EC") &&
-			  EVP_PKEY_get_group_name(X509_get0_pubkey(leaf), group, sizeof(group), NULL) == 1 &&
-			  strcmp(group, "prime256v1") == 0,
-		  NHI_ERR_FORMAT, "cert-rotation: the new certificate's key must be EC P-256");
+	NHI_CHECK(nhi_pkey_is_p256(X509_get0_pubkey(leaf)), NHI_ERR_FORMAT, "cert-rotation: the new certificate's key must be EC P-256");
 	NHI_TRY(chain_verify(s->cfg.ca_file, leaf, rest));
 	NHI_CHECK_SSL(EVP_PKEY_get_octet_string_param(X509_get0_pubkey(leaf), OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
 						      sizeof(point), &n) == 1 &&

@@ -6,6 +6,7 @@
  * context runs a provider fetch and the key's export to the provider; libjwt 1.10
  * re-parses the PEM on top of that, which is why it manages ~2.8k verifies/s).
  */
+#include "../common/pkey.h"
 #include "tokens_internal.h"
 
 #include <openssl/err.h>
@@ -16,7 +17,7 @@ nhi_err nhi_es256_key_init(struct nhi_es256_key *k, EVP_PKEY *pk)
 	nhi_err rv = NHI_ERR_INTERNAL;
 
 	memset(k, 0, sizeof(*k));
-	NHI_CHECK(EVP_PKEY_get_id(pk) == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) == 256, NHI_ERR_ARG,
+	NHI_CHECK(nhi_pkey_is_p256(pk), NHI_ERR_ARG,
 		  "ES256 needs an EC P-256 key");
 	NHI_CHECK(pthread_mutex_init(&k->mu, NULL) == 0, NHI_ERR_INTERNAL, "pthread_mutex_init failed");
 	k->mu_ready = true;

@@ -215,7 +215,7 @@ nhi_err nhi_token_verifier_add_key(struct nhi_token_verifier *v, EVP_PKEY *pk)
 	char kid[44];
 
 	NHI_CHECK(v != NULL && pk != NULL, NHI_ERR_ARG, "no verifier or key");
-	NHI_CHECK(EVP_PKEY_get_id(pk) == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) == 256, NHI_ERR_ARG,
+	NHI_CHECK(nhi_pkey_is_p256(pk), NHI_ERR_ARG,
 		  "token keys must be EC P-256 (ES256)");
 	NHI_TRY(nhi_pkey_thumbprint(pk, kid));
 	NHI_CHECK_SSL(EVP_PKEY_up_ref(pk) == 1, NHI_ERR_CRYPTO, "EVP_PKEY_up_ref");

@@ -13,11 +13,11 @@ check_fails "hsm-init refuses a second token with the same label" "already exist
 
 conf() { # conf FILE OUTDIR [extra lines]
 	local f=$1 o=$2; shift 2
-	{ printf '[ceremony]\ntoken = cer\nout_dir = %s\nprofiles = %s\ntrust_domain = nhid.test\n' "$o" "${PROFILES:-$NHI_ROOT/openssl.cnf}"
+	{ printf '[ceremony]\ntoken = %s\nout_dir = %s\nprofiles = %s\ntrust_domain = nhid.test\n' "${TOKEN:-cer}" "$o" "${PROFILES:-$NHI_ROOT/openssl.cnf}"
 	  printf 'organization = Test\nroot_cn = test root\nserver_cn = nhid\nserver_dns = localhost\nserver_ip = 127.0.0.1\n'
 	  for l in "$@"; do printf '%s\n' "$l"; done; } >"$f"
 }
-objects() { pkcs11-tool --module $MOD --token-label cer --login --pin 3141-5926 --list-objects 2>/dev/null; }
+objects() { pkcs11-tool --module $MOD --token-label "${1:-cer}" --login --pin 3141-5926 --list-objects 2>/dev/null; }
 
 # --- bad configs are refused before the token is touched ---
 conf bad1.conf out-bad 'colour = blue'
@@ -49,6 +49,8 @@ check "the failed run destroyed its keys and wrote no files" bash -c "! objects 
 # --- the real ceremony ---
 check "ceremony on a fresh token" bash -c "'$NHICTL' ceremony --config good.conf --pin-file user.pin >cer.out"
 check "ceremony prints numbered steps and fingerprints" bash -c "grep -q '^\[9/9\]' cer.out && grep -q 'SPKI SHA-256 [0-9a-f]\{64\}' cer.out"
+check "without update_signers: no trust bundle, no bundle record, 9 steps as before" \
+	bash -c "[ ! -e out/trust-bundle-v1.json ] && ! grep -q '\"type\":\"bundle\"' out/transcript.jsonl && ! grep -q '/10\]' cer.out && ! grep -qi 'trust bundle' cer.out"
 objects >objects.txt
 for l in nhid-root nhid-tls nhid-token-1 nhid-audit nhid-wrap; do
 	check "pkcs11-tool lists key $l" grep -q "label:      $l" objects.txt
@@ -104,4 +106,133 @@ check_fails "a CSR whose signature does not verify is refused" "does not verify"
 openssl req -new -newkey rsa:2048 -nodes -keyout rsa.key -subj /CN=rsa -out rsa.csr 2>/dev/null
 check_fails "a non-P-256 CSR is refused" "must be EC P-256" "$NHICTL" enroll rsa-agent --csr rsa.csr --config good.conf --pin-file user.pin
 check "no certificate was written for refused CSRs" bash -c "[ ! -e out/agents/bad-csr.crt ] && [ ! -e out/agents/rsa-agent.crt ]"
+
+# --- trust bundle v1 made by the ceremony (update_signers) ---
+# two custodians, one token each, as in the update runbook (docs/updates.md)
+for i in 1 2; do
+	pinfile c$i.pin "custodian-$i-pin"
+	"$NHICTL" hsm-init --label cust$i --so-pin-file so.pin --pin-file c$i.pin >/dev/null
+	pkcs11-tool --module $MOD --token-label cust$i --login --pin "custodian-$i-pin" \
+		--keypairgen --key-type EC:prime256v1 --label signer >/dev/null 2>&1
+	"$NHICTL" update pubkey --token cust$i --key signer --pin-file c$i.pin >c$i.pub
+done
+check "custodians' public keys exported" bash -c "grep -q 'BEGIN PUBLIC KEY' c1.pub && grep -q 'BEGIN PUBLIC KEY' c2.pub"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out m.key 2>/dev/null && openssl pkey -in m.key -pubout -out m.pub
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:secp256k1 2>/dev/null | openssl pkey -pubout -out k1.pub
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 2>/dev/null | openssl pkey -pubout -out p384.pub
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | openssl pkey -pubout -out rsa.pub
+printf -- '-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n' >garbage.pub
+cp c1.pub c1-copy.pub
+check "hsm-init creates the bundle ceremony's token" "$NHICTL" hsm-init --label cerb --so-pin-file so.pin --pin-file user.pin
+bconf() { TOKEN=cerb conf "$@"; }
+nothing_made() { ! objects cerb | grep -q nhid- && [ ! -e "$T/outb" ]; }
+refused() { # refused "description" "expected text" config-lines...
+	local d=$1 want=$2; shift 2
+	bconf bb.conf "$T/outb" "$@"
+	check_fails "$d" "$want" "$NHICTL" ceremony --config bb.conf --pin-file user.pin
+	check "... and nothing was created (no key in the token, no out_dir)" nothing_made
+}
+refused "update_threshold without update_signers is refused" \
+	"config key 'update_threshold' is set without update_signers" 'update_threshold = 1'
+refused "update_signers without update_threshold is refused" \
+	"config key 'update_threshold' is required with update_signers" 'update_signers = c1.pub, c2.pub'
+refused "update_threshold 0 is refused" "config key 'update_threshold' must be a whole number from 1" \
+	'update_signers = c1.pub, c2.pub' 'update_threshold = 0'
+refused "update_threshold above the number of signers is refused" \
+	"config key 'update_threshold' is 3 but update_signers lists 2 key(s)" 'update_signers = c1.pub, c2.pub' 'update_threshold = 3'
+refused "a missing signer file is refused, naming the key and the file" \
+	"config key 'update_signers': cannot open nosuch.pub" 'update_signers = c1.pub, nosuch.pub' 'update_threshold = 1'
+refused "a garbage key file is refused, naming it" \
+	"config key 'update_signers': garbage.pub is not a PEM public key" 'update_signers = c1.pub, garbage.pub' 'update_threshold = 1'
+refused "a secp256k1 key is refused (P-256 only)" \
+	"config key 'update_signers': k1.pub is not an EC P-256 key" 'update_signers = c1.pub, k1.pub' 'update_threshold = 1'
+refused "a P-384 key is refused (P-256 only)" \
+	"p384.pub is not an EC P-256 key" 'update_signers = p384.pub' 'update_threshold = 1'
+refused "an RSA key is refused (P-256 only)" "rsa.pub is not an EC P-256 key" 'update_signers = rsa.pub' 'update_threshold = 1'
+refused "a signer file listed twice is refused" "config key 'update_signers' lists 'c1.pub' twice" \
+	'update_signers = c1.pub, c2.pub, c1.pub' 'update_threshold = 2'
+refused "the same signer key under two file names is refused" \
+	"c1-copy.pub holds the same key as c1.pub" 'update_signers = c1.pub, c1-copy.pub' 'update_threshold = 1'
+refused "an empty update_signers is refused" "config key 'update_signers' lists no file" 'update_signers = ,' 'update_threshold = 1'
+refused "bundle_days without update_signers is refused" "config key 'bundle_days' is set without update_signers" 'bundle_days = 30'
+refused "manifest_keys without update_signers is refused" "config key 'manifest_keys' is set without update_signers" 'manifest_keys = m.pub'
+refused "bundle_days 0 is refused" "config key 'bundle_days' must be a whole number from 1" \
+	'update_signers = c1.pub' 'update_threshold = 1' 'bundle_days = 0'
+refused "bundle_days beyond root_days is refused" "config key 'bundle_days' is 400, beyond root_days 365" \
+	'update_signers = c1.pub' 'update_threshold = 1' 'root_days = 365' 'bundle_days = 400'
+refused "a bad manifest key file is refused, naming the key" "config key 'manifest_keys': garbage.pub is not a PEM public key" \
+	'update_signers = c1.pub' 'update_threshold = 1' 'manifest_keys = garbage.pub'
+refused "a bad peer key file is refused, naming the key" "config key 'peer_keys': cannot open nosuch.pub" \
+	'update_signers = c1.pub' 'update_threshold = 1' 'peer_keys = nosuch.pub'
+
+bconf bundle.conf "$T/outb" 'update_signers = c1.pub, c2.pub' 'update_threshold = 2' 'bundle_days = 30' 'manifest_keys = m.pub'
+check "ceremony with two update signers" bash -c "'$NHICTL' ceremony --config bundle.conf --pin-file user.pin >cerb.out"
+check "it counts 10 steps, the bundle being step 8" bash -c "grep -q '^\[8/10\] trust bundle v1 for 2 update signer(s), threshold 2, valid 30 days' cerb.out && grep -q '^\[10/10\] wrote 6 files' cerb.out && ! grep -q '/9\]' cerb.out"
+check "it writes trust-bundle-v1.json" test -s outb/trust-bundle-v1.json
+PIN=$(sed -n 's/^ *fingerprint (the pin) \([0-9a-f]\{64\}\)$/\1/p' cerb.out)
+check "the printed pin equals 'nhictl bundle fingerprint'" bash -c "[ -n '$PIN' ] && [ \"\$('$NHICTL' bundle fingerprint outb/trust-bundle-v1.json)\" = '$PIN' ] && grep -A1 '^Trust bundle v1 fingerprint' cerb.out | grep -qx '  $PIN'"
+check "transcript verifies offline" "$NHICTL" ceremony verify outb/transcript.jsonl --ca outb/ca.crt
+# kids computed here from the PEM files (RFC 7638), independently of nhictl
+python3 - outb c1.pub c2.pub m.pub >bundle-check.out 2>&1 <<'PY'
+import base64, hashlib, json, subprocess, sys
+out, pubs = sys.argv[1], sys.argv[2:]
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+def kid(path):
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", path, "-outform", "DER"], capture_output=True, check=True).stdout
+    pt = der[-65:]; assert pt[0] == 4
+    jwk = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (b64(pt[1:33]), b64(pt[33:]))
+    return b64(hashlib.sha256(jwk.encode()).digest())
+doc = json.load(open(out + "/trust-bundle-v1.json"))
+raw = doc["payload"]; payload = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)); p = json.loads(payload)
+recs = [json.loads(l) for l in open(out + "/transcript.jsonl")]
+b = [r for r in recs if r["type"] == "bundle"]
+assert len(b) == 1, "one bundle record"
+b = b[0]
+signers = [kid(pubs[0]), kid(pubs[1])]
+assert doc["signatures"] == [], "unsigned"
+assert p["version"] == 1 and p["threshold"] == 2, p
+assert [s["kid"] for s in p["update_signers"]] == signers, "signers in the bundle"
+assert [s["kid"] for s in p["manifest_keys"]] == [kid(pubs[2])] and p["peer_keys"] == [], "manifest/peer keys"
+assert p["ca_certs"] == [open(out + "/ca.crt").read()], "the root certificate"
+assert p["jwks"] == json.load(open(out + "/jwks.json")), "the JWKS"
+assert b["fingerprint"] == hashlib.sha256(payload).hexdigest(), "fingerprint = SHA-256 of the payload"
+assert b["sha256"] == hashlib.sha256(open(out + "/trust-bundle-v1.json", "rb").read()).hexdigest(), "file hash"
+assert b["version"] == 1 and b["threshold"] == 2 and b["update_signers"] == signers, b
+assert b["manifest_keys"] == [kid(pubs[2])] and b["peer_keys"] == [], b
+assert b["expires_at"] == p["expires_at"], "expiry"
+print(b["fingerprint"])
+PY
+check "the bundle holds ca.crt, jwks.json, the signers (RFC 7638 kids), threshold 2 and the manifest key, unsigned" \
+	bash -c "[ \"\$(tail -1 bundle-check.out)\" = '$PIN' ] || { cat bundle-check.out; false; }"
+check "the transcript's bundle record carries the pin, version, threshold and signer kids" \
+	bash -c "grep '\"type\":\"bundle\"' outb/transcript.jsonl | grep -q '\"fingerprint\":\"$PIN\",\"version\":1,.*\"threshold\":2'"
+check "the bundle expires in bundle_days (30)" bash -c "exp=\$(grep -o '\"expires_at\":[0-9]*' outb/transcript.jsonl | cut -d: -f2); now=\$(date +%s); [ \$((exp - now)) -gt \$((30 * 86400 - 300)) ] && [ \$((exp - now)) -le \$((30 * 86400)) ]"
+check "a tampered bundle record fails transcript verification" bash -c "sed 's/\"threshold\":2,\"update_signers\"/\"threshold\":1,\"update_signers\"/' outb/transcript.jsonl >tb.jsonl && ! cmp -s tb.jsonl outb/transcript.jsonl && ! '$NHICTL' ceremony verify tb.jsonl --ca outb/ca.crt"
+check_fails "the unsigned bundle is refused by bundle verify" "self_threshold" "$NHICTL" bundle verify --pin "$PIN" outb/trust-bundle-v1.json
+cp outb/trust-bundle-v1.json b1.json
+check "custodian 1 signs the bundle offline" "$NHICTL" bundle sign --token cust1 --key signer --pin-file c1.pin b1.json
+check "signing leaves the pin unchanged" bash -c "[ \"\$('$NHICTL' bundle fingerprint b1.json)\" = '$PIN' ]"
+check_fails "with one signature of two, bundle verify refuses (threshold)" "1 valid signature(s) by its own update signers, 2 required" \
+	"$NHICTL" bundle verify --pin "$PIN" b1.json
+mkdir -m 700 st
+check_fails "with one signature of two, update init refuses" "self_threshold" \
+	"$NHICTL" update init --state-dir st --bundle b1.json --pin "$PIN"
+check "custodian 2 signs the bundle offline" "$NHICTL" bundle sign --token cust2 --key signer --pin-file c2.pin b1.json
+check "bundle verify with the printed pin accepts it" "$NHICTL" bundle verify --pin "$PIN" b1.json
+check_fails "bundle verify with another pin refuses it" "(pin)" "$NHICTL" bundle verify --pin "$(printf '%064d' 0)" b1.json
+check_fails "update init with another pin refuses it" "(pin)" "$NHICTL" update init --state-dir st --bundle b1.json --pin "$(printf '%064d' 0)"
+check "update init installs it with the printed pin" "$NHICTL" update init --state-dir st --bundle b1.json --pin "$PIN"
+check "the installed bundle is the signed one, byte for byte" cmp st/trust-bundle.json b1.json
+check_fails "a second ceremony on the bundle token refuses before touching the bundle" "already holds key(s) nhid-root" \
+	"$NHICTL" ceremony --config bundle.conf --pin-file user.pin
+check "the refused second ceremony left the bundle and transcript intact" \
+	bash -c "'$NHICTL' ceremony verify outb/transcript.jsonl --ca outb/ca.crt && [ \"\$('$NHICTL' bundle fingerprint outb/trust-bundle-v1.json)\" = '$PIN' ]"
+
+# a failure after the keys were made rolls the bundle run back too
+pinfile so3.pin 2718-2818
+"$NHICTL" hsm-init --label cerc --so-pin-file so3.pin --pin-file user.pin >/dev/null
+TOKEN=cerc PROFILES=$T/noserver.cnf conf rbb.conf "$T/outc" 'update_signers = c1.pub' 'update_threshold = 1'
+check_fails "a bundle ceremony failing at the server certificate stops with a clear error" "nhi_profile_server" \
+	"$NHICTL" ceremony --config rbb.conf --pin-file user.pin
+check "... destroyed its keys and wrote no files (no trust bundle)" bash -c "! objects cerc | grep -q nhid- && [ -z \"\$(ls -A outc 2>/dev/null)\" ]"
 finish

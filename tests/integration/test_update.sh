@@ -32,6 +32,11 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.
 echo '{"keys":[]}' >jwks.json
 
 # --- trust bundle v1 (signers 1,2,3; threshold 2; manifest key = custodian 4) ---
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:secp256k1 2>/dev/null | openssl pkey -pubout -out k1.pub
+check_fails "a secp256k1 signer key (256 bits, not P-256) is refused, naming the file" "k1.pub is not an EC P-256 key" \
+	"$NHICTL" bundle create --version 1 --expires-at $((NOW + DAY)) --ca ca.crt --jwks jwks.json --signer c1.pub \
+	--signer k1.pub --threshold 1 -o k1-bundle.json
+check "... and writes nothing" test ! -e k1-bundle.json
 check "bundle create v1" "$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca ca.crt \
 	--jwks jwks.json --signer c1.pub --signer c2.pub --signer c3.pub --threshold 2 --manifest-key c4.pub -o b1.json
 PIN=$("$NHICTL" bundle fingerprint b1.json)

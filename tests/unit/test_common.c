@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +262,58 @@ static nhi_err collect(void *ctx, const char *key, const char *val)
 	return NHI_OK;
 }
 
+/* the curve is checked by name: secp256k1 is 256 bits too and must not pass as P-256 */
+static void test_p256_only(void **state)
+{
+	EVP_PKEY *p256 = EVP_EC_gen("P-256"), *k1 = EVP_EC_gen("secp256k1"), *p384 = EVP_EC_gen("P-384"), *pk = NULL;
+	uint8_t raw[65], sig[64] = {0};
+	size_t n = 0;
+	char path[] = "/tmp/nhi-pem-XXXXXX";
+	int fd;
+	FILE *f;
+
+	(void)state;
+	assert_non_null(p256);
+	assert_non_null(k1);
+	assert_non_null(p384);
+	assert_true(nhi_pkey_is_p256(p256));
+	assert_false(nhi_pkey_is_p256(k1));
+	assert_false(nhi_pkey_is_p256(p384));
+	assert_false(nhi_pkey_is_p256(NULL));
+	assert_int_equal(nhi_pkey_raw(p256, raw, &n), NHI_OK);
+	assert_int_equal(n, 65);
+	assert_int_equal(nhi_pkey_raw(k1, raw, &n), NHI_ERR_ARG);
+	/* a signature of zeros never verifies, and the OpenSSL queue is left clean */
+	assert_int_equal(nhi_pkey_es256_verify(p256, (const uint8_t *)"m", 1, sig), NHI_ERR_VERIFY);
+	/* the shared PEM reader: P-256 accepted, secp256k1 refused naming the file */
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	assert_non_null(f);
+	assert_int_equal(PEM_write_PUBKEY(f, k1), 1);
+	fclose(f);
+	assert_int_equal(nhi_pkey_load_pem_p256(path, &pk), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "not an EC P-256 key"));
+	assert_non_null(strstr(nhi_err_detail(), path));
+	f = fopen(path, "w");
+	assert_non_null(f);
+	assert_int_equal(PEM_write_PUBKEY(f, p256), 1);
+	fclose(f);
+	assert_int_equal(nhi_pkey_load_pem_p256(path, &pk), NHI_OK);
+	assert_int_equal(EVP_PKEY_eq(pk, p256), 1);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("not a key\n", f);
+	fclose(f);
+	EVP_PKEY_free(pk);
+	assert_int_equal(nhi_pkey_load_pem_p256(path, &pk), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "is not a PEM public key"));
+	unlink(path);
+	EVP_PKEY_free(p256);
+	EVP_PKEY_free(k1);
+	EVP_PKEY_free(p384);
+}
+
 static void test_conf_reader(void **state)
 {
 	static const char *const keys[] = {"a", "b"};
@@ -311,7 +364,7 @@ int main(void)
 		cmocka_unit_test(test_buffers_and_secret_memory), cmocka_unit_test(test_secret_files),
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
-		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
 	};
 
 	return cmocka_run_group_tests_name("common", tests, setup, teardown);
