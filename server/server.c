@@ -167,29 +167,69 @@ out:
 	return rv;
 }
 
+uint64_t nhi_server_backup_high_water(const struct nhi_server *s)
+{
+	char path[600];
+	struct nhi_buf hw = {0};
+	uint64_t v = 0;
+
+	snprintf(path, sizeof(path), "%s/backup.serial", s->cfg.state_dir);
+	if (nhi_file_read(path, 32, &hw) == NHI_OK)
+		v = strtoull((const char *)hw.data, NULL, 10);
+	nhi_buf_free(&hw);
+	nhi_err_clear();
+	return v;
+}
+
+/*
+ * The identity backup to load: the config's `backup`, or the body of the last applied
+ * identity-backup package when that one's serial is higher (an operator may still
+ * drop a newer file at `backup` and reload). Without an applied package the file is
+ * the only candidate and is not read twice.
+ */
+static void backup_source(struct nhi_server *s, char *path, size_t n, const char **source)
+{
+	struct nhi_update_state st;
+	struct nhi_backup_info fi, ui;
+	char body[4096];
+
+	snprintf(path, n, "%s", s->cfg.backup);
+	*source = "config";
+	if (nhi_update_state_load(s->cfg.state_dir, &st) != NHI_OK || st.version[NHI_UPDATE_IDENTITY_BACKUP] == 0 ||
+	    nhi_update_state_body_path(s->cfg.state_dir, &st, NHI_UPDATE_IDENTITY_BACKUP, body, sizeof(body)) != NHI_OK ||
+	    nhi_backup_inspect_file(body, &ui) != NHI_OK) {
+		nhi_err_clear();
+		return;
+	}
+	if (nhi_backup_inspect_file(s->cfg.backup, &fi) != NHI_OK || ui.serial > fi.serial) {
+		snprintf(path, n, "%s", body);
+		*source = "update";
+	}
+	nhi_err_clear();
+}
+
 static nhi_err load_backup(struct nhi_server *s, const char *who, bool startup)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_store_import_result res;
 	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
-	char serial_path[600], buf[32];
-	struct nhi_buf hw = {0};
+	char serial_path[600], buf[32], path[4096];
+	const char *source = "config";
 
 	/* rollback protection across restarts: the highest serial ever loaded */
 	snprintf(serial_path, sizeof(serial_path), "%s/backup.serial", s->cfg.state_dir);
-	if (nhi_file_read(serial_path, 32, &hw) == NHI_OK)
-		o.min_serial = strtoull((const char *)hw.data, NULL, 10);
-	nhi_err_clear();
-	rv = nhi_store_import_file(s->store, s->hsm, s->cfg.backup, &o, &res);
+	o.min_serial = nhi_server_backup_high_water(s);
+	backup_source(s, path, sizeof(path), &source);
+	rv = nhi_store_import_file(s->store, s->hsm, path, &o, &res);
 	if (rv != NHI_OK) {
 		char detail[NHI_ERR_DETAIL_MAX];
 
 		snprintf(detail, sizeof(detail), "%s", nhi_err_detail());
 		if (nhi_server_audit(s, "backup_import_failed",
-				     json_pack("{s:s, s:s, s:s}", "by", who, "file", s->cfg.backup, "reason", detail)) !=
-		    NHI_OK)
+				     json_pack("{s:s, s:s, s:s, s:s}", "by", who, "file", path, "source", source, "reason",
+					       detail)) != NHI_OK)
 			fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
-		nhi_err_set(rv, "identity backup %s: %s%s", s->cfg.backup, detail,
+		nhi_err_set(rv, "identity backup %s: %s%s", path, detail,
 			    startup ? "" : " (the loaded identities stay in service)");
 		goto out;
 	}
@@ -197,12 +237,11 @@ static nhi_err load_backup(struct nhi_server *s, const char *who, bool startup)
 	if (res.info.serial > o.min_serial)
 		NHI_TRY(nhi_file_write_atomic(serial_path, buf, strlen(buf), 0600));
 	NHI_TRY(nhi_server_audit(s, "backup_loaded",
-				 json_pack("{s:s, s:s, s:I, s:I, s:f}", "by", who, "file", s->cfg.backup, "serial",
-					   (json_int_t)res.info.serial, "agents", (json_int_t)res.info.record_count,
+				 json_pack("{s:s, s:s, s:s, s:I, s:I, s:f}", "by", who, "file", path, "source", source,
+					   "serial", (json_int_t)res.info.serial, "agents", (json_int_t)res.info.record_count,
 					   "seconds", res.total_s)));
 	rv = NHI_OK;
 out:
-	nhi_buf_free(&hw);
 	return rv;
 }
 

@@ -271,6 +271,9 @@ nhi_err nhi_api_parse_manifest_req(const char *body, size_t len, size_t max_byte
 				   struct nhi_api_manifest_req *out) NHI_MUST_CHECK;
 void nhi_api_manifest_req_free(struct nhi_api_manifest_req *r);
 
+/* The highest identity-backup serial ever loaded (state_dir/backup.serial; 0: none). */
+uint64_t nhi_server_backup_high_water(const struct nhi_server *s);
+
 /* Name of a network filesystem for a statfs f_type, NULL for a local one (config.c). */
 const char *nhi_server_network_fs_name(long type);
 

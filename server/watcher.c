@@ -33,7 +33,7 @@
 
 #define KINDS_ACCEPTED                                                                                             \
 	((1u << NHI_UPDATE_CERT_ROTATION) | (1u << NHI_UPDATE_TRUST_BUNDLE) | (1u << NHI_UPDATE_REVOCATION) |          \
-	 (1u << NHI_UPDATE_MODEL_MANIFEST))
+	 (1u << NHI_UPDATE_MODEL_MANIFEST) | (1u << NHI_UPDATE_IDENTITY_BACKUP))
 
 /* what prepare made for the package being applied; taken into service or dropped */
 struct staged {
@@ -506,6 +506,43 @@ out:
 	return rv;
 }
 
+/* ---- identity-backup body -------------------------------------------------------------- */
+
+/*
+ * The body is an identity backup (docs/identity.md). Before the commit it is fully
+ * imported into a scratch store: signature by backup_sign_key, data key unwrapped
+ * and decrypted in the token, integrity, schema, and a serial at or above every
+ * backup loaded so far. The package version must be the backup's serial, so the
+ * update rollback rule and the backup's agree. After the commit nhid re-imports it
+ * into service (nhi_server_reload picks the newest of `backup` and this body).
+ */
+static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_update_info *info, const uint8_t *body,
+				       size_t len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_backup_info bi;
+	struct nhi_store *scratch = NULL;
+	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
+
+	rv = nhi_backup_inspect(body, len, &bi);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "identity-backup: the body is not an identity backup");
+		goto out;
+	}
+	NHI_CHECK(bi.serial == info->version, NHI_ERR_FORMAT,
+		  "identity-backup: the package version (%llu) must be the backup's serial (%llu): make the package "
+		  "with --version %llu",
+		  (unsigned long long)info->version, (unsigned long long)bi.serial, (unsigned long long)bi.serial);
+	o.min_serial = nhi_server_backup_high_water(s);
+	NHI_TRY(nhi_store_new(&scratch));
+	rv = nhi_store_import(scratch, s->hsm, body, len, &o, NULL);
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "identity-backup: serial %llu", (unsigned long long)bi.serial);
+out:
+	nhi_store_free(scratch);
+	return rv;
+}
+
 /* ---- taking committed changes into service ---------------------------------------- */
 
 static void trust_swap(struct nhi_server *s, struct nhi_trust *t)
@@ -572,6 +609,9 @@ static nhi_err prepare_cb(void *arg, const struct nhi_update_info *info, const u
 	case NHI_UPDATE_CERT_ROTATION:
 		NHI_TRY(prepare_rotation(s, body, len, st));
 		break;
+	case NHI_UPDATE_IDENTITY_BACKUP:
+		NHI_TRY(prepare_identity_backup(s, info, body, len));
+		break;
 	case NHI_UPDATE_TRUST_BUNDLE:   /* verified as the next bundle by the library */
 	case NHI_UPDATE_MODEL_MANIFEST: /* stored for the inference component */
 		break;
@@ -624,6 +664,15 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 			} else if (in->kind == NHI_UPDATE_CERT_ROTATION && rotation_activate(s, st) != NHI_OK) {
 				fprintf(stderr, "nhid: cert-rotation committed but not taken into service: %s (restart nhid)\n",
 					nhi_err_detail());
+			} else if (in->kind == NHI_UPDATE_IDENTITY_BACKUP) {
+				char who[NHI_UPDATE_ID_BUF + 16];
+
+				/* the committed body is now the newest backup: a reload takes it */
+				snprintf(who, sizeof(who), "update %s", in->id);
+				if (nhi_server_reload(s, who) != NHI_OK)
+					fprintf(stderr, "nhid: identity-backup committed but not loaded: %s (reload or restart "
+							"nhid)\n",
+						nhi_err_detail());
 			}
 		}
 		if (in->kind == NHI_UPDATE_TRUST_BUNDLE)
