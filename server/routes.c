@@ -334,7 +334,7 @@ static void h_tokens(struct ctx *c)
 	tr.n_roles = a->n_roles;
 	tr.cert_sha256 = c->conn->cert_sha256;
 	tr.ttl_s = q.ttl_s;
-	if (nhi_token_issue(c->s->issuer, &tr, &tok, &info) != NHI_OK) {
+	if (nhi_token_issue(nhi_trust_issuer(c->trust, (int64_t)time(NULL)), &tr, &tok, &info) != NHI_OK) {
 		fprintf(stderr, "nhid: token issue failed: %s\n", nhi_err_detail());
 		reply_error(c, 500, "internal", "token signing failed");
 		goto out;

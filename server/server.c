@@ -288,29 +288,6 @@ out:
 	return rv;
 }
 
-static nhi_err build_issuer(struct nhi_server *s)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_token_issuer_cfg ic;
-	const char *retired[NHI_SERVER_LIST_MAX];
-	size_t i;
-
-	for (i = 1; i < s->cfg.n_token_keys; i++)
-		retired[i - 1] = s->cfg.token_keys[i];
-	nhi_token_issuer_cfg_init(&ic);
-	ic.hsm = s->hsm;
-	ic.signing_key = s->cfg.token_keys[0];
-	ic.retired_keys = retired;
-	ic.n_retired_keys = s->cfg.n_token_keys - 1;
-	ic.issuer = s->cfg.issuer;
-	ic.ttl_default_s = s->cfg.token_ttl_default_s;
-	ic.ttl_max_s = s->cfg.token_ttl_max_s;
-	NHI_TRY(nhi_token_issuer_new(&ic, &s->issuer));
-	rv = NHI_OK;
-out:
-	return rv;
-}
-
 nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config_digest[32], struct nhi_server **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -350,7 +327,6 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 							 "threads", (int)cfg->threads)));
 	NHI_TRY(nhi_store_new(&s->store));
 	NHI_TRY(load_backup(s, "startup", true));
-	NHI_TRY(build_issuer(s));
 	NHI_TRY(nhi_signing_load(s));
 	/* trust bundle, revocations and a rotated TLS identity committed in state_dir */
 	NHI_TRY(nhi_watcher_load(s));
@@ -464,7 +440,6 @@ void nhi_server_free(struct nhi_server *s)
 	nhi_buf_free(&s->tls_chain);
 	nhi_trust_put(s->trust);
 	nhi_bundle_free(s->bundle);
-	nhi_token_issuer_free(s->issuer);
 	nhi_signing_free(s);
 	nhi_store_free(s->store);
 	nhi_audit_free(s->audit);

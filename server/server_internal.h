@@ -88,8 +88,25 @@ void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
  * once built and refcounted, so that the watcher swaps in a new one while workers
  * finish with the old (nhi_server_trust_get / nhi_trust_put).
  */
+/*
+ * The token-signing keys in service: every label is trusted and published in the
+ * JWKS; `signing` signs, except that `previous` (when set) still signs while
+ * now < sign_after, so that relying parties fetch the new kid before it is used.
+ * From config token_keys ([0] signs), or from the last applied token-keys package.
+ */
+struct nhi_token_keys {
+	char labels[NHI_SERVER_LIST_MAX][65];
+	size_t n;
+	char signing[65];
+	char previous[65]; /* "" : none */
+	int64_t sign_after;
+};
+
 struct nhi_trust {
 	atomic_uint refs;
+	struct nhi_token_issuer *issuer;        /* signs with token_keys.signing */
+	struct nhi_token_issuer *issuer_before; /* signs with token_keys.previous until sign_after; may be NULL */
+	int64_t sign_after;
 	struct nhi_token_verifier *verifier;
 	struct nhi_buf jwks;         /* the issuer's keys minus revoked kids */
 	uint64_t revocation_version; /* 0: no revocation package applied */
@@ -107,16 +124,20 @@ void nhi_trust_put(struct nhi_trust *t);
 /* Parse-only checks of update bodies (watcher.c), for tests/fuzz/update_body.c. */
 nhi_err nhi_revocation_body_check(const uint8_t *body, size_t len) NHI_MUST_CHECK;
 nhi_err nhi_rotation_body_check(const uint8_t *body, size_t len) NHI_MUST_CHECK;
+nhi_err nhi_token_keys_body_check(const uint8_t *body, size_t len) NHI_MUST_CHECK;
+/* The issuer that signs now: issuer_before until sign_after, then issuer. */
+struct nhi_token_issuer *nhi_trust_issuer(const struct nhi_trust *t, int64_t now);
 bool nhi_trust_agent_revoked(const struct nhi_trust *t, const char *agent_id);
 bool nhi_trust_cert_revoked(const struct nhi_trust *t, const uint8_t sha256[32]);
 /*
- * Build a trust from the issuer's JWKS and a revocation body (NULL: none):
- * {"agents":[id..], "cert_sha256":[hex..], "kids":[kid..]}, every member optional,
- * no other. Revoking the current signing key's kid is refused (rotate token_keys
- * first). Detail names the bad entry.
+ * Build a trust from the token keys `tk` (issuers found in the token, their JWKS) and
+ * a revocation body (NULL: none): {"agents":[id..], "cert_sha256":[hex..],
+ * "kids":[kid..]}, every member optional, no other. Revoking the kid of a key that
+ * signs (or will, or still does until sign_after) is refused: rotate first. Detail
+ * names the bad entry.
  */
-nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *revocation, size_t len, uint64_t version,
-			struct nhi_trust **out) NHI_MUST_CHECK;
+nhi_err nhi_trust_build(struct nhi_server *s, const struct nhi_token_keys *tk, const uint8_t *revocation, size_t len,
+			uint64_t version, struct nhi_trust **out) NHI_MUST_CHECK;
 
 /*
  * Startup, after TLS key and tokens: when updates_dir is set, load the trust bundle
@@ -192,7 +213,7 @@ struct nhi_server {
 	struct nhi_hsm_key **old_tls_keys;
 	size_t n_old_tls_keys;
 	struct nhi_store *store;
-	struct nhi_token_issuer *issuer;
+	struct nhi_token_keys token_keys; /* written at startup and by the scan thread only */
 	struct nhi_sign_key *sign_keys; /* cfg.sign_keys, found in the token */
 	size_t n_sign_keys;
 	struct nhi_audit *audit;

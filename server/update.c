@@ -459,7 +459,7 @@ out:
 /* ---- update packages -------------------------------------------------------------- */
 
 static const char *const kind_names[NHI_UPDATE_KIND__COUNT] = {
-	"cert-rotation", "trust-bundle", "revocation", "identity-backup", "model-manifest",
+	"cert-rotation", "trust-bundle", "revocation", "identity-backup", "model-manifest", "token-keys",
 };
 
 const char *nhi_update_kind_name(enum nhi_update_kind k)

@@ -164,6 +164,7 @@ enum nhi_update_kind {
 	NHI_UPDATE_REVOCATION,        /* "revocation" */
 	NHI_UPDATE_IDENTITY_BACKUP,   /* "identity-backup" */
 	NHI_UPDATE_MODEL_MANIFEST,    /* "model-manifest" */
+	NHI_UPDATE_TOKEN_KEYS,        /* "token-keys": the token-signing keys (rotation) */
 	NHI_UPDATE_KIND__COUNT
 };
 #define NHI_UPDATE_KINDS_ALL ((1u << NHI_UPDATE_KIND__COUNT) - 1)

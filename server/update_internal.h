@@ -1,5 +1,5 @@
 /*
- * server/update_internal.h — what update.c, bundle.c and manifest.c share: the
+ * server/update_internal.h — what update.c, bundle.c, manifest.c and watcher.c share: the
  * parsed signed envelope, strict JSON helpers and the P-256 JWK reader.
  */
 #ifndef NHI_UPDATE_INTERNAL_H

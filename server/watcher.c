@@ -18,12 +18,14 @@
  *   model-manifest stored only.   identity-backup: not accepted by nhid yet.
  */
 #include "server_internal.h"
+#include "update_internal.h"
 #include "../common/pkey.h"
 
 #include <errno.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -33,7 +35,7 @@
 
 #define KINDS_ACCEPTED                                                                                             \
 	((1u << NHI_UPDATE_CERT_ROTATION) | (1u << NHI_UPDATE_TRUST_BUNDLE) | (1u << NHI_UPDATE_REVOCATION) |          \
-	 (1u << NHI_UPDATE_MODEL_MANIFEST) | (1u << NHI_UPDATE_IDENTITY_BACKUP))
+	 (1u << NHI_UPDATE_MODEL_MANIFEST) | (1u << NHI_UPDATE_IDENTITY_BACKUP) | (1u << NHI_UPDATE_TOKEN_KEYS))
 
 /* what prepare made for the package being applied; taken into service or dropped */
 struct staged {
@@ -48,6 +50,10 @@ struct staged {
 	struct nhi_buf chain;
 	char label[65];
 	char cert_sha256[65];
+	struct nhi_token_keys tk;                         /* token-keys */
+	struct nhi_hsm_key *tk_keys[NHI_SERVER_LIST_MAX]; /* unwrapped by this attempt */
+	bool tk_created[NHI_SERVER_LIST_MAX];
+	size_t n_tk_keys;
 };
 
 struct nhi_watcher {
@@ -60,6 +66,9 @@ struct nhi_watcher {
 	bool bundle_changed;
 	char last_failure[NHI_ERR_DETAIL_MAX]; /* a failure repeated every scan is audited once */
 };
+
+static nhi_err committed_body(const char *state_dir, const struct nhi_update_state *st, enum nhi_update_kind k,
+			      struct nhi_buf *out);
 
 /* ---- trust ------------------------------------------------------------------------- */
 
@@ -82,6 +91,8 @@ void nhi_trust_put(struct nhi_trust *t)
 	if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1)
 		return;
 	nhi_token_verifier_free(t->verifier);
+	nhi_token_issuer_free(t->issuer);
+	nhi_token_issuer_free(t->issuer_before);
 	nhi_buf_free(&t->jwks);
 	for (i = 0; i < t->n_agents; i++)
 		free(t->agents[i]);
@@ -91,6 +102,11 @@ void nhi_trust_put(struct nhi_trust *t)
 		free(t->kids[i]);
 	free(t->kids);
 	free(t);
+}
+
+struct nhi_token_issuer *nhi_trust_issuer(const struct nhi_trust *t, int64_t now)
+{
+	return t->issuer_before != NULL && now < t->sign_after ? t->issuer_before : t->issuer;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -158,7 +174,7 @@ out:
 }
 
 /* the issuer's JWKS without the revoked kids */
-static nhi_err filtered_jwks(struct nhi_server *s, const struct nhi_trust *t, struct nhi_buf *out)
+static nhi_err filtered_jwks(const struct nhi_trust *t, struct nhi_buf *out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf all = {0};
@@ -166,7 +182,7 @@ static nhi_err filtered_jwks(struct nhi_server *s, const struct nhi_trust *t, st
 	char *text = NULL;
 	size_t i;
 
-	NHI_TRY(nhi_token_issuer_jwks(s->issuer, &all));
+	NHI_TRY(nhi_token_issuer_jwks(t->issuer, &all));
 	j = json_loadb((const char *)all.data, all.len, JSON_REJECT_DUPLICATES, NULL);
 	keys = json_object_get(j, "keys");
 	kept = json_array();
@@ -258,7 +274,34 @@ nhi_err nhi_revocation_body_check(const uint8_t *body, size_t len)
 	return rv;
 }
 
-nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, uint64_t version, struct nhi_trust **out)
+/* an issuer signing with `signing`, every other key of tk published and trusted */
+static nhi_err issuer_for(struct nhi_server *s, const struct nhi_token_keys *tk, const char *signing,
+			  struct nhi_token_issuer **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_token_issuer_cfg ic;
+	const char *others[NHI_SERVER_LIST_MAX];
+	size_t i, n = 0;
+
+	for (i = 0; i < tk->n; i++)
+		if (strcmp(tk->labels[i], signing) != 0)
+			others[n++] = tk->labels[i];
+	nhi_token_issuer_cfg_init(&ic);
+	ic.hsm = s->hsm;
+	ic.signing_key = signing;
+	ic.retired_keys = others;
+	ic.n_retired_keys = n;
+	ic.issuer = s->cfg.issuer;
+	ic.ttl_default_s = s->cfg.token_ttl_default_s;
+	ic.ttl_max_s = s->cfg.token_ttl_max_s;
+	rv = nhi_token_issuer_new(&ic, out);
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "token-signing keys (signing with '%s')", signing);
+	return rv;
+}
+
+nhi_err nhi_trust_build(struct nhi_server *s, const struct nhi_token_keys *tk, const uint8_t *rev, size_t len,
+			uint64_t version, struct nhi_trust **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_trust *t = NULL;
@@ -271,15 +314,24 @@ nhi_err nhi_trust_build(struct nhi_server *s, const uint8_t *rev, size_t len, ui
 	NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
 	atomic_init(&t->refs, 1);
 	t->revocation_version = version;
+	NHI_TRY(issuer_for(s, tk, tk->signing, &t->issuer));
+	if (tk->previous[0] != '\0') {
+		NHI_TRY(issuer_for(s, tk, tk->previous, &t->issuer_before));
+		t->sign_after = tk->sign_after;
+	}
 	if (rev != NULL) {
 		NHI_TRY(revocation_parse(rev, len, t));
-		/* the key that signs every new token cannot stop verifying them */
-		NHI_CHECK(!kid_revoked(t, nhi_token_issuer_kid(s->issuer)), NHI_ERR_DENIED,
-			  "revocation names kid %s, the current token signing key '%s': rotate token_keys first, then "
+		/* a key that signs new tokens cannot stop verifying them */
+		NHI_CHECK(!kid_revoked(t, nhi_token_issuer_kid(t->issuer)), NHI_ERR_DENIED,
+			  "revocation names kid %s, the token signing key '%s': rotate the token keys first, then "
 			  "revoke it",
-			  nhi_token_issuer_kid(s->issuer), s->cfg.token_keys[0]);
+			  nhi_token_issuer_kid(t->issuer), tk->signing);
+		NHI_CHECK(t->issuer_before == NULL || !kid_revoked(t, nhi_token_issuer_kid(t->issuer_before)),
+			  NHI_ERR_DENIED,
+			  "revocation names kid %s, of '%s', which signs tokens until sign_after: revoke it after that",
+			  nhi_token_issuer_kid(t->issuer_before), tk->previous);
 	}
-	NHI_TRY(filtered_jwks(s, t, &t->jwks));
+	NHI_TRY(filtered_jwks(t, &t->jwks));
 	for (i = 0; i < s->cfg.n_audiences; i++)
 		auds[i] = s->cfg.audiences[i];
 	nhi_token_verify_cfg_init(&vc);
@@ -388,21 +440,81 @@ out:
 	return rv;
 }
 
-/* the private key in the token signs; the certificate's public key verifies */
-static nhi_err key_matches(struct nhi_server *s, const struct nhi_hsm_key *key, X509 *leaf)
+/* the private key in the token signs; the public key the package gives verifies */
+static nhi_err key_matches(struct nhi_server *s, const struct nhi_hsm_key *key, EVP_PKEY *pub, const char *what)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	static const uint8_t msg[] = "nhid cert-rotation: proof that the unwrapped key is the certificate's";
+	static const uint8_t msg[] = "nhid rotation: proof that the unwrapped key is the package's";
 	uint8_t sig[64];
 	size_t sig_len = 0;
 
 	NHI_TRY(nhi_hsm_sign(s->hsm, key, msg, sizeof(msg) - 1, sig, &sig_len));
 	NHI_CHECK(sig_len == 64, NHI_ERR_CRYPTO, "unexpected signature length %zu", sig_len);
-	NHI_CHECK(nhi_pkey_es256_verify(X509_get0_pubkey(leaf), msg, sizeof(msg) - 1, sig) == NHI_OK, NHI_ERR_VERIFY,
-		  "the wrapped key does not match the certificate's public key: the package pairs a certificate with "
-		  "another key");
+	NHI_CHECK(nhi_pkey_es256_verify(pub, msg, sizeof(msg) - 1, sig) == NHI_OK, NHI_ERR_VERIFY,
+		  "the wrapped key does not match %s: the package pairs it with another key", what);
 	rv = NHI_OK;
 out:
+	return rv;
+}
+
+/*
+ * The private key of `pub` (P-256), wrapped under nhid-wrap (CKM_AES_KEY_WRAP_PAD),
+ * into the token as a sensitive, non-extractable key `label`; then it must sign what
+ * `pub` verifies (comparing public halves would prove nothing: the public object is
+ * made from `pub`). A key already under `label` (an earlier attempt stopped before
+ * the commit) is taken over only if it passes the same check. *created says whether
+ * this call made it (the caller destroys it if the package is not committed).
+ */
+static nhi_err unwrap_p256(struct nhi_server *s, const char *what, const char *label, const char *wrapped_b64,
+			   EVP_PKEY *pub, const char *pub_what, struct nhi_hsm_key **out, bool *created)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_hsm_key *wrap = NULL;
+	struct nhi_buf wrapped = {0};
+	uint8_t point[65], ec_point[67];
+	size_t n = 0;
+
+	*out = NULL;
+	*created = false;
+	NHI_CHECK_SSL(EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof(point),
+						      &n) == 1 &&
+			      n == sizeof(point),
+		      NHI_ERR_FORMAT, "%s: cannot read the public point of %s", what, pub_what);
+	/* CKA_EC_POINT is the DER OCTET STRING of the uncompressed point */
+	ec_point[0] = 0x04;
+	ec_point[1] = sizeof(point);
+	memcpy(ec_point + 2, point, sizeof(point));
+	rv = nhi_b64url_decode(wrapped_b64, strlen(wrapped_b64), &wrapped);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "%s: wrapped_key_b64 (base64url, no padding)", what);
+		goto out;
+	}
+	rv = nhi_hsm_label_exists(s->hsm, label);
+	if (rv == NHI_OK) {
+		NHI_TRY(nhi_hsm_find(s->hsm, label, out));
+	} else {
+		struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_EC_P256, .label = label, .token = true,
+						   .ec_point = ec_point, .ec_point_len = sizeof(ec_point)};
+
+		NHI_TRY(nhi_hsm_find(s->hsm, NHI_SERVER_WRAP_KEY_LABEL, &wrap));
+		rv = nhi_hsm_unwrap(s->hsm, wrap, wrapped.data, wrapped.len, &spec, out);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "%s: unwrapping the new key under '%s'", what, NHI_SERVER_WRAP_KEY_LABEL);
+			goto out;
+		}
+		*created = true;
+	}
+	rv = key_matches(s, *out, pub, pub_what);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "%s%s", what,
+			     *created ? "" : ": a key with this label already exists in the token and is not the package's: "
+					     "choose another label");
+		goto out;
+	}
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&wrapped);
+	nhi_hsm_key_free(wrap);
 	return rv;
 }
 
@@ -414,6 +526,12 @@ static void staged_drop(struct nhi_server *s, struct staged *st)
 	SSL_CTX_free(st->ctx);
 	EVP_PKEY_free(st->pkey);
 	nhi_hsm_key_free(st->key);
+	for (size_t i = 0; i < st->n_tk_keys; i++) {
+		if (st->tk_keys[i] != NULL && st->tk_created[i] && nhi_hsm_destroy(s->hsm, st->tk_keys[i]) != NHI_OK)
+			fprintf(stderr, "nhid: token-keys: could not remove the staged key '%s' from the token: %s\n",
+				nhi_hsm_key_label(st->tk_keys[i]), nhi_err_detail());
+		nhi_hsm_key_free(st->tk_keys[i]);
+	}
 	nhi_trust_put(st->trust);
 	nhi_buf_free(&st->chain);
 	memset(st, 0, sizeof(*st));
@@ -425,18 +543,16 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	struct rotation r;
 	X509 *leaf = NULL;
 	STACK_OF(X509) *rest = NULL;
-	struct nhi_hsm_key *wrap = NULL;
-	struct nhi_buf wrapped = {0};
-	uint8_t point[65], ec_point[67], fp[32];
+	uint8_t fp[32];
 	unsigned char *der = NULL;
-	size_t n = 0, i;
+	size_t i;
 	int der_len;
 
 	NHI_TRY(rotation_parse(body, len, &r));
 	NHI_CHECK(strcmp(r.label, s->tls_label) != 0, NHI_ERR_FORMAT,
 		  "cert-rotation: key_label '%s' is the key in service: give the new key a new label", r.label);
-	for (i = 0; i < s->cfg.n_token_keys; i++)
-		NHI_CHECK(strcmp(r.label, s->cfg.token_keys[i]) != 0, NHI_ERR_FORMAT,
+	for (i = 0; i < s->token_keys.n; i++)
+		NHI_CHECK(strcmp(r.label, s->token_keys.labels[i]) != 0, NHI_ERR_FORMAT,
 			  "cert-rotation: key_label '%s' is a token signing key", r.label);
 	for (i = 0; i < s->cfg.n_sign_keys; i++)
 		NHI_CHECK(strcmp(r.label, s->cfg.sign_keys[i].label) != 0, NHI_ERR_FORMAT,
@@ -448,45 +564,9 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	NHI_TRY(nhi_tls_chain_parse((const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", &leaf, &rest));
 	NHI_CHECK(nhi_pkey_is_p256(X509_get0_pubkey(leaf)), NHI_ERR_FORMAT, "cert-rotation: the new certificate's key must be EC P-256");
 	NHI_TRY(chain_verify(s->cfg.ca_file, leaf, rest));
-	NHI_CHECK_SSL(EVP_PKEY_get_octet_string_param(X509_get0_pubkey(leaf), OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
-						      sizeof(point), &n) == 1 &&
-			      n == sizeof(point),
-		      NHI_ERR_FORMAT, "cert-rotation: cannot read the certificate's public point");
-	/* CKA_EC_POINT is the DER OCTET STRING of the uncompressed point */
-	ec_point[0] = 0x04;
-	ec_point[1] = sizeof(point);
-	memcpy(ec_point + 2, point, sizeof(point));
-	rv = nhi_b64url_decode(r.wrapped_b64, strlen(r.wrapped_b64), &wrapped);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "cert-rotation: wrapped_key_b64 (base64url, no padding)");
-		goto out;
-	}
-	rv = nhi_hsm_label_exists(s->hsm, r.label);
-	if (rv == NHI_OK) {
-		/* an earlier attempt at this package unwrapped it, then stopped before the
-		 * commit: the same key is taken over (key_matches below), anything else refused */
-		NHI_TRY(nhi_hsm_find(s->hsm, r.label, &st->key));
-	} else {
-		struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_EC_P256, .label = r.label, .token = true,
-						   .ec_point = ec_point, .ec_point_len = sizeof(ec_point)};
-
-		NHI_TRY(nhi_hsm_find(s->hsm, NHI_SERVER_WRAP_KEY_LABEL, &wrap));
-		rv = nhi_hsm_unwrap(s->hsm, wrap, wrapped.data, wrapped.len, &spec, &st->key);
-		if (rv != NHI_OK) {
-			nhi_err_wrap(rv, "cert-rotation: unwrapping the new key under '%s'", NHI_SERVER_WRAP_KEY_LABEL);
-			goto out;
-		}
-		st->key_created = true;
-	}
+	NHI_TRY(unwrap_p256(s, "cert-rotation", r.label, r.wrapped_b64, X509_get0_pubkey(leaf),
+			    "the certificate's public key", &st->key, &st->key_created));
 	snprintf(st->label, sizeof(st->label), "%s", r.label);
-	rv = key_matches(s, st->key, leaf);
-	if (rv != NHI_OK) {
-		if (!st->key_created)
-			nhi_err_wrap(rv, "cert-rotation: a key labelled '%s' already exists in the token and is not this "
-					 "certificate's: choose another key_label",
-				     r.label);
-		goto out;
-	}
 	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, st->key, &st->pkey));
 	NHI_TRY(nhi_tls_ctx_new(s, (const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", st->pkey,
 				&st->ctx));
@@ -498,8 +578,6 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	rv = NHI_OK;
 out:
 	OPENSSL_free(der);
-	nhi_buf_free(&wrapped);
-	nhi_hsm_key_free(wrap);
 	X509_free(leaf);
 	sk_X509_pop_free(rest, X509_free);
 	rotation_free(&r);
@@ -540,6 +618,210 @@ static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_up
 		nhi_err_wrap(rv, "identity-backup: serial %llu", (unsigned long long)bi.serial);
 out:
 	nhi_store_free(scratch);
+	return rv;
+}
+
+/* ---- token-keys body ---------------------------------------------------------------------- */
+
+/*
+ * {"keys":[{"label":"nhid-token-1"},
+ *          {"label":"nhid-token-2","wrapped_key_b64":"..","public_key_pem":".."}],
+ *  "signing_key":"nhid-token-2", "previous_signing_key":"nhid-token-1", "sign_after":UNIX}
+ * The whole set in service (a key left out is retired: it no longer verifies); keys
+ * with wrapped_key_b64 are new and unwrapped into the token; the others must be there.
+ * previous_signing_key and sign_after go together: the new key is published at once
+ * and signs from sign_after on. Detail names the bad member.
+ */
+struct tk_entry {
+	const char *wrapped_b64, *pub_pem; /* NULL for a key already in the token */
+};
+struct tk_body {
+	struct nhi_token_keys tk;
+	struct tk_entry e[NHI_SERVER_LIST_MAX];
+	json_t *root;
+};
+
+static bool tk_has(const struct nhi_token_keys *tk, const char *label)
+{
+	size_t i;
+
+	for (i = 0; i < tk->n; i++)
+		if (strcmp(tk->labels[i], label) == 0)
+			return true;
+	return false;
+}
+
+static nhi_err tk_parse(const uint8_t *body, size_t len, struct tk_body *b)
+{
+	static const char *const known[] = {"keys", "signing_key", "previous_signing_key", "sign_after", NULL};
+	static const char *const kknown[] = {"label", "wrapped_key_b64", "public_key_pem", NULL};
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *keys, *k, *v;
+	const char *label;
+	long long after = 0;
+	size_t i, j;
+
+	memset(b, 0, sizeof(*b));
+	NHI_TRY(nhi_json_object(body, len, "token-keys body", &b->root));
+	NHI_TRY(nhi_json_only(b->root, "token-keys", known));
+	keys = json_object_get(b->root, "keys");
+	NHI_CHECK(json_is_array(keys) && json_array_size(keys) >= 1 && json_array_size(keys) <= NHI_SERVER_LIST_MAX,
+		  NHI_ERR_FORMAT, "token-keys: 'keys' must be an array of 1 to %d keys", NHI_SERVER_LIST_MAX);
+	json_array_foreach (keys, i, k) {
+		NHI_CHECK(json_is_object(k), NHI_ERR_FORMAT, "token-keys: keys[%zu] is not an object", i);
+		NHI_TRY(nhi_json_only(k, "token-keys key", kknown));
+		label = json_string_value(json_object_get(k, "label"));
+		NHI_CHECK(label != NULL && valid_label(label), NHI_ERR_FORMAT, "token-keys: keys[%zu].label is not a key label",
+			  i);
+		for (j = 0; j < i; j++)
+			NHI_CHECK(strcmp(b->tk.labels[j], label) != 0, NHI_ERR_FORMAT, "token-keys: key '%s' is listed twice",
+				  label);
+		memcpy(b->tk.labels[i], label, strlen(label) + 1);
+		b->tk.n = i + 1;
+		v = json_object_get(k, "wrapped_key_b64");
+		b->e[i].wrapped_b64 = json_string_value(v);
+		NHI_CHECK(v == NULL || b->e[i].wrapped_b64 != NULL, NHI_ERR_FORMAT,
+			  "token-keys: keys[%zu].wrapped_key_b64 must be a string", i);
+		v = json_object_get(k, "public_key_pem");
+		b->e[i].pub_pem = json_string_value(v);
+		NHI_CHECK(v == NULL || (b->e[i].pub_pem != NULL && json_string_length(v) == strlen(b->e[i].pub_pem)),
+			  NHI_ERR_FORMAT, "token-keys: keys[%zu].public_key_pem must be a string", i);
+		NHI_CHECK((b->e[i].wrapped_b64 == NULL) == (b->e[i].pub_pem == NULL), NHI_ERR_FORMAT,
+			  "token-keys: key '%s': wrapped_key_b64 and public_key_pem go together (a new key) or are both "
+			  "absent (a key already in the token)",
+			  label);
+	}
+	label = json_string_value(json_object_get(b->root, "signing_key"));
+	NHI_CHECK(label != NULL && tk_has(&b->tk, label), NHI_ERR_FORMAT,
+		  "token-keys: 'signing_key' must name one of 'keys'");
+	memcpy(b->tk.signing, label, strlen(label) + 1);
+	v = json_object_get(b->root, "previous_signing_key");
+	NHI_CHECK((v == NULL) == (json_object_get(b->root, "sign_after") == NULL), NHI_ERR_FORMAT,
+		  "token-keys: previous_signing_key and sign_after go together");
+	if (v != NULL) {
+		label = json_string_value(v);
+		NHI_CHECK(label != NULL && tk_has(&b->tk, label) && strcmp(label, b->tk.signing) != 0, NHI_ERR_FORMAT,
+			  "token-keys: 'previous_signing_key' must name another of 'keys'");
+		memcpy(b->tk.previous, label, strlen(label) + 1);
+		NHI_TRY(nhi_json_int(b->root, "token-keys", "sign_after", 0, NHI_UPDATE_TIME_MAX_S, &after));
+		b->tk.sign_after = after;
+	}
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+static void tk_free(struct tk_body *b)
+{
+	json_decref(b->root);
+	memset(b, 0, sizeof(*b));
+}
+
+nhi_err nhi_token_keys_body_check(const uint8_t *body, size_t len)
+{
+	struct tk_body b;
+	nhi_err rv = tk_parse(body, len, &b);
+
+	tk_free(&b);
+	return rv;
+}
+
+/* the token keys in service: the last applied token-keys body, else config token_keys */
+static nhi_err token_keys_load(struct nhi_server *s, const struct nhi_update_state *st)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf body = {0};
+	struct tk_body b = {0};
+	size_t i;
+
+	memset(&s->token_keys, 0, sizeof(s->token_keys));
+	if (st->version[NHI_UPDATE_TOKEN_KEYS] == 0) {
+		for (i = 0; i < s->cfg.n_token_keys; i++)
+			memcpy(s->token_keys.labels[i], s->cfg.token_keys[i], sizeof(s->token_keys.labels[i]));
+		s->token_keys.n = s->cfg.n_token_keys;
+		memcpy(s->token_keys.signing, s->cfg.token_keys[0], sizeof(s->token_keys.signing));
+		return NHI_OK;
+	}
+	NHI_TRY(committed_body(s->cfg.state_dir, st, NHI_UPDATE_TOKEN_KEYS, &body));
+	rv = tk_parse(body.data, body.len, &b);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "the applied token-keys (version %llu)",
+			     (unsigned long long)st->version[NHI_UPDATE_TOKEN_KEYS]);
+		goto out;
+	}
+	s->token_keys = b.tk;
+	rv = NHI_OK;
+out:
+	tk_free(&b);
+	nhi_buf_free(&body);
+	return rv;
+}
+
+/* a token key must be nothing else of nhid's */
+static nhi_err tk_label_free(struct nhi_server *s, const char *label)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	size_t i;
+
+	NHI_CHECK(strcmp(label, s->tls_label) != 0 && strcmp(label, s->cfg.tls_key) != 0 &&
+			  strcmp(label, s->cfg.audit_key) != 0 && strcmp(label, s->cfg.backup_sign_key) != 0 &&
+			  strcmp(label, NHI_SERVER_WRAP_KEY_LABEL) != 0 && strcmp(label, "nhid-root") != 0,
+		  NHI_ERR_FORMAT, "token-keys: '%s' is one of nhid's TLS, audit, root or wrap keys", label);
+	for (i = 0; i < s->cfg.n_sign_keys; i++)
+		NHI_CHECK(strcmp(label, s->cfg.sign_keys[i].label) != 0, NHI_ERR_FORMAT,
+			  "token-keys: '%s' is the signing service's key for purpose %s", label, s->cfg.sign_keys[i].purpose);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+static nhi_err prepare_token_keys(struct nhi_server *s, const uint8_t *body, size_t len, struct staged *st)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct tk_body b;
+	struct nhi_update_state us;
+	struct nhi_buf rev = {0};
+	EVP_PKEY *pub = NULL;
+	BIO *bio = NULL;
+	char what[96];
+	size_t i;
+
+	NHI_TRY(tk_parse(body, len, &b));
+	for (i = 0; i < b.tk.n; i++) {
+		NHI_TRY(tk_label_free(s, b.tk.labels[i]));
+		if (b.e[i].wrapped_b64 == NULL)
+			continue;
+		NHI_CHECK(!tk_has(&s->token_keys, b.tk.labels[i]), NHI_ERR_FORMAT,
+			  "token-keys: '%s' is a token key in service already: a new key needs a new label", b.tk.labels[i]);
+		bio = BIO_new_mem_buf(b.e[i].pub_pem, (int)strlen(b.e[i].pub_pem));
+		pub = bio != NULL ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+		ERR_clear_error();
+		NHI_CHECK(pub != NULL && nhi_pkey_is_p256(pub), NHI_ERR_FORMAT,
+			  "token-keys: key '%s': public_key_pem is not a PEM P-256 public key", b.tk.labels[i]);
+		snprintf(what, sizeof(what), "token-keys: key '%s'", b.tk.labels[i]);
+		rv = unwrap_p256(s, what, b.tk.labels[i], b.e[i].wrapped_b64, pub, "public_key_pem",
+				 &st->tk_keys[st->n_tk_keys], &st->tk_created[st->n_tk_keys]);
+		st->n_tk_keys++;
+		if (rv != NHI_OK)
+			goto out;
+		EVP_PKEY_free(pub);
+		pub = NULL;
+		BIO_free(bio);
+		bio = NULL;
+	}
+	/* the trust as it will be: these keys, the revocation set in force */
+	NHI_TRY(nhi_update_state_load(s->cfg.state_dir, &us));
+	if (us.version[NHI_UPDATE_REVOCATION] > 0)
+		NHI_TRY(committed_body(s->cfg.state_dir, &us, NHI_UPDATE_REVOCATION, &rev));
+	NHI_TRY(nhi_trust_build(s, &b.tk, rev.len ? rev.data : NULL, rev.len, us.version[NHI_UPDATE_REVOCATION],
+				&st->trust));
+	st->tk = b.tk;
+	rv = NHI_OK;
+out:
+	EVP_PKEY_free(pub);
+	BIO_free(bio);
+	nhi_buf_free(&rev);
+	tk_free(&b);
 	return rv;
 }
 
@@ -593,6 +875,25 @@ static nhi_err rotation_activate(struct nhi_server *s, struct staged *st)
 	return rv;
 }
 
+static void audit_or_log(struct nhi_server *s, const char *event, json_t *f);
+
+static void token_keys_activate(struct nhi_server *s, struct staged *st)
+{
+	json_t *labels = json_array();
+	size_t i;
+
+	s->token_keys = st->tk;
+	trust_swap(s, st->trust);
+	for (i = 0; labels != NULL && i < st->tk.n; i++)
+		json_array_append_new(labels, json_string(st->tk.labels[i]));
+	audit_or_log(s, "token_keys_rotated",
+		     json_pack("{s:s, s:s, s:s, s:s, s:I, s:o}", "signing_key", st->tk.signing, "kid",
+			       nhi_token_issuer_kid(st->trust->issuer), "previous_signing_key", st->tk.previous,
+			       "previous_kid", st->trust->issuer_before ? nhi_token_issuer_kid(st->trust->issuer_before) : "",
+			       "sign_after", (json_int_t)st->tk.sign_after, "keys", labels));
+	st->trust = NULL;
+}
+
 static nhi_err prepare_cb(void *arg, const struct nhi_update_info *info, const uint8_t *body, size_t len)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -604,7 +905,10 @@ static nhi_err prepare_cb(void *arg, const struct nhi_update_info *info, const u
 	st->version = info->version;
 	switch (info->kind) {
 	case NHI_UPDATE_REVOCATION:
-		NHI_TRY(nhi_trust_build(s, body, len, info->version, &st->trust));
+		NHI_TRY(nhi_trust_build(s, &s->token_keys, body, len, info->version, &st->trust));
+		break;
+	case NHI_UPDATE_TOKEN_KEYS:
+		NHI_TRY(prepare_token_keys(s, body, len, st));
 		break;
 	case NHI_UPDATE_CERT_ROTATION:
 		NHI_TRY(prepare_rotation(s, body, len, st));
@@ -661,6 +965,8 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 			if (in->kind == NHI_UPDATE_REVOCATION) {
 				trust_swap(s, st->trust);
 				st->trust = NULL;
+			} else if (in->kind == NHI_UPDATE_TOKEN_KEYS) {
+				token_keys_activate(s, st);
 			} else if (in->kind == NHI_UPDATE_CERT_ROTATION && rotation_activate(s, st) != NHI_OK) {
 				fprintf(stderr, "nhid: cert-rotation committed but not taken into service: %s (restart nhid)\n",
 					nhi_err_detail());
@@ -677,7 +983,8 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 		}
 		if (in->kind == NHI_UPDATE_TRUST_BUNDLE)
 			w->bundle_changed = true;
-		st->key_created = false; /* committed: the key is the server's now */
+		st->key_created = false; /* committed: the keys are the server's now */
+		memset(st->tk_created, 0, sizeof(st->tk_created));
 		staged_drop(s, st);
 		audit_or_log(s, "update_applied", f);
 		fprintf(stderr, "nhid: update %s applied: %s version %llu\n", base, kind ? kind : "?",
@@ -819,9 +1126,11 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 		/* made now, before the signal thread can ask it to stop */
 		NHI_TRY(watcher_new(s));
 	}
+	NHI_TRY(token_keys_load(s, &st));
 	if (st.version[NHI_UPDATE_REVOCATION] > 0) {
 		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_REVOCATION, &body));
-		rv = nhi_trust_build(s, body.data, body.len, st.version[NHI_UPDATE_REVOCATION], &s->trust);
+		rv = nhi_trust_build(s, &s->token_keys, body.data, body.len, st.version[NHI_UPDATE_REVOCATION],
+				     &s->trust);
 		if (rv != NHI_OK) {
 			nhi_err_wrap(rv, "the applied revocation (version %llu)",
 				     (unsigned long long)st.version[NHI_UPDATE_REVOCATION]);
@@ -829,7 +1138,7 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 		}
 		nhi_buf_free(&body);
 	} else {
-		NHI_TRY(nhi_trust_build(s, NULL, 0, 0, &s->trust));
+		NHI_TRY(nhi_trust_build(s, &s->token_keys, NULL, 0, 0, &s->trust));
 	}
 	if (st.version[NHI_UPDATE_CERT_ROTATION] > 0) {
 		/* the committed rotation is the TLS identity, whatever cert_file says */
