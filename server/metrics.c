@@ -101,6 +101,20 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 			       atomic_load(&m->connections_refused), atomic_load(&m->handshakes_rejected),
 			       atomic_load(&m->reloads), atomic_load(&m->reload_failures), (unsigned long long)si.agents,
 			       (unsigned long long)si.serial, s->started_at));
+	if (s->watcher != NULL) {
+		static const char *const results[3] = {"applied", "rejected", "failed"};
+		unsigned k, i;
+
+		NHI_TRY(nhi_buf_append_str(o, "# HELP nhid_updates_total Update packages processed, by kind and result.\n"
+					      "# TYPE nhid_updates_total counter\n"));
+		for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++)
+			for (i = 0; i < 3; i++)
+				NHI_TRY(nhi_buf_printf(o, "nhid_updates_total{kind=\"%s\",result=\"%s\"} %llu\n",
+						       nhi_update_kind_name((enum nhi_update_kind)k), results[i],
+						       atomic_load(&m->updates[k][i])));
+		NHI_TRY(nhi_buf_printf(o, "# TYPE nhid_trust_bundle_version gauge\nnhid_trust_bundle_version %llu\n",
+				       atomic_load(&m->trust_bundle_version)));
+	}
 	rv = NHI_OK;
 out:
 	return rv;

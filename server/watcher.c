@@ -957,6 +957,8 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 		      nhi_update_reason_name(res->why), "moved_to", res->moved_to);
 	if (f != NULL && !res->applied)
 		json_object_set_new(f, "detail", json_string(detail));
+	if ((unsigned)in->kind < NHI_UPDATE_KIND__COUNT)
+		atomic_fetch_add(&s->metrics.updates[in->kind][res->applied ? 0 : res->moved_to[0] ? 1 : 2], 1);
 	if (res->applied) {
 		w->last_failure[0] = '\0';
 		/* committed: what prepare staged goes into service (a package found already
@@ -1042,6 +1044,7 @@ static void scan_once(struct nhi_server *s)
 	old = s->bundle;
 	s->bundle = nb;
 	pthread_mutex_unlock(&s->bundle_mu);
+	atomic_store(&s->metrics.trust_bundle_version, nhi_bundle_version(nb));
 	nhi_bundle_free(old);
 }
 
@@ -1123,6 +1126,7 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 			nhi_err_wrap(rv, "trust bundle in state_dir %s", s->cfg.state_dir);
 			goto out;
 		}
+		atomic_store(&s->metrics.trust_bundle_version, nhi_bundle_version(s->bundle));
 		/* made now, before the signal thread can ask it to stop */
 		NHI_TRY(watcher_new(s));
 	}

@@ -77,6 +77,8 @@ check "the identity-backup package (serial 3) is applied" wait_for 20 test -e "$
 check "serial 3 is in service without a restart" wait_for 10 bash -c '[ "$(serial)" = 3 ]'
 check "newcomer now gets a token" token_for newcomer
 check_fails "demo-agent, suspended in serial 3, is refused" '"error":"agent_not_active"' token_for demo-agent
+check "metrics count the identity-backup packages (1 applied, 2 rejected) and the bundle version" bash -c \
+	"curl_as admin /v1/metrics >m.txt && grep -q 'nhid_updates_total{kind=\"identity-backup\",result=\"applied\"} 1' m.txt && grep -q 'nhid_updates_total{kind=\"identity-backup\",result=\"rejected\"} 2' m.txt && grep -q '^nhid_trust_bundle_version 1' m.txt"
 check "the audit log says where the backup came from" grep -q '"event":"backup_loaded".*"source":"update".*"serial":3' "$D/state/audit.jsonl"
 
 # --- a restart keeps it although the config's backup file is serial 2 ---
