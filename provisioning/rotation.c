@@ -38,6 +38,40 @@ static bool valid_label(const char *s)
 	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
 }
 
+/*
+ * The extractable P-256 key pair `label` of the ceremony token wrapped under nhid-wrap
+ * (CKM_AES_KEY_WRAP_PAD), base64url into b64; its handle in *key for the caller, who
+ * destroys it once the body is written (unless --keep-key).
+ */
+static nhi_err wrap_for_nhid(struct nhi_hsm *h, const char *label, const char *what, struct nhi_hsm_key **key,
+			     struct nhi_buf *b64)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_hsm_key *wrap = NULL;
+	struct nhi_buf wrapped = {0};
+
+	rv = nhi_hsm_find(h, label, key);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "the new %s key pair '%s' (make it extractable and sensitive in the token first, "
+				 "e.g. pkcs11-tool --keypairgen --key-type EC:prime256v1 --extractable --sensitive --label %s)",
+			     what, label, label);
+		goto out;
+	}
+	NHI_CHECK(nhi_hsm_key_kind(*key) == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", label);
+	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_WRAP, &wrap));
+	rv = nhi_hsm_wrap(h, wrap, *key, &wrapped);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "wrapping '%s' (it must be CKA_EXTRACTABLE)", label);
+		goto out;
+	}
+	NHI_TRY(nhi_b64url_encode(wrapped.data, wrapped.len, b64));
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&wrapped);
+	nhi_hsm_key_free(wrap);
+	return rv;
+}
+
 static nhi_err make_rotation(const struct rotation_opts *o)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -45,10 +79,10 @@ static nhi_err make_rotation(const struct rotation_opts *o)
 	uint8_t sha[32];
 	struct nhi_profiles *prof = NULL;
 	struct nhi_hsm *h = NULL;
-	struct nhi_hsm_key *root_key = NULL, *wrap = NULL, *newkey = NULL;
+	struct nhi_hsm_key *root_key = NULL, *newkey = NULL;
 	EVP_PKEY *root_hsm = NULL, *root_pub = NULL, *new_pub = NULL;
 	X509 *ca = NULL, *cert = NULL;
-	struct nhi_buf san = {0}, chain = {0}, wrapped = {0}, b64 = {0};
+	struct nhi_buf san = {0}, chain = {0}, b64 = {0};
 	struct nhi_cert_request req;
 	char ca_path[600], fp[65];
 	const char *label = o->key_label ? o->key_label : o->key;
@@ -71,14 +105,7 @@ static nhi_err make_rotation(const struct rotation_opts *o)
 		  "%s does not belong to the root key in %s: wrong out_dir or wrong token", ca_path,
 		  nhi_hsm_token_desc(h));
 	NHI_TRY(nhi_hsm_evp_pkey(h, root_key, &root_hsm));
-	rv = nhi_hsm_find(h, o->key, &newkey);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "the new TLS key pair '%s' (make it extractable and sensitive in the token first, "
-				 "e.g. pkcs11-tool --keypairgen --key-type EC:prime256v1 --extractable --sensitive --label %s)",
-			     o->key, o->key);
-		goto out;
-	}
-	NHI_CHECK(nhi_hsm_key_kind(newkey) == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", o->key);
+	NHI_TRY(wrap_for_nhid(h, o->key, "TLS", &newkey, &b64));
 	NHI_TRY(nhi_hsm_pubkey(h, newkey, &new_pub));
 	for (i = 0; i < (o->n_dns || o->n_ip ? o->n_dns : cfg.n_dns); i++)
 		NHI_TRY(nhi_buf_printf(&san, "%sDNS:%s", san.len ? "," : "", o->n_dns || o->n_ip ? o->dns[i] : cfg.server_dns[i]));
@@ -91,13 +118,6 @@ static nhi_err make_rotation(const struct rotation_opts *o)
 	NHI_TRY(nhi_cert_issue(prof, &req, &cert));
 	NHI_TRY(nhi_cert_pem(cert, &chain));
 	NHI_TRY(nhi_cert_fingerprint(cert, fp));
-	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_WRAP, &wrap));
-	rv = nhi_hsm_wrap(h, wrap, newkey, &wrapped);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "wrapping '%s' (it must be CKA_EXTRACTABLE)", o->key);
-		goto out;
-	}
-	NHI_TRY(nhi_b64url_encode(wrapped.data, wrapped.len, &b64));
 	body = json_pack("{s:s, s:s, s:s}", "cert_chain_pem", (const char *)chain.data, "wrapped_key_b64",
 			 (const char *)b64.data, "key_label", label);
 	text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
@@ -114,7 +134,6 @@ out:
 	json_decref(body);
 	nhi_buf_free(&san);
 	nhi_buf_free(&chain);
-	nhi_buf_free(&wrapped);
 	nhi_buf_free(&b64);
 	X509_free(cert);
 	X509_free(ca);
@@ -122,7 +141,6 @@ out:
 	EVP_PKEY_free(root_pub);
 	EVP_PKEY_free(new_pub);
 	nhi_hsm_key_free(newkey);
-	nhi_hsm_key_free(wrap);
 	nhi_hsm_key_free(root_key);
 	nhi_hsm_free(h);
 	nhi_profiles_free(prof);
@@ -146,36 +164,18 @@ static nhi_err wrap_new_key(const struct tk_opts *o, struct nhi_buf *b64, struct
 	struct nhi_ceremony_config cfg;
 	uint8_t sha[32];
 	struct nhi_hsm *h = NULL;
-	struct nhi_hsm_key *wrap = NULL, *key = NULL;
-	struct nhi_buf wrapped = {0};
+	struct nhi_hsm_key *key = NULL;
 
 	NHI_TRY(nhi_ceremony_config_load(o->config, &cfg, sha));
 	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, &h));
-	rv = nhi_hsm_find(h, o->new_key, &key);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "the new token key pair '%s' (make it extractable and sensitive in the ceremony token "
-				 "first, e.g. pkcs11-tool --keypairgen --key-type EC:prime256v1 --extractable --sensitive "
-				 "--label %s)",
-			     o->new_key, o->new_key);
-		goto out;
-	}
-	NHI_CHECK(nhi_hsm_key_kind(key) == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", o->new_key);
+	NHI_TRY(wrap_for_nhid(h, o->new_key, "token", &key, b64));
 	NHI_TRY(nhi_hsm_pubkey_export(h, key, NHI_PUBKEY_PEM, pem));
-	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_WRAP, &wrap));
-	rv = nhi_hsm_wrap(h, wrap, key, &wrapped);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "wrapping '%s' (it must be CKA_EXTRACTABLE)", o->new_key);
-		goto out;
-	}
-	NHI_TRY(nhi_b64url_encode(wrapped.data, wrapped.len, b64));
 	/* the extractable copy must not outlive the package */
 	if (!o->keep_key)
 		NHI_TRY(nhi_hsm_destroy(h, key));
 	rv = NHI_OK;
 out:
-	nhi_buf_free(&wrapped);
 	nhi_hsm_key_free(key);
-	nhi_hsm_key_free(wrap);
 	nhi_hsm_free(h);
 	return rv;
 }

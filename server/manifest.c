@@ -327,8 +327,9 @@ static size_t compare(const struct mf_list *want, const struct mf_list *have, nh
 	return diffs;
 }
 
-nhi_err nhi_manifest_verify_dir(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, const char *dir,
-				nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
+/* the signed manifest against a directory (dir) or a caller's list (files): one check for both */
+static nhi_err verify_against(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, const char *dir,
+			      json_t *files, nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct mf_list want = {0}, have = {0};
@@ -336,35 +337,34 @@ nhi_err nhi_manifest_verify_dir(const uint8_t *doc, size_t len, const struct nhi
 
 	*n_diffs = 0;
 	NHI_TRY(signed_files(doc, len, keys, &p, &want));
-	NHI_TRY(list_dir(dir, &have));
+	if (dir != NULL)
+		NHI_TRY(list_dir(dir, &have));
+	else
+		NHI_TRY(parse_file_array(files, "files", false, &have));
 	*n_diffs = compare(&want, &have, cb, cb_arg);
-	NHI_CHECK(*n_diffs == 0, NHI_ERR_VERIFY,
+	NHI_CHECK(*n_diffs == 0 || dir == NULL, NHI_ERR_VERIFY,
 		  "%s does not match its manifest: %zu file(s) differ, are missing or extra", dir, *n_diffs);
-	rv = NHI_OK;
-out:
-	free(want.e); /* paths borrowed from p */
-	mf_list_free(&have);
-	json_decref(p);
-	return rv;
-}
-
-nhi_err nhi_manifest_verify_list(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, struct json_t *files,
-				 nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct mf_list want = {0}, have = {0};
-	json_t *p = NULL;
-
-	*n_diffs = 0;
-	NHI_TRY(signed_files(doc, len, keys, &p, &want));
-	NHI_TRY(parse_file_array(files, "files", false, &have));
-	*n_diffs = compare(&want, &have, cb, cb_arg);
 	NHI_CHECK(*n_diffs == 0, NHI_ERR_VERIFY,
 		  "the files do not match the manifest: %zu file(s) differ, are missing or extra", *n_diffs);
 	rv = NHI_OK;
 out:
 	free(want.e); /* paths borrowed from p */
-	free(have.e); /* paths borrowed from files */
+	if (dir != NULL)
+		mf_list_free(&have);
+	else
+		free(have.e); /* paths borrowed from files */
 	json_decref(p);
 	return rv;
+}
+
+nhi_err nhi_manifest_verify_dir(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, const char *dir,
+				nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
+{
+	return verify_against(doc, len, keys, dir, NULL, cb, cb_arg, n_diffs);
+}
+
+nhi_err nhi_manifest_verify_list(const uint8_t *doc, size_t len, const struct nhi_keyset *keys, struct json_t *files,
+				 nhi_manifest_diff_cb cb, void *cb_arg, size_t *n_diffs)
+{
+	return verify_against(doc, len, keys, NULL, files, cb, cb_arg, n_diffs);
 }

@@ -74,3 +74,48 @@ export D PORT AGENT
 load_loop() {
 	python3 "$NHI_ROOT/tests/integration/load.py" --port "$PORT" --dir "$D" --seconds "$1" --clients 4
 }
+
+# --- signed updates (run from the test's working directory) ---
+# make_custodians N: tokens cust1..N, each with a P-256 key "signer" (PIN file c$i.pin), c$i.pub
+make_custodians() {
+	local i
+	for i in $(seq "$1"); do
+		pinfile c$i.pin "custodian-$i-pin"
+		pinfile so$i.pin "so-$i-pin"
+		"$NHICTL" hsm-init --label cust$i --so-pin-file so$i.pin --pin-file c$i.pin >/dev/null || exit 1
+		"$NHICTL" key create --token cust$i --key signer --pin-file c$i.pin >c$i.pub 2>/dev/null || exit 1
+	done
+}
+# make_bundle N M [bundle create args...]: b1.json signed by custodians 1..M of 1..N; $BPIN its pin
+make_bundle() {
+	local n=$1 m=$2 i signers=(); shift 2
+	for i in $(seq "$n"); do signers+=(--signer c$i.pub); done
+	rm -f b1.json
+	"$NHICTL" bundle create --version 1 --expires-at $(($(date +%s) + 365 * 86400)) --ca "$D/ca.crt" \
+		--jwks "$D/jwks.json" "${signers[@]}" --threshold "$m" "$@" -o b1.json >/dev/null || exit 1
+	for i in $(seq "$m"); do
+		"$NHICTL" bundle sign --token cust$i --key signer --pin-file c$i.pin b1.json >/dev/null || exit 1
+	done
+	BPIN=$("$NHICTL" bundle fingerprint b1.json)
+}
+# updates_on: b1.json installed in $D/state, $D/incoming watched; $D/nhid-up.conf scans every second
+updates_on() {
+	"$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$BPIN" >/dev/null || exit 1
+	mkdir -p -m 700 "$D/incoming"
+	cp "$D/nhid.conf" "$D/nhid-up.conf"
+	printf 'updates_dir = %s\nupdate_scan_s = 1\n' "$D/incoming" >>"$D/nhid-up.conf"
+}
+# sign FILE custodian... : each custodian signs the package
+sign() {
+	local f=$1 i; shift
+	for i in "$@"; do "$NHICTL" update sign --token cust$i --key signer --pin-file c$i.pin "$f" >/dev/null || return 1; done
+}
+# pkg OUT KIND VERSION BODY [custodian...]: a package valid for a day, signed (default: custodian 1)
+pkg() {
+	local out=$1 kind=$2 v=$3 body=$4; shift 4
+	rm -f "$out"
+	"$NHICTL" update create --kind "$kind" --version "$v" --id "$(basename "$out" .json)" --body "$body" \
+		--expires-in 86400 -o "$out" >/dev/null && sign "$out" "${@:-1}"
+}
+# drop PKG: into the watched directory the way an operator must (hidden name, then rename)
+drop() { cp "$1" "$D/incoming/.$(basename "$1").part" && mv "$D/incoming/.$(basename "$1").part" "$D/incoming/$(basename "$1")"; }

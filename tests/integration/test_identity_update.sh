@@ -12,20 +12,10 @@ D=$T/d
 setup_deployment "$D"
 export D PORT
 cd "$T"
-NOW=$(date +%s)
-DAY=86400
 
-pinfile c1.pin "custodian-1-pin"
-pinfile so1.pin "so-1-pin"
-"$NHICTL" hsm-init --label cust1 --so-pin-file so1.pin --pin-file c1.pin >/dev/null
-"$NHICTL" key create --token cust1 --key signer --pin-file c1.pin >c1.pub 2>/dev/null
-"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca "$D/ca.crt" --jwks "$D/jwks.json" \
-	--signer c1.pub --threshold 1 -o b1.json >/dev/null
-"$NHICTL" bundle sign --token cust1 --key signer --pin-file c1.pin b1.json >/dev/null
-"$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$("$NHICTL" bundle fingerprint b1.json)" >/dev/null
-mkdir -m 700 "$D/incoming"
-cp "$D/nhid.conf" "$D/nhid-up.conf"
-printf 'updates_dir = %s\nupdate_scan_s = 1\n' "$D/incoming" >>"$D/nhid-up.conf"
+make_custodians 1
+make_bundle 1 1
+updates_on
 
 "$NHICTL" enroll newcomer --config "$D/ceremony.conf" --pin-file "$D/user.pin" >/dev/null || exit 1
 # backup SERIAL with demo-agent's status and whether newcomer is in it
@@ -36,12 +26,6 @@ make_backup() { # out serial demo-status with-newcomer
 	"$NHICTL" backup create --agents agents-$2.jsonl --out "$1" --token nhid-dev --pin-file "$D/user.pin" \
 		--serial "$2" >/dev/null
 }
-pkg() { # out version body
-	rm -f "$1"
-	"$NHICTL" update create --kind identity-backup --version "$2" --id "$(basename "$1" .json)" --body "$3" \
-		--expires-in $DAY -o "$1" >/dev/null && "$NHICTL" update sign --token cust1 --key signer --pin-file c1.pin "$1" >/dev/null
-}
-drop() { cp "$1" "$D/incoming/.$(basename "$1").part" && mv "$D/incoming/.$(basename "$1").part" "$D/incoming/$(basename "$1")"; }
 token_for() { curl_as "$1" /v1/tokens -d '{"aud":"inference"}'; }
 serial() { curl_as admin /v1/metrics | awk '/^nhid_identity_backup_serial /{print $2}'; }
 export -f token_for serial
@@ -55,7 +39,7 @@ check "before: backup serial 2 in service" test "$(serial)" = 2
 check_fails "before: newcomer is not enrolled" '"error":"not_enrolled"' token_for newcomer
 
 # --- refused: the version is not the backup's serial ---
-pkg wrongver.json 7 b3.nhib
+pkg wrongver.json identity-backup 7 b3.nhib
 drop wrongver.json
 check "a package whose version is not the backup's serial is rejected" wait_for 20 test -e "$D/state/rejected/wrongver.json"
 check "... with a reason naming both numbers" grep -q "version (7) must be the backup's serial (3)" "$D/state/rejected/wrongver.json.reason"
@@ -63,7 +47,7 @@ check "... with a reason naming both numbers" grep -q "version (7) must be the b
 # --- refused: a corrupted backup (the package itself is well signed) ---
 cp b3.nhib corrupt.nhib
 printf '\xff' | dd of=corrupt.nhib bs=1 seek=$(($(stat -c %s corrupt.nhib) - 100)) conv=notrunc 2>/dev/null
-pkg corrupt.json 3 corrupt.nhib
+pkg corrupt.json identity-backup 3 corrupt.nhib
 drop corrupt.json
 check "a package carrying a corrupted backup is rejected (prepare_failed)" wait_for 20 test -e "$D/state/rejected/corrupt.json"
 check "... naming the backup check that failed" grep -q "identity-backup: serial 3" "$D/state/rejected/corrupt.json.reason"
@@ -71,7 +55,7 @@ check "... and serial 2 stays in service" test "$(serial)" = 2
 check "... demo-agent still gets tokens" token_for demo-agent
 
 # --- applied: serial 3 (demo-agent suspended, newcomer added) ---
-pkg ib3.json 3 b3.nhib
+pkg ib3.json identity-backup 3 b3.nhib
 drop ib3.json
 check "the identity-backup package (serial 3) is applied" wait_for 20 test -e "$D/state/applied/ib3.json"
 check "serial 3 is in service without a restart" wait_for 10 bash -c '[ "$(serial)" = 3 ]'
@@ -94,7 +78,7 @@ check "SIGHUP loads the newer file at backup (serial 5)" wait_for 15 bash -c '[ 
 check "demo-agent (active in 5) gets tokens again" token_for demo-agent
 
 # --- refused: serial 4 is older than serial 5, loaded from the file ---
-pkg ib4.json 4 b4.nhib
+pkg ib4.json identity-backup 4 b4.nhib
 drop ib4.json
 check "a package older than the backup in service is rejected" wait_for 20 test -e "$D/state/rejected/ib4.json"
 check "... as a rollback" grep -qi "rollback\|older" "$D/state/rejected/ib4.json.reason"

@@ -16,30 +16,8 @@ NOW=$(date +%s)
 DAY=86400
 
 # --- two custodians (threshold 2), one token each, next to the deployment's ---
-for i in 1 2; do
-	pinfile c$i.pin "custodian-$i-pin"
-	pinfile so$i.pin "so-$i-pin"
-	"$NHICTL" hsm-init --label cust$i --so-pin-file so$i.pin --pin-file c$i.pin >/dev/null
-	pkcs11-tool --module $MOD --token-label cust$i --login --pin "custodian-$i-pin" \
-		--keypairgen --key-type EC:prime256v1 --label signer >/dev/null 2>&1
-	"$NHICTL" update pubkey --token cust$i --key signer --pin-file c$i.pin >c$i.pub
-done
-sign() { # sign FILE custodian...
-	local f=$1; shift
-	for i in "$@"; do "$NHICTL" update sign --token cust$i --key signer --pin-file c$i.pin "$f" >/dev/null || return 1; done
-}
-pkg() { # pkg OUT KIND VERSION BODY custodian...
-	local out=$1 kind=$2 v=$3 body=$4; shift 4
-	rm -f "$out"
-	"$NHICTL" update create --kind "$kind" --version "$v" --id "$(basename "$out" .json)" --body "$body" \
-		--expires-in $DAY -o "$out" >/dev/null && sign "$out" "$@"
-}
-drop() { cp "$1" "$D/incoming/.$(basename "$1").part" && mv "$D/incoming/.$(basename "$1").part" "$D/incoming/$(basename "$1")"; }
-"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca "$D/ca.crt" --jwks "$D/jwks.json" \
-	--signer c1.pub --signer c2.pub --threshold 2 -o b1.json >/dev/null
-sign_bundle() { for i in 1 2; do "$NHICTL" bundle sign --token cust$i --key signer --pin-file c$i.pin b1.json >/dev/null; done; }
-sign_bundle
-BPIN=$("$NHICTL" bundle fingerprint b1.json)
+make_custodians 2
+make_bundle 2 2
 
 # --- updates off: no bundle served ---
 start_nhid "$D/nhid.conf"

@@ -13,8 +13,6 @@ D=$T/d
 setup_deployment "$D"
 export D PORT
 cd "$T"
-NOW=$(date +%s)
-DAY=86400
 
 # --- agents with the service roles, in a newer backup ---
 for a in replicator model-loader; do
@@ -39,19 +37,13 @@ check_fails "key create refuses a label in use" "nhid-sign-replication" \
 check "key pubkey prints the same public key" bash -c "'$NHICTL' key pubkey --token nhid-dev --key nhid-sign-replication --pin-file '$D/user.pin' | cmp - repl.pub"
 
 # --- the bundle: custodians, a replication peer's key (software, another site), a manifest key ---
-pinfile c1.pin "custodian-1-pin"
-pinfile so1.pin "so-1-pin"
-"$NHICTL" hsm-init --label cust1 --so-pin-file so1.pin --pin-file c1.pin >/dev/null
-"$NHICTL" key create --token cust1 --key signer --pin-file c1.pin >c1.pub 2>/dev/null
+make_custodians 1
 "$NHICTL" key create --token cust1 --key models --pin-file c1.pin >models.pub 2>/dev/null
 "$NHICTL" key create --token cust1 --key rogue --pin-file c1.pin >/dev/null 2>&1
 openssl ecparam -name prime256v1 -genkey -noout -out peer.key 2>/dev/null
 openssl ec -in peer.key -pubout -out peer.pub 2>/dev/null
-"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca "$D/ca.crt" --jwks "$D/jwks.json" \
-	--signer c1.pub --threshold 1 --peer peer.pub --manifest-key models.pub -o b1.json >/dev/null
-"$NHICTL" bundle sign --token cust1 --key signer --pin-file c1.pin b1.json >/dev/null
-"$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$("$NHICTL" bundle fingerprint b1.json)" >/dev/null
-mkdir -m 700 "$D/incoming"
+make_bundle 1 1 --peer peer.pub --manifest-key models.pub
+updates_on
 PEER_KID=$(python3 - b1.json <<'PY'
 import base64, json, sys
 doc = json.load(open(sys.argv[1]))
@@ -75,10 +67,8 @@ echo "signing_keys = replication:nhid-sign-nothere:replicator" >>bad.conf
 check_fails "a signing key missing from the token stops startup and names the fix" "nhictl key create --label nhid-sign-nothere" \
 	"$NHID" --config bad.conf
 
-cp "$D/nhid.conf" "$D/nhid-sign.conf"
+cp "$D/nhid-up.conf" "$D/nhid-sign.conf"
 cat >>"$D/nhid-sign.conf" <<EOF
-updates_dir = $D/incoming
-update_scan_s = 1
 signing_keys = replication:nhid-sign-replication:replicator, export:nhid-sign-export:replicator:resolver
 EOF
 start_nhid "$D/nhid-sign.conf"
@@ -154,9 +144,8 @@ check_fails "a kid in neither the server nor the bundle is 422 unknown_kid" '"re
 
 # --- revoking the peer's kid through a signed revocation package ---
 printf '{"kids":["%s"]}' "$PEER_KID" >rev.json
-"$NHICTL" update create --kind revocation --version 1 --id rev-1 --body rev.json --expires-in $DAY -o rev-1.json >/dev/null
-"$NHICTL" update sign --token cust1 --key signer --pin-file c1.pin rev-1.json >/dev/null
-cp rev-1.json "$D/incoming/.rev.part" && mv "$D/incoming/.rev.part" "$D/incoming/rev-1.json"
+pkg rev-1.json revocation 1 rev.json
+drop rev-1.json
 check "the revocation package is applied" wait_for 20 test -e "$D/state/applied/rev-1.json"
 check_fails "the revoked peer kid no longer verifies (422 kid_revoked)" '"reason":"kid_revoked"' \
 	curl_as replicator /v1/verify -d "$(vbody replication "$PMSG" "$PSIG" "$PEER_KID")"

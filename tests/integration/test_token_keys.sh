@@ -13,28 +13,12 @@ D=$T/d
 setup_deployment "$D"
 export D PORT
 cd "$T"
-NOW=$(date +%s)
-DAY=86400
 UPIN=$(cat "$D/user.pin")
 
-pinfile c1.pin "custodian-1-pin"
-pinfile so1.pin "so-1-pin"
-"$NHICTL" hsm-init --label cust1 --so-pin-file so1.pin --pin-file c1.pin >/dev/null
-"$NHICTL" key create --token cust1 --key signer --pin-file c1.pin >c1.pub 2>/dev/null
-"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca "$D/ca.crt" --jwks "$D/jwks.json" \
-	--signer c1.pub --threshold 1 -o b1.json >/dev/null
-"$NHICTL" bundle sign --token cust1 --key signer --pin-file c1.pin b1.json >/dev/null
-"$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$("$NHICTL" bundle fingerprint b1.json)" >/dev/null
-mkdir -m 700 "$D/incoming"
-cp "$D/nhid.conf" "$D/nhid-up.conf"
-printf 'updates_dir = %s\nupdate_scan_s = 1\n' "$D/incoming" >>"$D/nhid-up.conf"
+make_custodians 1
+make_bundle 1 1
+updates_on
 
-pkg() { # out kind version body
-	rm -f "$1"
-	"$NHICTL" update create --kind "$2" --version "$3" --id "$(basename "$1" .json)" --body "$4" \
-		--expires-in $DAY -o "$1" >/dev/null && "$NHICTL" update sign --token cust1 --key signer --pin-file c1.pin "$1" >/dev/null
-}
-drop() { cp "$1" "$D/incoming/.$(basename "$1").part" && mv "$D/incoming/.$(basename "$1").part" "$D/incoming/$(basename "$1")"; }
 newkey() { pkcs11-tool --module $MOD --token-label nhid-dev --login --pin "$UPIN" --keypairgen \
 	--key-type EC:prime256v1 --label "$1" --extractable --sensitive >/dev/null 2>&1; }
 has_label() { pkcs11-tool --module $MOD --token-label nhid-dev --login --pin "$UPIN" --list-objects 2>/dev/null | grep -q "label: *$1\$"; }
