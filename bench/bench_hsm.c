@@ -2,7 +2,9 @@
  * bench/bench_hsm.c — ECDSA P-256 signatures/s through nhi_hsm (session pool,
  * recovery wrapper, p11-kit managed module) against raw SoftHSM2 C_Sign (module
  * dlopen'ed directly, one session per thread), 1 and 2 threads, same token, same
- * run. Prints a table and the ratios. Usage: bench_hsm [seconds-per-case]
+ * run; both on the token object, and both on a session-object copy of the key
+ * (nhi_hsm_key_cache / C_CopyObject CKA_TOKEN=false: what nhid signs with). Prints
+ * a table and the ratios. Usage: bench_hsm [seconds-per-case]
  */
 #include "../hsm/hsm_internal.h"
 #include "../tests/unit/fixture.h"
@@ -55,7 +57,7 @@ static void *raw_worker(void *arg)
 	return NULL;
 }
 
-static double run_raw(const char *label, const char *pin, int threads)
+static double run_raw(const char *label, const char *pin, int threads, bool copy)
 {
 	void *lib = dlopen(NHI_SOFTHSM2_MODULE_PATH, RTLD_NOW);
 	CK_RV (*get)(CK_FUNCTION_LIST **);
@@ -86,6 +88,15 @@ static double run_raw(const char *label, const char *pin, int threads)
 	r.f->C_FindObjectsFinal(s);
 	if (found != 1)
 		return -1;
+	if (copy) {
+		CK_BBOOL no = CK_FALSE;
+		CK_ATTRIBUTE ct[] = {{CKA_TOKEN, &no, sizeof(no)}};
+		CK_OBJECT_HANDLE c;
+
+		if (r.f->C_CopyObject(s, r.key, ct, 1, &c) != CKR_OK)
+			return -1;
+		r.key = c;
+	}
 	start = now_s();
 	r.until = start + seconds;
 	for (k = 0; k < threads; k++)
@@ -146,7 +157,8 @@ int main(int argc, char **argv)
 	struct nhi_fixture fx;
 	struct nhi_hsm *h = NULL;
 	struct nhi_hsm_key *k = NULL;
-	double raw1, raw2, via1, via2;
+	double raw1, raw2, via1, via2, craw1, craw2, cvia1, cvia2;
+	bool cached = false;
 	int rc = 1;
 
 	if (argc > 1)
@@ -161,13 +173,21 @@ int main(int argc, char **argv)
 	 * managed instance is closed before the raw one initialises */
 	via1 = run_via(h, k, 1);
 	via2 = run_via(h, k, 2);
+	if (nhi_hsm_key_cache(h, k, &cached) != NHI_OK || !cached) {
+		fprintf(stderr, "bench_hsm: the token refused a session copy\n");
+		goto out;
+	}
+	cvia1 = run_via(h, k, 1);
+	cvia2 = run_via(h, k, 2);
 	nhi_hsm_key_free(k);
 	k = NULL;
 	nhi_hsm_free(h);
 	h = NULL;
-	raw1 = run_raw("bench", "1234-user-pin", 1);
-	raw2 = run_raw("bench", "1234-user-pin", 2);
-	if (raw1 <= 0 || raw2 <= 0) {
+	raw1 = run_raw("bench", "1234-user-pin", 1, false);
+	raw2 = run_raw("bench", "1234-user-pin", 2, false);
+	craw1 = run_raw("bench", "1234-user-pin", 1, true);
+	craw2 = run_raw("bench", "1234-user-pin", 2, true);
+	if (raw1 <= 0 || raw2 <= 0 || craw1 <= 0 || craw2 <= 0) {
 		fprintf(stderr, "bench_hsm: raw C_Sign run failed\n");
 		goto out;
 	}
@@ -177,7 +197,14 @@ int main(int argc, char **argv)
 	printf("  %-34s %10.0f/s %10.0f/s\n", "nhi_hsm_sign_digest (pool+p11-kit)", via1, via2);
 	printf("  %-34s %11.3fx %11.3fx   (target >= 0.90x: layer costs < 10%%)\n", "ratio nhi_hsm / raw", via1 / raw1,
 	       via2 / raw2);
-	printf("BENCH hsm_sign_1t=%.0f hsm_sign_2t=%.0f raw_csign_1t=%.0f raw_csign_2t=%.0f\n", via1, via2, raw1, raw2);
+	printf("  %-34s %10.0f/s %10.0f/s\n", "raw C_Sign, session copy", craw1, craw2);
+	printf("  %-34s %10.0f/s %10.0f/s\n", "nhi_hsm, nhi_hsm_key_cache", cvia1, cvia2);
+	printf("  %-34s %11.3fx %11.3fx\n", "ratio nhi_hsm / raw (session copy)", cvia1 / craw1, cvia2 / craw2);
+	printf("  %-34s %11.3fx %11.3fx   (what the cache buys)\n", "session copy / token object", craw1 / raw1,
+	       craw2 / raw2);
+	printf("BENCH hsm_sign_1t=%.0f hsm_sign_2t=%.0f raw_csign_1t=%.0f raw_csign_2t=%.0f hsm_cached_1t=%.0f "
+	       "hsm_cached_2t=%.0f raw_copy_1t=%.0f raw_copy_2t=%.0f\n",
+	       via1, via2, raw1, raw2, cvia1, cvia2, craw1, craw2);
 	rc = 0;
 out:
 	nhi_hsm_key_free(k);

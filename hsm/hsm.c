@@ -257,6 +257,8 @@ void nhi_hsm_free(struct nhi_hsm *h)
 	if (h == NULL)
 		return;
 	if (h->f != NULL) {
+		if (h->keeper != CK_INVALID_HANDLE)
+			(void)h->f->C_CloseSession(h->keeper); /* and the session-object copies with it */
 		if (h->n_free > 0 && h->pin.len > 0)
 			(void)h->f->C_Logout(h->free_sessions[0]);
 		for (i = 0; i < h->n_free; i++)
@@ -289,6 +291,7 @@ void nhi_hsm_get_stats(const struct nhi_hsm *h, struct nhi_hsm_stats *o)
 	o->crypts = atomic_load(&h->crypts);
 	o->recoveries = atomic_load(&h->recoveries);
 	o->errors = atomic_load(&h->errors);
+	o->cached_signs = atomic_load(&h->cached_signs);
 }
 
 #ifdef NHI_TEST_BUILD
@@ -383,6 +386,8 @@ static CK_RV refresh_handles(struct nhi_hsm *h, CK_SESSION_HANDLE s, struct nhi_
 
 	if (k == NULL || k->session_object)
 		return CKR_OK;
+	/* a reset token took the session-object copy with it: sign with the token object */
+	atomic_store(&k->fast, CK_INVALID_HANDLE);
 	r = find_one(h, s, k->label, k->kind == NHI_KEY_AES256 ? CKO_SECRET_KEY : CKO_PRIVATE_KEY, &o);
 	if (r != CKR_OK)
 		return r;
@@ -610,7 +615,48 @@ static struct nhi_hsm_key *key_new(enum nhi_key_kind kind, const char *label)
 		snprintf(k->label, sizeof(k->label), "%s", label);
 	atomic_init(&k->priv, CK_INVALID_HANDLE);
 	atomic_init(&k->pub, CK_INVALID_HANDLE);
+	atomic_init(&k->fast, CK_INVALID_HANDLE);
 	return k;
+}
+
+nhi_err nhi_hsm_key_cache(struct nhi_hsm *h, struct nhi_hsm_key *key, bool *cached)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	CK_BBOOL no = CK_FALSE;
+	/* not a token object, and no label: never found by a label lookup, never listed */
+	CK_ATTRIBUTE t[] = {{CKA_TOKEN, &no, sizeof(no)}, {CKA_LABEL, (void *)"", 0}};
+	CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+	CK_RV r = CKR_OK;
+
+	*cached = false;
+	NHI_CHECK(key->kind == NHI_KEY_EC_P256 || key->kind == NHI_KEY_ED25519, NHI_ERR_ARG,
+		  "key '%s': only signing keys are cached", key->label);
+	if (atomic_load(&key->fast) != CK_INVALID_HANDLE)
+		return (*cached = true, NHI_OK);
+	pthread_mutex_lock(&h->mu);
+	if (h->keeper == CK_INVALID_HANDLE)
+		r = open_session(h, &h->keeper);
+	if (r == CKR_OK)
+		r = h->f->C_CopyObject(h->keeper, atomic_load(&key->priv), t, 2, &copy);
+	if (recoverable(r)) { /* the keeper died with a token reset: one new one */
+		(void)h->f->C_CloseSession(h->keeper);
+		h->keeper = CK_INVALID_HANDLE;
+		r = open_session(h, &h->keeper);
+		if (r == CKR_OK)
+			r = h->f->C_CopyObject(h->keeper, atomic_load(&key->priv), t, 2, &copy);
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (r != CKR_OK) {
+		/* a policy, not a failure: signing goes on with the token object */
+		rv = NHI_OK;
+		goto out;
+	}
+	atomic_store(&key->fast, copy);
+	key->cache_owner = h;
+	*cached = true;
+	rv = NHI_OK;
+out:
+	return rv;
 }
 
 nhi_err nhi_hsm_find(struct nhi_hsm *h, const char *label, struct nhi_hsm_key **out)
@@ -744,6 +790,19 @@ nhi_err nhi_hsm_destroy(struct nhi_hsm *h, struct nhi_hsm_key *key)
 
 void nhi_hsm_key_free(struct nhi_hsm_key *key)
 {
+	struct nhi_hsm *h;
+	CK_OBJECT_HANDLE fast;
+
+	if (key == NULL)
+		return;
+	h = key->cache_owner;
+	fast = atomic_load(&key->fast);
+	if (h != NULL && fast != CK_INVALID_HANDLE) {
+		pthread_mutex_lock(&h->mu);
+		if (h->keeper != CK_INVALID_HANDLE)
+			(void)h->f->C_DestroyObject(h->keeper, fast);
+		pthread_mutex_unlock(&h->mu);
+	}
 	free(key);
 }
 

@@ -25,6 +25,9 @@ struct nhi_hsm {
 	unsigned n_target;   /* what the pool refills to */
 
 	atomic_ullong signs, verifies, wraps, unwraps, crypts, recoveries, errors;
+	/* owns the session-object copies of nhi_hsm_key_cache (never in the pool); under mu */
+	CK_SESSION_HANDLE keeper;
+	atomic_ullong cached_signs;
 };
 
 struct nhi_hsm_key {
@@ -36,6 +39,10 @@ struct nhi_hsm_key {
 	/* handles are refreshed after a recovery, possibly by another thread */
 	_Atomic CK_OBJECT_HANDLE priv; /* private or secret key */
 	_Atomic CK_OBJECT_HANDLE pub;  /* public key object, or CK_INVALID_HANDLE */
+	/* nhi_hsm_key_cache: a session-object copy of priv that signs faster, or
+	 * CK_INVALID_HANDLE; dropped (falling back to priv) when the token loses it */
+	_Atomic CK_OBJECT_HANDLE fast;
+	struct nhi_hsm *cache_owner; /* destroys `fast` when the key is freed */
 };
 
 /* One PKCS#11 operation on a borrowed session. */

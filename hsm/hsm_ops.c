@@ -30,8 +30,22 @@ static CK_RV op_sign(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	CK_MECHANISM m = {c->mech, NULL, 0};
 	CK_RV r;
 
+	struct nhi_hsm_key *k = (struct nhi_hsm_key *)c->k;
+	CK_OBJECT_HANDLE fast = atomic_load(&k->fast);
+
 	c->sig_len = 64;
-	r = h->f->C_SignInit(s, &m, atomic_load(&((struct nhi_hsm_key *)c->k)->priv));
+	if (fast != CK_INVALID_HANDLE) {
+		r = h->f->C_SignInit(s, &m, fast);
+		if (r == CKR_OK) {
+			atomic_fetch_add(&h->cached_signs, 1);
+			return h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, &c->sig_len);
+		}
+		if (r != CKR_KEY_HANDLE_INVALID && r != CKR_OBJECT_HANDLE_INVALID)
+			return r;
+		/* the copy is gone (keeper session lost): the token object signs from now on */
+		atomic_compare_exchange_strong(&k->fast, &fast, CK_INVALID_HANDLE);
+	}
+	r = h->f->C_SignInit(s, &m, atomic_load(&k->priv));
 	if (r != CKR_OK)
 		return r;
 	return h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, &c->sig_len);

@@ -67,13 +67,14 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 	NHI_TRY(nhi_buf_printf(o,
 			       "# TYPE nhid_hsm_operations_total counter\n"
 			       "nhid_hsm_operations_total{op=\"sign\"} %llu\n"
+			       "# TYPE nhid_hsm_cached_signs_total counter\nnhid_hsm_cached_signs_total %llu\n"
 			       "nhid_hsm_operations_total{op=\"verify\"} %llu\n"
 			       "nhid_hsm_operations_total{op=\"wrap\"} %llu\n"
 			       "nhid_hsm_operations_total{op=\"unwrap\"} %llu\n"
 			       "nhid_hsm_operations_total{op=\"crypt\"} %llu\n"
 			       "# TYPE nhid_hsm_errors_total counter\nnhid_hsm_errors_total %llu\n"
 			       "# TYPE nhid_hsm_session_recoveries_total counter\nnhid_hsm_session_recoveries_total %llu\n",
-			       hs.signs, hs.verifies, hs.wraps, hs.unwraps, hs.crypts, hs.errors, hs.recoveries));
+			       hs.signs, hs.cached_signs, hs.verifies, hs.wraps, hs.unwraps, hs.crypts, hs.errors, hs.recoveries));
 	if (s->audit != NULL) {
 		struct nhi_audit_stats as;
 

@@ -143,7 +143,16 @@ static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned 
 
 	w->srv = s;
 	w->idx = idx;
-	w->base = event_base_new();
+	{
+		/* epoll changes of one loop turn coalesced: evhttp toggles read/write interest
+		 * on every request, and a syscall is dear (measured: docs/architecture.md) */
+		struct event_config *ec = event_config_new();
+
+		NHI_CHECK(ec != NULL, NHI_ERR_NOMEM, "event_config_new");
+		(void)event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+		w->base = event_base_new_with_config(ec);
+		event_config_free(ec);
+	}
 	NHI_CHECK(w->base != NULL, NHI_ERR_NOMEM, "event_base_new");
 	w->http = evhttp_new(w->base);
 	NHI_CHECK(w->http != NULL, NHI_ERR_NOMEM, "evhttp_new");
@@ -335,6 +344,15 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 		nhi_err_wrap(rv, "TLS key '%s'%s", s->tls_label,
 			     s->tls_chain.len ? " (named by the applied cert-rotation package)" : "");
 		goto out;
+	}
+	{
+		bool cached = false;
+
+		/* every handshake signs: a session copy in the token where it allows one */
+		NHI_TRY(nhi_hsm_key_cache(s->hsm, s->tls_key, &cached));
+		fprintf(stderr, "nhid: signing keys %s\n",
+			cached ? "cached as session objects in the token (faster; they never leave it)"
+			       : "used as token objects (the token refuses session copies)");
 	}
 	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, s->tls_key, &s->tls_pkey));
 	{

@@ -55,6 +55,11 @@ nhi_err nhi_signing_load(struct nhi_server *s)
 			  "signing key '%s' (purpose %s) is not an EC P-256 key: the signing service signs ES256",
 			  k->cfg->label, k->cfg->purpose);
 		NHI_TRY(nhi_hsm_pubkey(s->hsm, k->key, &k->pub));
+		{
+			bool cached;
+
+			NHI_TRY(nhi_hsm_key_cache(s->hsm, k->key, &cached));
+		}
 		NHI_CHECK(nhi_pkey_is_p256(k->pub), NHI_ERR_CONFIG, "signing key '%s' (purpose %s) is not on P-256", k->cfg->label,
 			  k->cfg->purpose);
 		NHI_TRY(nhi_pkey_thumbprint(k->pub, k->kid));

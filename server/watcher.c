@@ -294,6 +294,7 @@ static nhi_err issuer_for(struct nhi_server *s, const struct nhi_token_keys *tk,
 	ic.issuer = s->cfg.issuer;
 	ic.ttl_default_s = s->cfg.token_ttl_default_s;
 	ic.ttl_max_s = s->cfg.token_ttl_max_s;
+	ic.cache_signing_key = true;
 	rv = nhi_token_issuer_new(&ic, out);
 	if (rv != NHI_OK)
 		nhi_err_wrap(rv, "token-signing keys (signing with '%s')", signing);
@@ -567,6 +568,11 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	NHI_TRY(unwrap_p256(s, "cert-rotation", r.label, r.wrapped_b64, X509_get0_pubkey(leaf),
 			    "the certificate's public key", &st->key, &st->key_created));
 	snprintf(st->label, sizeof(st->label), "%s", r.label);
+	{
+		bool cached;
+
+		NHI_TRY(nhi_hsm_key_cache(s->hsm, st->key, &cached));
+	}
 	NHI_TRY(nhi_hsm_evp_pkey(s->hsm, st->key, &st->pkey));
 	NHI_TRY(nhi_tls_ctx_new(s, (const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", st->pkey,
 				&st->ctx));

@@ -109,6 +109,11 @@ nhi_err nhi_token_issuer_new(const struct nhi_token_issuer_cfg *cfg, struct nhi_
 
 	NHI_TRY(load_key(cfg->hsm, cfg->signing_key, &iss->key, &iss->pubs[0]));
 	iss->n_pubs = 1;
+	if (cfg->cache_signing_key) {
+		bool cached;
+
+		NHI_TRY(nhi_hsm_key_cache(cfg->hsm, iss->key, &cached));
+	}
 	NHI_TRY(nhi_pkey_thumbprint(iss->pubs[0], iss->kid));
 	for (i = 0; i < cfg->n_retired_keys; i++) {
 		NHI_TRY(load_key(cfg->hsm, cfg->retired_keys[i], NULL, &iss->pubs[iss->n_pubs]));

@@ -78,6 +78,7 @@ struct nhi_token_issuer_cfg {
 	const char *issuer;               /* the iss claim */
 	unsigned ttl_default_s;           /* exp - iat when a request names no ttl */
 	unsigned ttl_max_s;               /* requests above it are capped to it; <= NHI_TOKEN_TTL_MAX_S */
+	bool cache_signing_key;           /* nhi_hsm_key_cache the signing key (a long-lived issuer) */
 };
 /* Defaults: NHI_TOKEN_TTL_DEFAULT_S, NHI_TOKEN_TTL_CAP_DEFAULT_S, no retired keys. */
 void nhi_token_issuer_cfg_init(struct nhi_token_issuer_cfg *cfg);

@@ -352,6 +352,83 @@ static void test_recovery_after_sessions_closed(void **state)
 	nhi_hsm_free(h);
 }
 
+/* session objects of this process that nhi_hsm_key_cache made (token objects excluded) */
+static unsigned long session_copies(struct nhi_hsm *h)
+{
+	CK_SLOT_ID slot;
+	CK_FUNCTION_LIST *f = nhi_hsm_raw_functions(h, &slot);
+	CK_SESSION_HANDLE s;
+	CK_BBOOL no = CK_FALSE;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_ATTRIBUTE t[] = {{CKA_TOKEN, &no, sizeof(no)}, {CKA_CLASS, &cls, sizeof(cls)}};
+	CK_OBJECT_HANDLE o[16];
+	CK_ULONG n = 0;
+
+	assert_int_equal(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+	assert_int_equal(f->C_FindObjectsInit(s, t, 2), CKR_OK);
+	assert_int_equal(f->C_FindObjects(s, o, 16, &n), CKR_OK);
+	(void)f->C_FindObjectsFinal(s);
+	(void)f->C_CloseSession(s);
+	return n;
+}
+
+static void verify_with_pub(struct nhi_hsm *h, struct nhi_hsm_key *k, const uint8_t sig[64])
+{
+	EVP_PKEY *pub = NULL;
+
+	assert_int_equal(nhi_hsm_pubkey(h, k, &pub), NHI_OK);
+	assert_int_equal(nhi_pkey_es256_verify(pub, (const uint8_t *)"cached", 6, sig), NHI_OK);
+	EVP_PKEY_free(pub);
+}
+
+static void test_key_cache(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	struct nhi_hsm_key *again = NULL;
+	struct nhi_hsm_stats st;
+	uint8_t sig[64];
+	size_t sig_len;
+	bool cached = false;
+
+	(void)state;
+	assert_int_equal(session_copies(h), 0);
+	assert_int_equal(nhi_hsm_key_cache(h, k, &cached), NHI_OK);
+	assert_true(cached);
+	assert_int_equal(session_copies(h), 1);
+	/* the copy signs; the token object's public key verifies it */
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"cached", 6, sig, &sig_len), NHI_OK);
+	verify_with_pub(h, k, sig);
+	nhi_hsm_get_stats(h, &st);
+	assert_int_equal(st.cached_signs, 1);
+	/* the copy has no label: a label lookup still finds exactly the token object */
+	assert_int_equal(nhi_hsm_find(h, "t-ec", &again), NHI_OK);
+	nhi_hsm_key_free(again);
+	/* a reset token takes the copy: signing goes on with the token object */
+	nhi_hsm_testing_close_all(h);
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"cached", 6, sig, &sig_len), NHI_OK);
+	verify_with_pub(h, k, sig);
+	nhi_hsm_get_stats(h, &st);
+	assert_int_equal(st.signs, 2);
+	assert_int_equal(st.cached_signs, 1);
+	/* and a new copy can be made (the keeper session is reopened) */
+	assert_int_equal(nhi_hsm_key_cache(h, k, &cached), NHI_OK);
+	assert_true(cached);
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"cached", 6, sig, &sig_len), NHI_OK);
+	verify_with_pub(h, k, sig);
+	nhi_hsm_get_stats(h, &st);
+	assert_int_equal(st.cached_signs, 2);
+	/* freeing the handle destroys the copy, not the key */
+	nhi_hsm_key_free(k);
+	assert_int_equal(session_copies(h), 0);
+	assert_int_equal(nhi_hsm_label_exists(h, "t-ec"), NHI_OK);
+	/* an AES key is not a signing key */
+	k = key_for(h, NHI_KEY_AES256, "t-aes");
+	assert_int_equal(nhi_hsm_key_cache(h, k, &cached), NHI_ERR_ARG);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
 static void test_evp_bridge(void **state)
 {
 	struct nhi_hsm *h = open_ok();
@@ -500,7 +577,7 @@ int main(void)
 		cmocka_unit_test(test_duplicate_label_refused),
 		cmocka_unit_test(test_wrap_unwrap_gcm),
 		cmocka_unit_test(test_unwrap_ec_into_token),
-		cmocka_unit_test(test_recovery_after_sessions_closed),
+		cmocka_unit_test(test_recovery_after_sessions_closed), cmocka_unit_test(test_key_cache),
 		cmocka_unit_test(test_evp_bridge),
 		cmocka_unit_test(test_export_formats),
 		cmocka_unit_test(test_concurrent_pool),
