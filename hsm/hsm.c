@@ -540,6 +540,28 @@ static CK_RV op_count_label(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	return r;
 }
 
+static CK_RV op_destroy_label(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
+{
+	struct label_ctx *c = vctx;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE t[] = {{CKA_LABEL, (void *)c->label, strlen(c->label)}, {CKA_TOKEN, &yes, sizeof(yes)}};
+	CK_OBJECT_HANDLE found[16];
+	CK_ULONG n = 0, i;
+	CK_RV r;
+
+	r = h->f->C_FindObjectsInit(s, t, 2);
+	if (r != CKR_OK)
+		return r;
+	r = h->f->C_FindObjects(s, found, 16, &n);
+	(void)h->f->C_FindObjectsFinal(s);
+	for (i = 0; r == CKR_OK && i < n; i++) {
+		r = h->f->C_DestroyObject(s, found[i]);
+		if (r == CKR_OK)
+			c->count++;
+	}
+	return r;
+}
+
 static nhi_err check_label(const char *label)
 {
 	if (label == NULL || label[0] == '\0' || strlen(label) > NHI_HSM_LABEL_MAX_BYTES)
@@ -781,6 +803,19 @@ static CK_RV op_destroy(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 		atomic_store(&k->priv, CK_INVALID_HANDLE);
 	}
 	return r;
+}
+
+nhi_err nhi_hsm_destroy_label(struct nhi_hsm *h, const char *label, unsigned *n)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct label_ctx c = {label, 0};
+
+	*n = 0;
+	NHI_TRY(check_label(label));
+	rv = nhi_hsm_run(h, "C_DestroyObject", NULL, op_destroy_label, &c);
+	*n = (unsigned)c.count;
+out:
+	return rv;
 }
 
 nhi_err nhi_hsm_destroy(struct nhi_hsm *h, struct nhi_hsm_key *key)

@@ -75,6 +75,13 @@ nhi_err nhi_hsm_generate(struct nhi_hsm *h, enum nhi_key_kind kind, const char *
 nhi_err nhi_hsm_find(struct nhi_hsm *h, const char *label, struct nhi_hsm_key **out) NHI_MUST_CHECK;
 /* NHI_OK when an object with `label` exists, NHI_ERR_NOT_FOUND when none does. */
 nhi_err nhi_hsm_label_exists(struct nhi_hsm *h, const char *label) NHI_MUST_CHECK;
+/*
+ * Destroy every token object labelled `label` (at most 16), whatever it is: for the
+ * leftovers of an interrupted unwrap, which may be half-made (no public object, or
+ * attributes missing). *n = objects destroyed. The caller has made sure the label
+ * names nothing in service.
+ */
+nhi_err nhi_hsm_destroy_label(struct nhi_hsm *h, const char *label, unsigned *n) NHI_MUST_CHECK;
 /* Destroy the key's objects in the token. Used by tests and failed rotations. */
 nhi_err nhi_hsm_destroy(struct nhi_hsm *h, struct nhi_hsm_key *key) NHI_MUST_CHECK;
 /*

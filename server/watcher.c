@@ -459,6 +459,49 @@ out:
 }
 
 /*
+ * A key already under `label` when a package is prepared: the callers made sure the
+ * label names nothing in service, so it is what an earlier attempt at this package
+ * left. Whole (private and public object) and proven to be `pub`'s: *out, taken over.
+ * A whole key of another public key: refused (someone else's, or another package's).
+ * Anything less — a crash between the private and the public object, or SoftHSM2's
+ * object file cut short mid-write — is destroyed, and *out stays NULL: unwrap again.
+ */
+static nhi_err leftover_or_ours(struct nhi_server *s, const char *what, const char *label, EVP_PKEY *pub,
+				const char *pub_what, struct nhi_hsm_key **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL, e;
+	struct nhi_hsm_key *k = NULL;
+	EVP_PKEY *have = NULL;
+	unsigned n = 0;
+
+	*out = NULL;
+	e = nhi_hsm_find(s->hsm, label, &k);
+	if (e == NHI_OK)
+		e = nhi_hsm_pubkey(s->hsm, k, &have);
+	if (e == NHI_OK) {
+		e = key_matches(s, k, pub, pub_what);
+		if (e == NHI_OK && EVP_PKEY_eq(have, pub) == 1) {
+			*out = k;
+			k = NULL;
+			rv = NHI_OK;
+			goto out;
+		}
+		NHI_CHECK(e != NHI_ERR_VERIFY || EVP_PKEY_eq(have, pub) == 1, NHI_ERR_EXISTS,
+			  "%s: a whole key labelled '%s' is already in the token and is not %s: choose another label",
+			  what, label, pub_what);
+	}
+	ERR_clear_error();
+	NHI_TRY(nhi_hsm_destroy_label(s->hsm, label, &n));
+	fprintf(stderr, "nhid: %s: removed %u unusable object(s) labelled '%s' left by an interrupted attempt (%s)\n",
+		what, n, label, nhi_err_detail());
+	rv = NHI_OK;
+out:
+	EVP_PKEY_free(have);
+	nhi_hsm_key_free(k);
+	return rv;
+}
+
+/*
  * The private key of `pub` (P-256), wrapped under nhid-wrap (CKM_AES_KEY_WRAP_PAD),
  * into the token as a sensitive, non-extractable key `label`; then it must sign what
  * `pub` verifies (comparing public halves would prove nothing: the public object is
@@ -492,8 +535,12 @@ static nhi_err unwrap_p256(struct nhi_server *s, const char *what, const char *l
 	}
 	rv = nhi_hsm_label_exists(s->hsm, label);
 	if (rv == NHI_OK) {
-		NHI_TRY(nhi_hsm_find(s->hsm, label, out));
-	} else {
+		NHI_TRY(leftover_or_ours(s, what, label, pub, pub_what, out));
+		if (*out != NULL)
+			goto out; /* an earlier attempt's key, whole and proven: taken over */
+		rv = NHI_ERR_NOT_FOUND;
+	}
+	if (rv == NHI_ERR_NOT_FOUND) {
 		struct nhi_hsm_unwrap_spec spec = {.kind = NHI_KEY_EC_P256, .label = label, .token = true,
 						   .ec_point = ec_point, .ec_point_len = sizeof(ec_point)};
 
@@ -507,9 +554,7 @@ static nhi_err unwrap_p256(struct nhi_server *s, const char *what, const char *l
 	}
 	rv = key_matches(s, *out, pub, pub_what);
 	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "%s%s", what,
-			     *created ? "" : ": a key with this label already exists in the token and is not the package's: "
-					     "choose another label");
+		nhi_err_wrap(rv, "%s", what);
 		goto out;
 	}
 	rv = NHI_OK;
@@ -538,6 +583,23 @@ static void staged_drop(struct nhi_server *s, struct staged *st)
 	memset(st, 0, sizeof(*st));
 }
 
+/* a TLS key rotated out earlier still signs for the connections that started with it */
+static nhi_err not_an_old_tls_key(struct nhi_server *s, const char *what, const char *label)
+{
+	nhi_err rv = NHI_OK;
+	size_t i;
+
+	pthread_mutex_lock(&s->reload_mu);
+	for (i = 0; i < s->n_old_tls_keys && rv == NHI_OK; i++)
+		if (strcmp(nhi_hsm_key_label(s->old_tls_keys[i]), label) == 0)
+			rv = nhi_err_set(NHI_ERR_FORMAT,
+					 "%s: '%s' is a TLS key rotated out earlier (open connections may still use it): "
+					 "give the new key a new label",
+					 what, label);
+	pthread_mutex_unlock(&s->reload_mu);
+	return rv;
+}
+
 static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_t len, struct staged *st)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -555,6 +617,7 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 	for (i = 0; i < s->token_keys.n; i++)
 		NHI_CHECK(strcmp(r.label, s->token_keys.labels[i]) != 0, NHI_ERR_FORMAT,
 			  "cert-rotation: key_label '%s' is a token signing key", r.label);
+	NHI_TRY(not_an_old_tls_key(s, "cert-rotation", r.label));
 	for (i = 0; i < s->cfg.n_sign_keys; i++)
 		NHI_CHECK(strcmp(r.label, s->cfg.sign_keys[i].label) != 0, NHI_ERR_FORMAT,
 			  "cert-rotation: key_label '%s' is the signing service's key for purpose %s", r.label,
@@ -776,6 +839,7 @@ static nhi_err tk_label_free(struct nhi_server *s, const char *label)
 	for (i = 0; i < s->cfg.n_sign_keys; i++)
 		NHI_CHECK(strcmp(label, s->cfg.sign_keys[i].label) != 0, NHI_ERR_FORMAT,
 			  "token-keys: '%s' is the signing service's key for purpose %s", label, s->cfg.sign_keys[i].purpose);
+	NHI_TRY(not_an_old_tls_key(s, "token-keys", label));
 	rv = NHI_OK;
 out:
 	return rv;
@@ -1108,6 +1172,45 @@ out:
 	return rv;
 }
 
+/*
+ * What the committed state puts into service, recorded at every startup: a crash
+ * after an apply's commit but before its own audit record still leaves the package
+ * (kind, version, payload SHA-256) on the record before anything is served with it.
+ */
+static nhi_err audit_in_force(struct nhi_server *s, const struct nhi_update_state *st)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	json_t *kinds = json_object(), *f;
+	char hex[65], name[32];
+	unsigned k;
+
+	NHI_CHECK(kinds != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++) {
+		if (st->version[k] == 0)
+			continue;
+		nhi_hex(st->package_sha256[k], 32, hex);
+		/* audit field names are [a-z0-9_]: "cert-rotation" is recorded as cert_rotation */
+		snprintf(name, sizeof(name), "%s", nhi_update_kind_name((enum nhi_update_kind)k));
+		for (char *c = name; *c != '\0'; c++)
+			*c = *c == '-' ? '_' : *c;
+		NHI_CHECK(json_object_set_new(kinds, name,
+					      json_pack("{s:I, s:s}", "version", (json_int_t)st->version[k],
+							"package_sha256", hex)) == 0,
+			  NHI_ERR_NOMEM, "out of memory");
+	}
+	if (json_object_size(kinds) == 0 && s->bundle == NULL) {
+		rv = NHI_OK;
+		goto out;
+	}
+	f = json_pack("{s:O, s:s}", "kinds", kinds, "trust_bundle", s->bundle ? nhi_bundle_fingerprint(s->bundle) : "");
+	NHI_CHECK(f != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(nhi_server_audit(s, "updates_in_force", f));
+	rv = NHI_OK;
+out:
+	json_decref(kinds);
+	return rv;
+}
+
 nhi_err nhi_watcher_load(struct nhi_server *s)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -1136,6 +1239,7 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 		/* made now, before the signal thread can ask it to stop */
 		NHI_TRY(watcher_new(s));
 	}
+	NHI_TRY(audit_in_force(s, &st));
 	NHI_TRY(token_keys_load(s, &st));
 	if (st.version[NHI_UPDATE_REVOCATION] > 0) {
 		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_REVOCATION, &body));
