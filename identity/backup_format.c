@@ -5,8 +5,12 @@
  */
 #include "identity_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* field offsets (big-endian integers) */
 enum {
@@ -188,6 +192,42 @@ nhi_err nhi_backup_hdr_parse(const uint8_t *data, size_t len, struct nhi_backup_
 		  len < i->file_bytes ? "truncated: copy the file again" : "trailing data after the signature");
 	rv = NHI_OK;
 out:
+	return rv;
+}
+
+/* the header parse reads only the first NHI_BACKUP_HEADER_BYTES; `len` is the file's length */
+nhi_err nhi_backup_inspect_file(const char *path, struct nhi_backup_info *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_backup_hdr h;
+	uint8_t hdr[NHI_BACKUP_HEADER_BYTES];
+	struct stat st;
+	size_t want, got = 0;
+	ssize_t n;
+	int fd;
+
+	memset(out, 0, sizeof(*out));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "cannot open backup %s: %s", path,
+		  strerror(errno));
+	NHI_CHECK(fstat(fd, &st) == 0 && S_ISREG(st.st_mode), NHI_ERR_ARG, "backup %s is not a regular file", path);
+	want = (uint64_t)st.st_size < sizeof(hdr) ? (size_t)st.st_size : sizeof(hdr);
+	while (got < want) {
+		n = read(fd, hdr + got, want - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		NHI_CHECK(n > 0, NHI_ERR_IO, "reading backup %s: %s", path, n < 0 ? strerror(errno) : "file shrank");
+		got += (size_t)n;
+	}
+	rv = nhi_backup_hdr_parse(hdr, (size_t)st.st_size, &h);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "%s", path);
+		goto out;
+	}
+	*out = h.info;
+out:
+	if (fd >= 0)
+		close(fd);
 	return rv;
 }
 

@@ -52,7 +52,7 @@ struct nhi_backup_info {
  * what `nhictl backup inspect` prints. NHI_ERR_FORMAT / NHI_ERR_LIMIT name the field.
  */
 nhi_err nhi_backup_inspect(const uint8_t *data, size_t len, struct nhi_backup_info *out) NHI_MUST_CHECK;
-/* The same for a file (read whole: the framing is checked against its length). */
+/* The same for a file: only its header is read; the framing is checked against its length. */
 nhi_err nhi_backup_inspect_file(const char *path, struct nhi_backup_info *out) NHI_MUST_CHECK;
 
 struct nhi_backup_create_opts {

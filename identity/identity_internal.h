@@ -37,6 +37,7 @@ struct nhi_backup_hdr {
  * Parse the header of a backup of `len` bytes (the whole file: the framing is
  * checked against it). On success every size in *out is consistent and within caps.
  */
+/* Reads data[0 .. min(len, NHI_BACKUP_HEADER_BYTES)) only; len is the whole file's length. */
 nhi_err nhi_backup_hdr_parse(const uint8_t *data, size_t len, struct nhi_backup_hdr *out) NHI_MUST_CHECK;
 /* Fill out->raw from out->info and the other fields (creation side); checks the same rules. */
 nhi_err nhi_backup_hdr_encode(struct nhi_backup_hdr *h) NHI_MUST_CHECK;

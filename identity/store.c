@@ -336,23 +336,6 @@ out:
 	return rv;
 }
 
-nhi_err nhi_backup_inspect_file(const char *path, struct nhi_backup_info *out)
-{
-	nhi_err rv;
-	uint8_t *data = NULL;
-	size_t len = 0;
-
-	memset(out, 0, sizeof(*out));
-	rv = map_file(path, &data, &len);
-	if (rv == NHI_OK)
-		rv = nhi_backup_inspect(data, len, out);
-	if (data != NULL)
-		munmap(data, len);
-	if (rv != NHI_OK)
-		rv = nhi_err_wrap(rv, "%s", path);
-	return rv;
-}
-
 nhi_err nhi_store_import_file(struct nhi_store *s, struct nhi_hsm *h, const char *path,
 			      const struct nhi_store_import_opts *o, struct nhi_store_import_result *res)
 {

@@ -203,16 +203,13 @@ out:
 static int cmd_inspect(int argc, char **argv)
 {
 	struct args a;
-	struct nhi_buf b = {0};
 	struct nhi_backup_info info;
 	nhi_err e;
 	int rc = parse(argc, argv, true, &a);
 
 	if (rc >= 0)
 		return rc;
-	e = nhi_file_read(a.file, NHI_BACKUP_MAX_BYTES, &b);
-	if (e == NHI_OK)
-		e = nhi_backup_inspect(b.data, b.len, &info);
+	e = nhi_backup_inspect_file(a.file, &info);
 	if (e != NHI_OK) {
 		rc = nhictl_fail("backup inspect", a.file, e);
 		goto out;
@@ -221,7 +218,6 @@ static int cmd_inspect(int argc, char **argv)
 	print_info(stdout, &info);
 	rc = 0;
 out:
-	nhi_buf_free(&b);
 	return rc;
 }
 

@@ -944,11 +944,12 @@ static void test_import_file(void **state)
 	struct nhi_store *s = loaded_store(10);
 	struct nhi_buf b = {0};
 	struct nhi_store_import_result r;
-	char path[400];
+	char path[400], good[400];
 
 	(void)state;
 	create_standard(90, T0 + 90, NULL, &b);
 	tmp_path(path, sizeof(path), "backup.nhib");
+	memcpy(good, path, sizeof(good));
 	assert_int_equal(nhi_file_write_excl(path, b.data, b.len, 0644), NHI_OK);
 	assert_int_equal(nhi_store_import_file(s, hsm, path, NULL, &r), NHI_OK);
 	assert_int_equal(r.outcome, NHI_IMPORT_NEWER);
@@ -964,6 +965,27 @@ static void test_import_file(void **state)
 	assert_int_equal(nhi_store_import_file(s, hsm, path, NULL, &r), NHI_ERR_FORMAT);
 	assert_non_null(strstr(nhi_err_detail(), "truncated"));
 	assert_non_null(strstr(nhi_err_detail(), path));
+	/* the header alone, read from the file: the same refusals, by length and framing */
+	{
+		struct nhi_backup_info info;
+
+		assert_int_equal(nhi_backup_inspect_file(path, &info), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "truncated"));
+		assert_non_null(strstr(nhi_err_detail(), path));
+		assert_int_equal(nhi_backup_inspect_file(good, &info), NHI_OK);
+		assert_int_equal(info.serial, 90);
+		assert_int_equal(info.file_bytes, b.len);
+		assert_int_equal(nhi_backup_inspect_file("/nonexistent.nhib", &info), NHI_ERR_NOT_FOUND);
+		tmp_path(path, sizeof(path), "empty2.nhib");
+		assert_int_equal(nhi_file_write_excl(path, "", 0, 0644), NHI_OK);
+		assert_int_equal(nhi_backup_inspect_file(path, &info), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "is empty"));
+		tmp_path(path, sizeof(path), "short.nhib");
+		assert_int_equal(nhi_file_write_excl(path, b.data, 100, 0644), NHI_OK);
+		assert_int_equal(nhi_backup_inspect_file(path, &info), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "shorter than its"));
+		assert_int_equal(nhi_backup_inspect_file("/tmp", &info), NHI_ERR_ARG);
+	}
 	{
 		struct nhi_store_info si;
 
