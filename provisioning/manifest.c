@@ -95,9 +95,8 @@ static int cmd_verify(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	const char *mpath = NULL, *state = NULL, *bpath = NULL;
-	struct nhi_buf doc = {0}, bdoc = {0};
+	struct nhi_buf doc = {0};
 	struct nhi_bundle *b = NULL;
-	enum nhi_bundle_reason why;
 	size_t n = 0;
 	int c, status = 1;
 	nhi_err e;
@@ -116,13 +115,7 @@ static int cmd_verify(int argc, char **argv)
 		fprintf(stderr, "nhictl manifest verify: --manifest, one of --state-dir/--bundle, and DIR are required\n");
 		return 2;
 	}
-	if (state != NULL) {
-		e = nhi_update_load_bundle(state, &b);
-	} else {
-		e = nhi_file_read(bpath, NHI_BUNDLE_MAX_BYTES, &bdoc);
-		if (e == NHI_OK)
-			e = nhi_bundle_parse(bdoc.data, bdoc.len, &b, &why);
-	}
+	e = state != NULL ? nhi_update_load_bundle(state, &b) : nhi_bundle_load_file(bpath, &b);
 	if (e == NHI_OK)
 		e = nhi_file_read(mpath, NHI_MANIFEST_MAX_BYTES, &doc);
 	if (e != NHI_OK) {
@@ -140,7 +133,6 @@ static int cmd_verify(int argc, char **argv)
 out:
 	nhi_bundle_free(b);
 	nhi_buf_free(&doc);
-	nhi_buf_free(&bdoc);
 	return status;
 }
 

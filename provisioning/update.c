@@ -295,9 +295,8 @@ static int cmd_verify(int argc, char **argv)
 	struct nhi_update_check chk = {0};
 	struct nhi_update_info info;
 	struct nhi_bundle *b = NULL;
-	struct nhi_buf doc = {0}, bdoc = {0};
+	struct nhi_buf doc = {0};
 	enum nhi_update_reason why = NHI_UPDATE_OK;
-	enum nhi_bundle_reason bwhy;
 	int first = parse_state_opts("update verify", argc, argv, &o), status = 1;
 	nhi_err e;
 
@@ -315,9 +314,7 @@ static int cmd_verify(int argc, char **argv)
 			e = nhi_update_clock(&st, o.now, o.skew, &o.now);
 	} else {
 		/* a bundle file given by hand is trusted as given: verify it first with 'bundle verify' */
-		e = nhi_file_read(o.bundle, NHI_BUNDLE_MAX_BYTES, &bdoc);
-		if (e == NHI_OK)
-			e = nhi_bundle_parse(bdoc.data, bdoc.len, &b, &bwhy);
+		e = nhi_bundle_load_file(o.bundle, &b);
 	}
 	if (e != NHI_OK) {
 		status = nhictl_fail("update verify", o.state_dir ? o.state_dir : o.bundle, e);
@@ -343,7 +340,6 @@ static int cmd_verify(int argc, char **argv)
 out:
 	nhi_bundle_free(b);
 	nhi_buf_free(&doc);
-	nhi_buf_free(&bdoc);
 	return status;
 }
 

@@ -957,8 +957,6 @@ nhi_err nhi_update_load_bundle(const char *state_dir, struct nhi_bundle **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_update_state st;
-	struct nhi_buf doc = {0};
-	enum nhi_bundle_reason why;
 	char path[PATH_MAX];
 
 	NHI_TRY(nhi_update_state_load(state_dir, &st));
@@ -966,6 +964,17 @@ nhi_err nhi_update_load_bundle(const char *state_dir, struct nhi_bundle **out)
 		NHI_TRY(nhi_update_state_body_path(state_dir, &st, NHI_UPDATE_TRUST_BUNDLE, path, sizeof(path)));
 	else
 		NHI_TRY(path_join(path, sizeof(path), state_dir, BUNDLE_FILE));
+	rv = nhi_bundle_load_file(path, out);
+out:
+	return rv;
+}
+
+nhi_err nhi_bundle_load_file(const char *path, struct nhi_bundle **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf doc = {0};
+	enum nhi_bundle_reason why;
+
 	NHI_TRY(nhi_file_read(path, NHI_BUNDLE_MAX_BYTES, &doc));
 	rv = nhi_bundle_parse(doc.data, doc.len, out, &why);
 	if (rv != NHI_OK)

@@ -307,6 +307,12 @@ typedef void (*nhi_update_scan_cb)(void *arg, const char *path, nhi_err e, const
 nhi_err nhi_update_scan(const struct nhi_update_apply_cfg *cfg, const char *incoming, nhi_update_scan_cb cb,
 			void *cb_arg, struct nhi_update_scan_stats *stats) NHI_MUST_CHECK;
 
+/*
+ * A bundle document from a file (capped at NHI_BUNDLE_MAX_BYTES), parsed and
+ * self-signature checked like nhi_bundle_parse; errors name the file. A file given
+ * by hand is trusted as given: check its chain with nhi_bundle_verify_chain first.
+ */
+nhi_err nhi_bundle_load_file(const char *path, struct nhi_bundle **out) NHI_MUST_CHECK;
 /* Load state_dir/trust-bundle.json (trusted local copy; self-signature checked). */
 nhi_err nhi_update_load_bundle(const char *state_dir, struct nhi_bundle **out) NHI_MUST_CHECK;
 /*

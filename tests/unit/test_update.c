@@ -650,6 +650,23 @@ static struct nhi_bundle *state_with_bundle(void)
 	nhi_bundle_free(b);
 	b = NULL;
 	assert_int_equal(nhi_update_load_bundle(g.dir, &b), NHI_OK);
+	/* the same document from a file; a missing or foreign file is named */
+	{
+		struct nhi_bundle *fb = NULL;
+		char path[600];
+
+		snprintf(path, sizeof(path), "%s/trust-bundle.json", g.dir);
+		assert_int_equal(nhi_bundle_load_file(path, &fb), NHI_OK);
+		assert_string_equal(nhi_bundle_fingerprint(fb), nhi_bundle_fingerprint(b));
+		nhi_bundle_free(fb);
+		fb = NULL;
+		snprintf(path, sizeof(path), "%s/no-such-bundle.json", g.dir);
+		assert_int_equal(nhi_bundle_load_file(path, &fb), NHI_ERR_NOT_FOUND);
+		snprintf(path, sizeof(path), "%s/update-state.json", g.dir);
+		assert_int_not_equal(nhi_bundle_load_file(path, &fb), NHI_OK);
+		assert_non_null(strstr(nhi_err_detail(), path));
+		assert_null(fb);
+	}
 	nhi_buf_free(&b1);
 	return b;
 }
