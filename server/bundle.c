@@ -315,11 +315,11 @@ out:
 nhi_err nhi_bundle_create(const struct nhi_bundle_create_req *req, struct nhi_buf *out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	json_t *p = NULL, *certs = json_array(), *jwks = NULL, *signers = NULL, *peers = NULL, *man = NULL;
+	json_t *certs = json_array(), *jwks = NULL, *signers = NULL, *peers = NULL, *man = NULL;
 	struct nhi_buf one = {0};
 	BIO *in = NULL, *mem = NULL;
 	X509 *x = NULL;
-	char *text = NULL, *data;
+	char *data;
 	long dlen;
 
 	NHI_CHECK(certs != NULL, NHI_ERR_NOMEM, "out of memory");
@@ -351,18 +351,14 @@ nhi_err nhi_bundle_create(const struct nhi_bundle_create_req *req, struct nhi_bu
 	NHI_TRY(key_list_json(req->signers, req->n_signers, &signers));
 	NHI_TRY(key_list_json(req->peers, req->n_peers, &peers));
 	NHI_TRY(key_list_json(req->manifest, req->n_manifest, &man));
-	p = json_pack("{s:s, s:I, s:I, s:O, s:O, s:O, s:i, s:O, s:O}", "type", "nhid-trust-bundle", "version",
-		      (json_int_t)req->version, "expires_at", (json_int_t)req->expires_at, "ca_certs", certs, "jwks",
-		      jwks, "update_signers", signers, "threshold", (int)req->threshold, "peer_keys", peers,
-		      "manifest_keys", man);
-	NHI_CHECK(p != NULL, NHI_ERR_NOMEM, "out of memory");
-	text = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
-	NHI_TRY(nhi_doc_wrap((const uint8_t *)text, strlen(text), out));
+	NHI_TRY(nhi_doc_wrap_json(json_pack("{s:s, s:I, s:I, s:O, s:O, s:O, s:i, s:O, s:O}", "type",
+					    "nhid-trust-bundle", "version", (json_int_t)req->version, "expires_at",
+					    (json_int_t)req->expires_at, "ca_certs", certs, "jwks", jwks, "update_signers",
+					    signers, "threshold", (int)req->threshold, "peer_keys", peers, "manifest_keys",
+					    man),
+				  out));
 	rv = NHI_OK;
 out:
-	free(text);
-	json_decref(p);
 	json_decref(certs);
 	json_decref(jwks);
 	json_decref(signers);

@@ -158,8 +158,7 @@ nhi_err nhi_manifest_build(const char *dir, const char *name, int64_t created_at
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct mf_list l = {0};
-	json_t *p = NULL, *files = json_array(), *e;
-	char *text = NULL;
+	json_t *files = json_array(), *e;
 	size_t i;
 
 	NHI_CHECK(files != NULL, NHI_ERR_NOMEM, "out of memory");
@@ -172,16 +171,11 @@ nhi_err nhi_manifest_build(const char *dir, const char *name, int64_t created_at
 		NHI_CHECK(e != NULL && json_array_append_new(files, e) == 0, NHI_ERR_NOMEM,
 			  "out of memory (or %s is not UTF-8)", l.e[i].path);
 	}
-	p = json_pack("{s:s, s:s, s:I, s:O}", "type", "nhid-model-manifest", "name", name, "created_at",
-		      (json_int_t)created_at, "files", files);
-	NHI_CHECK(p != NULL, NHI_ERR_NOMEM, "out of memory");
-	text = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
-	NHI_TRY(nhi_doc_wrap((const uint8_t *)text, strlen(text), out));
+	NHI_TRY(nhi_doc_wrap_json(json_pack("{s:s, s:s, s:I, s:O}", "type", "nhid-model-manifest", "name", name,
+					    "created_at", (json_int_t)created_at, "files", files),
+				  out));
 	rv = NHI_OK;
 out:
-	free(text);
-	json_decref(p);
 	json_decref(files);
 	mf_list_free(&l);
 	return rv;

@@ -425,6 +425,22 @@ out:
 	return rv;
 }
 
+nhi_err nhi_doc_wrap_json(json_t *payload, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char *text = NULL;
+
+	NHI_CHECK(payload != NULL, NHI_ERR_NOMEM, "out of memory");
+	text = json_dumps(payload, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(nhi_doc_wrap((const uint8_t *)text, strlen(text), out));
+	rv = NHI_OK;
+out:
+	free(text);
+	json_decref(payload);
+	return rv;
+}
+
 nhi_err nhi_doc_add_signature(enum nhi_doc_type t, const uint8_t *doc, size_t len, EVP_PKEY *signer,
 			      const uint8_t sig[64], struct nhi_buf *out)
 {
@@ -509,9 +525,8 @@ nhi_err nhi_update_create(const struct nhi_update_create_req *req, struct nhi_bu
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b64 = {0};
-	json_t *p = NULL;
 	uint8_t h[32];
-	char hex[65], *text = NULL;
+	char hex[65];
 
 	NHI_CHECK(req->id != NULL && valid_id(req->id, strlen(req->id)), NHI_ERR_ARG,
 		  "package id must be 1..%d characters of [A-Za-z0-9._-]", NHI_UPDATE_ID_MAX_BYTES);
@@ -525,17 +540,13 @@ nhi_err nhi_update_create(const struct nhi_update_create_req *req, struct nhi_bu
 	NHI_TRY(nhi_sha256(req->body, req->body_len, h));
 	nhi_hex(h, 32, hex);
 	NHI_TRY(nhi_b64url_encode(req->body, req->body_len, &b64));
-	p = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "id", req->id, "kind", nhi_update_kind_name(req->kind),
-		      "version", (json_int_t)req->version, "created_at", (json_int_t)req->created_at, "expires_at",
-		      (json_int_t)req->expires_at, "body", (const char *)b64.data, "body_sha256", hex);
-	NHI_CHECK(p != NULL, NHI_ERR_NOMEM, "out of memory");
-	text = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
-	NHI_TRY(nhi_doc_wrap((const uint8_t *)text, strlen(text), out));
+	NHI_TRY(nhi_doc_wrap_json(json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "id", req->id, "kind",
+					    nhi_update_kind_name(req->kind), "version", (json_int_t)req->version,
+					    "created_at", (json_int_t)req->created_at, "expires_at",
+					    (json_int_t)req->expires_at, "body", (const char *)b64.data, "body_sha256", hex),
+				  out));
 	rv = NHI_OK;
 out:
-	free(text);
-	json_decref(p);
 	nhi_buf_free(&b64);
 	return rv;
 }

@@ -17,6 +17,9 @@ struct nhi_envelope {
 	uint8_t sig[NHI_UPDATE_SIGNATURES_MAX][64];
 };
 
+/* nhi_doc_wrap of `payload` (NULL: out of memory) serialised compact, members in order; steals it. */
+nhi_err nhi_doc_wrap_json(json_t *payload, struct nhi_buf *out) NHI_MUST_CHECK;
+
 /* Strictly parse an envelope of at most `max` bytes (payload decoded into env). */
 nhi_err nhi_envelope_parse(const uint8_t *doc, size_t len, size_t max, struct nhi_envelope *env) NHI_MUST_CHECK;
 void nhi_envelope_free(struct nhi_envelope *env);
