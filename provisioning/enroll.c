@@ -84,7 +84,7 @@ static nhi_err enroll(const struct enroll_opts *o)
 	struct nhi_profiles *prof = NULL;
 	struct nhi_hsm *h = NULL;
 	struct nhi_hsm_key *root_key = NULL;
-	EVP_PKEY *agent = NULL, *root_hsm = NULL, *root_pub = NULL;
+	EVP_PKEY *agent = NULL, *root_hsm = NULL;
 	X509 *ca = NULL, *cert = NULL;
 	struct nhi_buf san = {0}, cert_pem = {0}, agent_pem = {.secret = true};
 	char dir[600], ca_path[600], key_path[700], crt_path[700], fp[65];
@@ -114,13 +114,7 @@ static nhi_err enroll(const struct enroll_opts *o)
 		NHI_TRY(key_pem(agent, &agent_pem));
 	}
 	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, &h));
-	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_ROOT, &root_key));
-	NHI_TRY(nhi_hsm_pubkey(h, root_key, &root_pub));
-	/* the ca.crt on disk must be the root whose key is in this token */
-	NHI_CHECK(EVP_PKEY_eq(root_pub, X509_get0_pubkey(ca)) == 1, NHI_ERR_CONFIG,
-		  "%s does not belong to the root key in %s: wrong out_dir or wrong token", ca_path,
-		  nhi_hsm_token_desc(h));
-	NHI_TRY(nhi_hsm_evp_pkey(h, root_key, &root_hsm));
+	NHI_TRY(nhi_root_signer(h, ca, ca_path, &root_key, &root_hsm));
 	NHI_TRY(nhi_buf_printf(&san, "URI:spiffe://%s/agent/%s", cfg.trust_domain, o->name));
 	req = (struct nhi_cert_request){.profile = "agent", .cn = o->name, .org = cfg.organization,
 					.subject_key = agent, .issuer = ca, .issuer_key = root_hsm,
@@ -148,7 +142,6 @@ out:
 	X509_free(ca);
 	EVP_PKEY_free(agent);
 	EVP_PKEY_free(root_hsm);
-	EVP_PKEY_free(root_pub);
 	nhi_hsm_key_free(root_key);
 	nhi_hsm_free(h);
 	nhi_profiles_free(prof);

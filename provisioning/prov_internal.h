@@ -102,6 +102,13 @@ nhi_err nhi_cert_pem(X509 *x, struct nhi_buf *out) NHI_MUST_CHECK;
 nhi_err nhi_cert_fingerprint(X509 *x, char out[65]) NHI_MUST_CHECK;
 /* Load one PEM certificate from a file. */
 nhi_err nhi_cert_load(const char *path, X509 **out) NHI_MUST_CHECK;
+/*
+ * The root key in the token as the issuer of `ca` (read from ca_path): found by
+ * NHI_LABEL_ROOT, checked to be ca's key (a wrong out_dir or token is refused, named),
+ * and given as an EVP_PKEY that signs in the token. *key must outlive *signer.
+ */
+nhi_err nhi_root_signer(struct nhi_hsm *h, X509 *ca, const char *ca_path, struct nhi_hsm_key **key,
+			EVP_PKEY **signer) NHI_MUST_CHECK;
 
 /* ---- transcript -------------------------------------------------------------- */
 

@@ -80,7 +80,7 @@ static nhi_err make_rotation(const struct rotation_opts *o)
 	struct nhi_profiles *prof = NULL;
 	struct nhi_hsm *h = NULL;
 	struct nhi_hsm_key *root_key = NULL, *newkey = NULL;
-	EVP_PKEY *root_hsm = NULL, *root_pub = NULL, *new_pub = NULL;
+	EVP_PKEY *root_hsm = NULL, *new_pub = NULL;
 	X509 *ca = NULL, *cert = NULL;
 	struct nhi_buf san = {0}, chain = {0}, b64 = {0};
 	struct nhi_cert_request req;
@@ -99,12 +99,7 @@ static nhi_err make_rotation(const struct rotation_opts *o)
 	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", cfg.out_dir);
 	NHI_TRY(nhi_cert_load(ca_path, &ca));
 	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, &h));
-	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_ROOT, &root_key));
-	NHI_TRY(nhi_hsm_pubkey(h, root_key, &root_pub));
-	NHI_CHECK(EVP_PKEY_eq(root_pub, X509_get0_pubkey(ca)) == 1, NHI_ERR_CONFIG,
-		  "%s does not belong to the root key in %s: wrong out_dir or wrong token", ca_path,
-		  nhi_hsm_token_desc(h));
-	NHI_TRY(nhi_hsm_evp_pkey(h, root_key, &root_hsm));
+	NHI_TRY(nhi_root_signer(h, ca, ca_path, &root_key, &root_hsm));
 	NHI_TRY(wrap_for_nhid(h, o->key, "TLS", &newkey, &b64));
 	NHI_TRY(nhi_hsm_pubkey(h, newkey, &new_pub));
 	for (i = 0; i < (o->n_dns || o->n_ip ? o->n_dns : cfg.n_dns); i++)
@@ -138,7 +133,6 @@ out:
 	X509_free(cert);
 	X509_free(ca);
 	EVP_PKEY_free(root_hsm);
-	EVP_PKEY_free(root_pub);
 	EVP_PKEY_free(new_pub);
 	nhi_hsm_key_free(newkey);
 	nhi_hsm_key_free(root_key);

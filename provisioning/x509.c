@@ -181,3 +181,23 @@ out:
 	nhi_buf_free(&b);
 	return rv;
 }
+
+nhi_err nhi_root_signer(struct nhi_hsm *h, X509 *ca, const char *ca_path, struct nhi_hsm_key **key, EVP_PKEY **signer)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	EVP_PKEY *pub = NULL;
+
+	*key = NULL;
+	*signer = NULL;
+	NHI_TRY(nhi_hsm_find(h, NHI_LABEL_ROOT, key));
+	NHI_TRY(nhi_hsm_pubkey(h, *key, &pub));
+	/* the ca.crt on disk must be the root whose key is in this token */
+	NHI_CHECK(EVP_PKEY_eq(pub, X509_get0_pubkey(ca)) == 1, NHI_ERR_CONFIG,
+		  "%s does not belong to the root key in %s: wrong out_dir or wrong token", ca_path,
+		  nhi_hsm_token_desc(h));
+	NHI_TRY(nhi_hsm_evp_pkey(h, *key, signer));
+	rv = NHI_OK;
+out:
+	EVP_PKEY_free(pub);
+	return rv;
+}

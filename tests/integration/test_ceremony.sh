@@ -95,6 +95,12 @@ check "agent certificate is not good for TLS servers" bash -c "! openssl verify 
 check "agent key matches its certificate" bash -c "[ \"\$(openssl pkey -in out/agents/demo-agent.key -pubout)\" = \"\$(openssl x509 -in out/agents/demo-agent.crt -noout -pubkey)\" ]"
 check_fails "enrolling the same name twice is refused" "already exists" "$NHICTL" enroll demo-agent --config good.conf --pin-file user.pin
 check_fails "an invalid agent name is refused" "is not valid" "$NHICTL" enroll "../evil" --config good.conf --pin-file user.pin
+# an out_dir whose ca.crt is another root's: refused before anything is written
+mkdir -p foreign && cp other.crt foreign/ca.crt
+conf foreign.conf "$T/foreign"
+check_fails "enroll against a ca.crt that is not the token's root is refused, naming it" \
+	"foreign/ca.crt does not belong to the root key" "$NHICTL" enroll stray --config foreign.conf --pin-file user.pin
+check "... and writes no key or certificate" bash -c "! ls foreign/agents/stray.* 2>/dev/null | grep -q ."
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout csr.key -subj /CN=ignored -out good.csr 2>/dev/null
 check "enroll certifies a CSR" "$NHICTL" enroll csr-agent --csr good.csr --config good.conf --pin-file user.pin
 check "the CSR path writes no private key" test ! -e out/agents/csr-agent.key
