@@ -1180,8 +1180,8 @@ out:
 static nhi_err audit_in_force(struct nhi_server *s, const struct nhi_update_state *st)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	json_t *kinds = json_object(), *f;
-	char hex[65], name[32];
+	json_t *kinds = json_array(), *f;
+	char hex[65];
 	unsigned k;
 
 	NHI_CHECK(kinds != NULL, NHI_ERR_NOMEM, "out of memory");
@@ -1189,16 +1189,12 @@ static nhi_err audit_in_force(struct nhi_server *s, const struct nhi_update_stat
 		if (st->version[k] == 0)
 			continue;
 		nhi_hex(st->package_sha256[k], 32, hex);
-		/* audit field names are [a-z0-9_]: "cert-rotation" is recorded as cert_rotation */
-		snprintf(name, sizeof(name), "%s", nhi_update_kind_name((enum nhi_update_kind)k));
-		for (char *c = name; *c != '\0'; c++)
-			*c = *c == '-' ? '_' : *c;
-		NHI_CHECK(json_object_set_new(kinds, name,
-					      json_pack("{s:I, s:s}", "version", (json_int_t)st->version[k],
-							"package_sha256", hex)) == 0,
+		NHI_CHECK(json_array_append_new(kinds, json_pack("{s:s, s:I, s:s}", "kind",
+								  nhi_update_kind_name((enum nhi_update_kind)k), "version",
+								  (json_int_t)st->version[k], "package_sha256", hex)) == 0,
 			  NHI_ERR_NOMEM, "out of memory");
 	}
-	if (json_object_size(kinds) == 0 && s->bundle == NULL) {
+	if (json_array_size(kinds) == 0 && s->bundle == NULL) {
 		rv = NHI_OK;
 		goto out;
 	}

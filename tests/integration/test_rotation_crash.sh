@@ -155,7 +155,7 @@ audited() {
 	[ "$n" -ge 1 ] && return 0
 	# a crash between the commit and the apply's own record: the next startup's
 	# updates_in_force record names the committed package before it is served
-	n=$(grep '"event":"updates_in_force"' "$D/state/audit.jsonl" | grep '"cert_rotation"' | grep -c "\"package_sha256\":\"$PKGSHA\"")
+	n=$(grep '"event":"updates_in_force"' "$D/state/audit.jsonl" | grep '"kind":"cert-rotation"' | grep -c "\"package_sha256\":\"$PKGSHA\"")
 	[ "$n" -ge 1 ] && return 0
 	echo "no update_applied or updates_in_force record for rot1.json; the log has: $(grep -o '"event":"[a-z_]*"' "$D/state/audit.jsonl" |
 		cut -d'"' -f4 | uniq -c | tr -s ' \n' ' ')"
