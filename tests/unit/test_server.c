@@ -244,13 +244,64 @@ static void test_signing_requests(void **state)
 	assert_non_null(strstr(nhi_err_detail(), "'files'"));
 }
 
+/* the update bodies nhid reads: every refusal names its member */
+static void test_update_bodies(void **state)
+{
+	static const struct {
+		char kind; /* 'r' revocation, 'c' cert-rotation, 't' token-keys */
+		const char *body;
+		const char *expect; /* NULL: accepted */
+	} cases[] = {
+		{'r', "{}", NULL},
+		{'r', "{\"agents\":[\"a\"],\"kids\":[\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"]}", NULL},
+		{'r', "[]", "one JSON object"},
+		{'r', "{\"agent\":[]}", "unknown member 'agent'"},
+		{'r', "{\"kids\":[\"short\"]}", "kids[0] is not an RFC 7638 thumbprint"},
+		{'r', "{\"cert_sha256\":[\"ABC\"]}", "cert_sha256[0] must be 64 lower-case hex digits"},
+		{'c', "{\"cert_chain_pem\":\"x\",\"wrapped_key_b64\":\"AA\",\"key_label\":\"nhid-tls-2\"}", NULL},
+		{'c', "{\"cert_chain_pem\":\"x\",\"key_label\":\"nhid-tls-2\"}", "all required"},
+		{'c', "{\"cert_chain_pem\":\"x\",\"wrapped_key_b64\":\"AA\",\"key_label\":\"bad label\"}",
+		 "is not a key label"},
+		{'c', "{\"cert_chain_pem\":1,\"wrapped_key_b64\":\"AA\",\"key_label\":\"k\"}", "must be a string"},
+		{'t', "{\"keys\":[{\"label\":\"nhid-token-2\"}],\"signing_key\":\"nhid-token-2\"}", NULL},
+		{'t', "{\"keys\":[{\"label\":\"a\"},{\"label\":\"b\",\"wrapped_key_b64\":\"AA\",\"public_key_pem\":\"P\"}],"
+		      "\"signing_key\":\"b\",\"previous_signing_key\":\"a\",\"sign_after\":1764000000}",
+		 NULL},
+		{'t', "{\"keys\":[],\"signing_key\":\"a\"}", "'keys' must be an array of 1 to"},
+		{'t', "{\"keys\":[{\"label\":\"a\"},{\"label\":\"a\"}],\"signing_key\":\"a\"}", "listed twice"},
+		{'t', "{\"keys\":[{\"label\":\"a\"}],\"signing_key\":\"b\"}", "'signing_key' must name one of"},
+		{'t', "{\"keys\":[{\"label\":\"a\",\"wrapped_key_b64\":\"AA\"}],\"signing_key\":\"a\"}", "go together"},
+		{'t', "{\"keys\":[{\"label\":\"a\"}],\"signing_key\":\"a\",\"sign_after\":5}",
+		 "previous_signing_key and sign_after go together"},
+		{'t', "{\"keys\":[{\"label\":\"a\"}],\"signing_key\":\"a\",\"previous_signing_key\":\"a\",\"sign_after\":5}",
+		 "must name another of 'keys'"},
+		{'t', "{\"keys\":[{\"label\":\"a b\"}],\"signing_key\":\"a b\"}", "keys[0].label is not a key label"},
+		{'t', "{\"keys\":[{\"label\":\"a\",\"extra\":1}],\"signing_key\":\"a\"}", "extra"},
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const uint8_t *b = (const uint8_t *)cases[i].body;
+		size_t n = strlen(cases[i].body);
+		nhi_err e = cases[i].kind == 'r'   ? nhi_revocation_body_check(b, n)
+			    : cases[i].kind == 'c' ? nhi_rotation_body_check(b, n)
+						   : nhi_token_keys_body_check(b, n);
+
+		if (cases[i].expect == NULL ? e != NHI_OK
+					    : e != NHI_ERR_FORMAT || strstr(nhi_err_detail(), cases[i].expect) == NULL)
+			fail_msg("case %zu (%c %s): got %s: %s", i, cases[i].kind, cases[i].body, nhi_err_name(e),
+				 nhi_err_detail());
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_config_and_defaults), cmocka_unit_test(test_bad_configs_name_the_key),
 		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
-		cmocka_unit_test(test_signing_requests),
+		cmocka_unit_test(test_signing_requests),	cmocka_unit_test(test_update_bodies),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
