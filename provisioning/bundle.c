@@ -60,10 +60,9 @@ static int cmd_create(int argc, char **argv)
 		case 'v':
 		case 'e':
 		case 'm':
-			if (!nhictl_parse_ll(optarg, 1, c == 'm' ? LIST_MAX : NHI_UPDATE_TIME_MAX_S, &num)) {
-				fprintf(stderr, "nhictl bundle create: '%s' is not a number in range\n", optarg);
+			if (!nhictl_arg_ll("bundle create", c == 'v' ? "version" : c == 'e' ? "expires-at" : "threshold", optarg,
+					   1, c == 'm' ? LIST_MAX : NHI_UPDATE_TIME_MAX_S, &num))
 				return 2;
-			}
 			if (c == 'v')
 				req.version = (uint64_t)num;
 			else if (c == 'e')
@@ -186,10 +185,8 @@ static int cmd_verify(int argc, char **argv)
 		switch (c) {
 		case 'P': pin = optarg; break;
 		case 'n':
-			if (!nhictl_parse_ll(optarg, 1, NHI_UPDATE_TIME_MAX_S, &now)) {
-				fprintf(stderr, "nhictl bundle verify: --now must be a unix time\n");
+			if (!nhictl_arg_ll("bundle verify", "now", optarg, 1, NHI_UPDATE_TIME_MAX_S, &now))
 				return 2;
-			}
 			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

@@ -32,15 +32,17 @@ int nhictl_dispatch(const char *cmd, const struct nhictl_action *actions, size_t
 	return 2;
 }
 
-bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out)
+bool nhictl_arg_ll(const char *cmd, const char *opt, const char *s, long long lo, long long hi, long long *out)
 {
 	char *end = NULL;
 	long long v;
 
 	errno = 0;
 	v = strtoll(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
+		fprintf(stderr, "nhictl %s: --%s '%s' must be a whole number from %lld to %lld\n", cmd, opt, s, lo, hi);
 		return false;
+	}
 	*out = v;
 	return true;
 }

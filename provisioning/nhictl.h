@@ -44,8 +44,11 @@ struct nhictl_action {
 int nhictl_dispatch(const char *cmd, const struct nhictl_action *actions, size_t n, void (*usage)(FILE *f), int argc,
 		    char **argv);
 
-/* cli.c: strict decimal in [lo, hi] (no sign tricks, no trailing bytes) */
-bool nhictl_parse_ll(const char *s, long long lo, long long hi, long long *out);
+/*
+ * cli.c: option --opt of `nhictl cmd` as a strict decimal in [lo, hi] (no sign tricks,
+ * no trailing bytes); otherwise the message names the option, the value and the range.
+ */
+bool nhictl_arg_ll(const char *cmd, const char *opt, const char *s, long long lo, long long hi, long long *out);
 
 /* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */
 int nhictl_fail(const char *cmd, const char *what, nhi_err e);

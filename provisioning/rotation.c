@@ -266,11 +266,9 @@ static int cmd_token_keys(int argc, char **argv)
 			break;
 		case 'a':
 		case 'i':
-			if (!nhictl_parse_ll(optarg, 0, NHI_UPDATE_TIME_MAX_S, &v)) {
-				fprintf(stderr, "nhictl rotation token-keys: --%s must be a whole number of seconds\n",
-					opt == 'a' ? "sign-after" : "sign-in");
+			if (!nhictl_arg_ll("rotation token-keys", opt == 'a' ? "sign-after" : "sign-in", optarg, 0,
+					   NHI_UPDATE_TIME_MAX_S, &v))
 				return 2;
-			}
 			o.sign_after = opt == 'a' ? v : (long long)time(NULL) + v;
 			when = true;
 			break;
@@ -353,10 +351,8 @@ static int cmd_make(int argc, char **argv)
 			o.ip[o.n_ip++] = optarg;
 			break;
 		case 'd':
-			if (!nhictl_parse_ll(optarg, 1, NHI_SERVER_DAYS_MAX, &days)) {
-				fprintf(stderr, "nhictl rotation: --days must be 1 to %d\n", NHI_SERVER_DAYS_MAX);
+			if (!nhictl_arg_ll("rotation make", "days", optarg, 1, NHI_SERVER_DAYS_MAX, &days))
 				return 2;
-			}
 			o.days = (int)days;
 			break;
 		case 'h': usage(stdout); return 0;

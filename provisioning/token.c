@@ -160,26 +160,18 @@ static int cmd_verify(int argc, char **argv)
 			break;
 		case 'c': cert_path = optarg; break;
 		case 'l':
-			if (!nhictl_parse_ll(optarg, 0, NHI_TOKEN_LEEWAY_MAX_S, &num)) {
-				fprintf(stderr, "nhictl token verify: --leeway must be 0..%d seconds\n",
-					NHI_TOKEN_LEEWAY_MAX_S);
+			if (!nhictl_arg_ll("token verify", "leeway", optarg, 0, NHI_TOKEN_LEEWAY_MAX_S, &num))
 				return 2;
-			}
 			cfg.leeway_s = (unsigned)num;
 			break;
 		case 'm':
-			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
-				fprintf(stderr, "nhictl token verify: --max-lifetime must be 1..%d seconds\n",
-					NHI_TOKEN_TTL_MAX_S);
+			if (!nhictl_arg_ll("token verify", "max-lifetime", optarg, 1, NHI_TOKEN_TTL_MAX_S, &num))
 				return 2;
-			}
 			cfg.lifetime_max_s = (unsigned)num;
 			break;
 		case 'n':
-			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX, &num)) {
-				fprintf(stderr, "nhictl token verify: --now must be a unix time in seconds\n");
+			if (!nhictl_arg_ll("token verify", "now", optarg, 1, NHI_TOKEN_NUMERICDATE_MAX, &num))
 				return 2;
-			}
 			chk.now = num;
 			break;
 		case 'h': usage(stdout); return 0;
@@ -282,21 +274,16 @@ static int cmd_issue(int argc, char **argv)
 		case 'c': cert_path = optarg; break;
 		case 'T':
 		case 'X':
-			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_TTL_MAX_S, &num)) {
-				fprintf(stderr, "nhictl token issue: --ttl and --ttl-max must be 1..%d seconds\n",
-					NHI_TOKEN_TTL_MAX_S);
+			if (!nhictl_arg_ll("token issue", c == 'T' ? "ttl" : "ttl-max", optarg, 1, NHI_TOKEN_TTL_MAX_S, &num))
 				return 2;
-			}
 			if (c == 'T')
 				req.ttl_s = (unsigned)num;
 			else
 				icfg.ttl_max_s = (unsigned)num;
 			break;
 		case 'n':
-			if (!nhictl_parse_ll(optarg, 1, NHI_TOKEN_NUMERICDATE_MAX - NHI_TOKEN_TTL_MAX_S, &num)) {
-				fprintf(stderr, "nhictl token issue: --now must be a unix time in seconds\n");
+			if (!nhictl_arg_ll("token issue", "now", optarg, 1, NHI_TOKEN_NUMERICDATE_MAX - NHI_TOKEN_TTL_MAX_S, &num))
 				return 2;
-			}
 			req.now = num;
 			break;
 		case 'h': usage(stdout); return 0;

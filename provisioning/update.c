@@ -163,12 +163,10 @@ static int cmd_create(int argc, char **argv)
 		case 'c':
 		case 'e':
 		case 'E':
-			if (!nhictl_parse_ll(optarg, 1, c == 'v' ? (long long)NHI_UPDATE_VERSION_MAX : NHI_UPDATE_TIME_MAX_S,
-					     &num)) {
-				fprintf(stderr, "nhictl update create: --%s '%s' is not a number in range\n",
-					c == 'v' ? "version" : c == 'c' ? "created-at" : "expires-*", optarg);
+			if (!nhictl_arg_ll("update create",
+					   c == 'v' ? "version" : c == 'c' ? "created-at" : c == 'e' ? "expires-at" : "expires-in",
+					   optarg, 1, c == 'v' ? (long long)NHI_UPDATE_VERSION_MAX : NHI_UPDATE_TIME_MAX_S, &num))
 				return 2;
-			}
 			if (c == 'v')
 				req.version = (uint64_t)num;
 			else if (c == 'c')
@@ -254,18 +252,13 @@ static int parse_state_opts(const char *cmd, int argc, char **argv, struct state
 		case 'i': o->incoming = optarg; break;
 		case 'P': o->pin = optarg; break;
 		case 'n':
-			if (!nhictl_parse_ll(optarg, 1, NHI_UPDATE_TIME_MAX_S, &num)) {
-				fprintf(stderr, "nhictl %s: --now must be a unix time in seconds\n", cmd);
+			if (!nhictl_arg_ll(cmd, "now", optarg, 1, NHI_UPDATE_TIME_MAX_S, &num))
 				return -1;
-			}
 			o->now = num;
 			break;
 		case 'S':
-			if (!nhictl_parse_ll(optarg, 1, NHI_UPDATE_CLOCK_SKEW_MAX_S, &num)) {
-				fprintf(stderr, "nhictl %s: --skew must be 1..%d seconds\n", cmd,
-					NHI_UPDATE_CLOCK_SKEW_MAX_S);
+			if (!nhictl_arg_ll(cmd, "skew", optarg, 1, NHI_UPDATE_CLOCK_SKEW_MAX_S, &num))
 				return -1;
-			}
 			o->skew = num;
 			break;
 		default: usage(stderr); return -1;

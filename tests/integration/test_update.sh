@@ -113,6 +113,11 @@ cp pexp.json incoming/
 check_fails "an expired package is refused" "(expired)" "$NHICTL" update apply --state-dir state incoming/pexp.json
 check_fails "an unknown kind cannot be created" "unknown update kind 'firmware'" \
 	"$NHICTL" update create --kind firmware --version 1 --id x --body body.rev-1 --expires-in 60 -o never.json
+check_fails "a version out of range is named with its range, nothing written" "--version '0' must be a whole number from 1 to" \
+	"$NHICTL" update create --kind revocation --version 0 --id x --body body.rev-1 --expires-in 60 -o never.json
+check_fails "a time with trailing bytes is refused, naming it" "--expires-in '60s' must be a whole number" \
+	"$NHICTL" update create --kind revocation --version 1 --id x --body body.rev-1 --expires-in 60s -o never.json
+check "... and neither wrote a package" test ! -e never.json
 python3 - <<'PY'
 import base64, hashlib, json
 body = b"x"
