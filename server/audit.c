@@ -86,6 +86,7 @@ struct nhi_audit {
 	struct audit_item *head, *tail;
 	size_t queued;            /* items in the queue */
 	size_t last_batch_items;  /* items the writer completed last time */
+	size_t wake_at;           /* wake the writer when this many are queued (0: it is busy) */
 	long long last_fsync_ns;  /* how long the last fdatasync took */
 	bool stopping;
 	nhi_err fail_rv;                       /* != NHI_OK: the log is unusable */
@@ -585,16 +586,21 @@ static void gather(struct nhi_audit *a)
 {
 	struct timespec deadline;
 	long long wait_ns = a->last_fsync_ns / 2;
+	size_t target = a->last_batch_items + 1;
 
 	if (wait_ns > NHI_AUDIT_GATHER_MAX_US * 1000LL)
 		wait_ns = NHI_AUDIT_GATHER_MAX_US * 1000LL;
-	if (a->queued == 0 || a->queued >= a->last_batch_items || wait_ns <= 0)
+	if (target > NHI_AUDIT_BATCH_MAX)
+		target = NHI_AUDIT_BATCH_MAX;
+	if (a->queued == 0 || a->queued >= target || a->last_batch_items < 2 || wait_ns <= 0)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &deadline);
 	add_ns(&deadline, wait_ns);
-	while (a->queued < a->last_batch_items && !a->stopping && a->queued < NHI_AUDIT_BATCH_MAX)
+	a->wake_at = target; /* callers stay quiet until the batch is full */
+	while (a->queued < target && !a->stopping)
 		if (pthread_cond_timedwait(&a->work_cv, &a->mu, &deadline) != 0)
 			break;
+	a->wake_at = 0;
 }
 
 static void *writer_main(void *arg)
@@ -609,6 +615,7 @@ static void *writer_main(void *arg)
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
 		time_due = false;
+		a->wake_at = 1;
 		while (a->head == NULL && !a->stopping) {
 			if (a->since_cp > 0 && a->fail_rv == NHI_OK) {
 				if (checkpoint_time_due(a)) {
@@ -621,6 +628,7 @@ static void *writer_main(void *arg)
 				pthread_cond_wait(&a->work_cv, &a->mu);
 			}
 		}
+		a->wake_at = 0;
 		if (a->head == NULL && !time_due)
 			break; /* stopping, queue empty */
 		gather(a);
@@ -705,7 +713,8 @@ static nhi_err submit(struct nhi_audit *a, struct audit_item *it, const struct c
 			a->head = it;
 		a->tail = it;
 		a->queued++;
-		pthread_cond_signal(&a->work_cv);
+		if (a->wake_at != 0 && a->queued >= a->wake_at) /* else the writer is busy or gathering */
+			pthread_cond_signal(&a->work_cv);
 		rv = NHI_OK;
 		while (blocking && !it->done)
 			pthread_cond_wait(&it->done_cv, &a->mu);
