@@ -64,6 +64,7 @@
 #define NHI_TOKEN_JTI_MAX_BYTES 64
 #define NHI_TOKEN_JTI_POOL_BYTES 1024        /* token randomness fetched per C_GenerateRandom for jti */
 #define NHI_TOKEN_KEYS_MAX 16                /* trusted signing keys (current + retired) */
+#define NHI_TOKEN_MEMO_ENTRIES_MAX (1 << 22) /* signature memo slots of one verifier (40 bytes each) */
 #define NHI_TOKEN_NUMERICDATE_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
 #define NHI_JWKS_MAX_BYTES (64 * 1024)
 
@@ -79,6 +80,7 @@
 #define NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S 30           /* read/idle/write timeout per connection */
 #define NHI_SERVER_HANDSHAKE_TIMEOUT_S 10              /* a TLS handshake must finish within */
 #define NHI_SERVER_REQUESTS_PER_CONN_DEFAULT 10000     /* then Connection: close */
+#define NHI_SERVER_VERIFY_MEMO_DEFAULT 65536           /* token signature memo slots (2.5 MiB) */
 #define NHI_SERVER_TOKEN_TTL_MAX_DEFAULT_S NHI_TOKEN_TTL_CAP_DEFAULT_S
 #define NHI_SERVER_AUDIT_CHECKPOINT_RECORDS_DEFAULT 1000
 #define NHI_SERVER_AUDIT_CHECKPOINT_S_DEFAULT 60

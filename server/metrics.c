@@ -87,6 +87,21 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 				       "# TYPE nhid_audit_failed gauge\nnhid_audit_failed %d\n",
 				       as.records, as.checkpoints, as.fsyncs, as.max_batch, as.failed ? 1 : 0));
 	}
+	{
+		struct nhi_trust *t = nhi_server_trust_get(s);
+		unsigned long long hits = 0, misses = 0;
+
+		if (t != NULL)
+			nhi_token_verifier_memo_stats(t->verifier, &hits, &misses);
+		nhi_trust_put(t);
+		NHI_TRY(nhi_buf_printf(o,
+				       "# HELP nhid_token_signature_memo_total Token signature checks by the memo's answer,"
+				       " since the trust state was last built.\n"
+				       "# TYPE nhid_token_signature_memo_total counter\n"
+				       "nhid_token_signature_memo_total{result=\"hit\"} %llu\n"
+				       "nhid_token_signature_memo_total{result=\"miss\"} %llu\n",
+				       hits, misses));
+	}
 	nhi_store_get_info(s->store, &si);
 	NHI_TRY(nhi_buf_printf(o,
 			       "# TYPE nhid_connections_active gauge\nnhid_connections_active %llu\n"

@@ -341,6 +341,7 @@ nhi_err nhi_trust_build(struct nhi_server *s, const struct nhi_token_keys *tk, c
 	vc.n_audiences = s->cfg.n_audiences;
 	vc.leeway_s = s->cfg.leeway_s;
 	vc.lifetime_max_s = s->cfg.token_ttl_max_s;
+	vc.memo_entries = s->cfg.verify_memo_entries;
 	NHI_TRY(nhi_token_verifier_new(&vc, &t->verifier));
 	/* the verifier trusts exactly what the JWKS publishes */
 	NHI_TRY(nhi_token_verifier_add_jwks(t->verifier, (const char *)t->jwks.data, t->jwks.len));

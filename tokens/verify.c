@@ -33,7 +33,30 @@ struct trusted_key {
 	size_t canon_hdr_len;
 };
 
+/*
+ * Memoised signature checks (docs/tokens.md "Signature memo"). A resolver sees the
+ * same token many times while it lives, and the ECDSA check is most of what a
+ * resolve costs. An entry records that the token whose bytes (header, payload and
+ * signature, all of them) have this SHA-256 verified under this key of this
+ * verifier. A hit skips that one check; the header, claims, times, audience and
+ * binding are checked on every call. Entries die with the verifier, which a key
+ * rotation or a revocation replaces. Direct-mapped: a colliding token takes the slot.
+ */
+struct sig_memo_entry {
+	uint8_t h[32];
+	const struct trusted_key *key; /* NULL: empty */
+};
+
+struct sig_memo {
+	pthread_mutex_t mu;
+	size_t n;
+	struct sig_memo_entry *e;
+	EVP_MD *sha256;
+	unsigned long long hits, misses;
+};
+
 struct nhi_token_verifier {
+	struct sig_memo *memo; /* NULL: every signature is checked */
 	char *issuer;
 	char **audiences;
 	size_t n_audiences;
@@ -91,6 +114,98 @@ void nhi_token_verify_cfg_init(struct nhi_token_verify_cfg *cfg)
 	cfg->lifetime_max_s = NHI_TOKEN_TTL_CAP_DEFAULT_S;
 }
 
+static void memo_free(struct sig_memo *m)
+{
+	if (m == NULL)
+		return;
+	pthread_mutex_destroy(&m->mu);
+	EVP_MD_free(m->sha256);
+	free(m->e);
+	free(m);
+}
+
+static nhi_err memo_new(size_t entries, struct sig_memo **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct sig_memo *m = NULL;
+
+	NHI_CHECK(entries <= NHI_TOKEN_MEMO_ENTRIES_MAX, NHI_ERR_CONFIG,
+		  "token verifier: a signature memo of %zu entries is above the %d cap", entries,
+		  NHI_TOKEN_MEMO_ENTRIES_MAX);
+	m = calloc(1, sizeof(*m));
+	NHI_CHECK(m != NULL, NHI_ERR_NOMEM, "out of memory");
+	if (pthread_mutex_init(&m->mu, NULL) != 0) {
+		free(m);
+		m = NULL;
+		NHI_FAIL(NHI_ERR_INTERNAL, "pthread_mutex_init failed");
+	}
+	m->e = calloc(entries, sizeof(*m->e));
+	NHI_CHECK(m->e != NULL, NHI_ERR_NOMEM, "out of memory for a %zu-entry signature memo", entries);
+	m->n = entries;
+	m->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+	NHI_CHECK_SSL(m->sha256 != NULL, NHI_ERR_CRYPTO, "fetching SHA-256");
+	*out = m;
+	m = NULL;
+	rv = NHI_OK;
+out:
+	memo_free(m);
+	return rv;
+}
+
+static struct sig_memo_entry *memo_slot(const struct sig_memo *m, const uint8_t h[32])
+{
+	return &m->e[(((size_t)h[0] << 24) | ((size_t)h[1] << 16) | ((size_t)h[2] << 8) | h[3]) % m->n];
+}
+
+/* true: this exact token verified under `key` before. Fills h for memo_store. */
+static bool memo_seen(struct sig_memo *m, const struct trusted_key *key, const char *token, size_t len,
+		      uint8_t h[32])
+{
+	struct sig_memo_entry *e;
+	unsigned hlen = 0;
+	bool hit;
+
+	if (EVP_Digest(token, len, h, &hlen, m->sha256, NULL) != 1 || hlen != 32) {
+		ERR_clear_error();
+		memset(h, 0, 32);
+		return false; /* not memoised: the signature is checked */
+	}
+	e = memo_slot(m, h);
+	pthread_mutex_lock(&m->mu);
+	hit = e->key == key && memcmp(e->h, h, 32) == 0;
+	if (hit)
+		m->hits++;
+	else
+		m->misses++;
+	pthread_mutex_unlock(&m->mu);
+	return hit;
+}
+
+static void memo_store(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32])
+{
+	struct sig_memo_entry *e = memo_slot(m, h);
+	static const uint8_t zero[32];
+
+	if (memcmp(h, zero, 32) == 0)
+		return; /* the digest failed */
+	pthread_mutex_lock(&m->mu);
+	memcpy(e->h, h, 32);
+	e->key = key;
+	pthread_mutex_unlock(&m->mu);
+}
+
+void nhi_token_verifier_memo_stats(const struct nhi_token_verifier *v, unsigned long long *hits,
+				   unsigned long long *misses)
+{
+	*hits = *misses = 0;
+	if (v == NULL || v->memo == NULL)
+		return;
+	pthread_mutex_lock(&v->memo->mu);
+	*hits = v->memo->hits;
+	*misses = v->memo->misses;
+	pthread_mutex_unlock(&v->memo->mu);
+}
+
 static bool claim_string_ok(const char *s)
 {
 	size_t n = s != NULL ? strlen(s) : 0;
@@ -119,6 +234,8 @@ nhi_err nhi_token_verifier_new(const struct nhi_token_verify_cfg *cfg, struct nh
 	NHI_CHECK(v != NULL, NHI_ERR_NOMEM, "out of memory");
 	v->issuer = strdup(cfg->issuer);
 	NHI_CHECK(v->issuer != NULL, NHI_ERR_NOMEM, "out of memory");
+	if (cfg->memo_entries > 0)
+		NHI_TRY(memo_new(cfg->memo_entries, &v->memo));
 	if (cfg->n_audiences > 0) {
 		v->audiences = calloc(cfg->n_audiences, sizeof(char *));
 		NHI_CHECK(v->audiences != NULL, NHI_ERR_NOMEM, "out of memory");
@@ -147,6 +264,7 @@ void nhi_token_verifier_free(struct nhi_token_verifier *v)
 
 	if (v == NULL)
 		return;
+	memo_free(v->memo);
 	for (i = 0; i < v->n_keys; i++) {
 		nhi_es256_key_clear(&v->keys[i]->es);
 		free(v->keys[i]);
@@ -635,7 +753,7 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	const char *d1, *d2, *end, *aud = NULL;
 	size_t hlen, plen, slen;
 	int64_t now, t[3] = {0};
-	uint8_t x5t[32] = {0};
+	uint8_t x5t[32] = {0}, h[32];
 
 	if (out != NULL)
 		*out = NULL;
@@ -684,12 +802,16 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 			    sig.len > 64 && sig.data[0] == 0x30 ? " (DER is not the JWS form)" : "");
 		goto out;
 	}
-	rv = nhi_es256_verify(&key->es, (const uint8_t *)token, (size_t)(d2 - token), sig.data);
-	if (rv == NHI_ERR_VERIFY) {
-		rv = reject(&why, NHI_TOKEN_E_SIG, "signature does not verify with key %s", key->kid);
-		goto out;
+	if (v->memo == NULL || !memo_seen(v->memo, key, token, len, h)) {
+		rv = nhi_es256_verify(&key->es, (const uint8_t *)token, (size_t)(d2 - token), sig.data);
+		if (rv == NHI_ERR_VERIFY) {
+			rv = reject(&why, NHI_TOKEN_E_SIG, "signature does not verify with key %s", key->kid);
+			goto out;
+		}
+		NHI_TRY(rv);
+		if (v->memo != NULL)
+			memo_store(v->memo, key, h);
 	}
-	NHI_TRY(rv);
 
 	/* the payload is decoded and parsed only once it is known to come from a trusted key */
 	if (nhi_b64url_decode(d1 + 1, plen, &pay) != NHI_OK) {

@@ -59,6 +59,9 @@ check_fails "a token bound to demo-agent presented by admin is refused (cnf_mism
 	curl_as_fail inference-gw /v1/resolve --data-binary @bound-b.json
 check "the same token presented by demo-agent passes the binding check" \
 	bash -c "curl_as inference-gw /v1/resolve --data-binary @bound-a.json | grep -q '\"sub\":\"demo-agent\"'"
+# the token was resolved before: its signature comes from the memo, everything else is checked again
+check "repeated resolves of one token are answered from the signature memo (hits > 0, misses counted)" bash -c \
+	"curl_as demo-agent /v1/metrics | awk '/^nhid_token_signature_memo_total{result=\"hit\"}/ {h=\$2} /^nhid_token_signature_memo_total{result=\"miss\"}/ {m=\$2} END {exit !(h > 0 && m > 0)}'"
 
 # --- HTTP errors ---
 check_fails "unknown path is 404 JSON" '"error":"not_found"' curl_as_fail demo-agent /v1/nope

@@ -39,7 +39,11 @@ static void test_good_config_and_defaults(void **state)
 	assert_int_equal(c.n_audiences, 2);
 	assert_int_equal(c.threads, NHI_SERVER_THREADS_DEFAULT);
 	assert_int_equal(c.body_max_bytes, NHI_SERVER_BODY_DEFAULT_BYTES);
+	assert_int_equal(c.verify_memo_entries, NHI_SERVER_VERIFY_MEMO_DEFAULT);
 	assert_string_equal(c.tls_key, "nhid-tls");
+	assert_int_equal(parse_with("verify_memo_entries = 0\n", &c), NHI_OK); /* off: every signature checked */
+	assert_int_equal(c.verify_memo_entries, 0);
+	assert_int_equal(parse_with("", &c), NHI_OK);
 	/* updates are off unless a watched directory is named */
 	assert_string_equal(c.updates_dir, "");
 	assert_int_equal(c.update_scan_s, NHI_SERVER_UPDATE_SCAN_DEFAULT_S);
@@ -85,6 +89,8 @@ static void test_bad_configs_name_the_key(void **state)
 		{"listen = 127.0.0.1:0\n", "'listen'"},
 		{"listen = 127.0.0.1:70000\n", "'listen'"},
 		{"body_max_bytes = 99999999\n", "'body_max_bytes'"},
+		{"verify_memo_entries = 4194305\n", "'verify_memo_entries'"},
+		{"verify_memo_entries = -1\n", "'verify_memo_entries'"},
 		{"token_ttl_max_s = 7200\n", "'token_ttl_max_s'"},
 		{"token_ttl_default_s = 600\ntoken_ttl_max_s = 300\n", "above token_ttl_max_s"},
 		{"tls_key = bad label\n", "not a key label"},

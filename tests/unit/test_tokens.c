@@ -1278,6 +1278,144 @@ static void *worker_run(void *arg)
 	return NULL;
 }
 
+static struct nhi_token_verifier *memo_verifier(size_t entries, EVP_PKEY *trusted)
+{
+	struct nhi_token_verify_cfg cfg;
+	struct nhi_token_verifier *v = NULL;
+	static const char *const auds[] = {AUD, "updates"};
+
+	nhi_token_verify_cfg_init(&cfg);
+	cfg.issuer = ISS;
+	cfg.audiences = auds;
+	cfg.n_audiences = 2;
+	cfg.memo_entries = entries;
+	assert_int_equal(nhi_token_verifier_new(&cfg, &v), NHI_OK);
+	assert_int_equal(nhi_token_verifier_add_key(v, trusted), NHI_OK);
+	return v;
+}
+
+static void assert_memo(const struct nhi_token_verifier *v, unsigned long long hits, unsigned long long misses)
+{
+	unsigned long long h, m;
+
+	nhi_token_verifier_memo_stats(v, &h, &m);
+	assert_int_equal(h, hits);
+	assert_int_equal(m, misses);
+}
+
+struct memo_worker {
+	const struct nhi_token_verifier *v;
+	const struct nhi_buf *tok;
+	int ok;
+};
+
+static void *memo_worker_run(void *arg)
+{
+	struct memo_worker *w = arg;
+	struct nhi_token_check chk = {.now = NOW, .cert_der = test_cert, .cert_der_len = sizeof(test_cert)};
+	int i;
+
+	for (i = 0; i < 200; i++)
+		if (nhi_token_verify(w->v, (const char *)w->tok->data, w->tok->len, &chk, NULL, NULL) == NHI_OK)
+			w->ok++;
+	return NULL;
+}
+
+/* the signature memo skips the ECDSA check for bytes it verified, and nothing else */
+static void test_signature_memo(void **state)
+{
+	struct nhi_token_verifier *v = memo_verifier(64, g.soft), *other = NULL, *one = NULL, *big = NULL;
+	struct nhi_token_verify_cfg cfg;
+	struct nhi_buf a = {0}, b = {0}, forged = {0}, flipped = {0};
+	struct nhi_token_claims *c = NULL;
+	struct memo_worker w[4];
+	pthread_t t[4];
+	int i;
+
+	(void)state;
+	craft(STD_HEADER, STD_CLAIMS, g.soft, g.soft_kid, &a);
+	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-8\",\"aud\":\"" AUD "\",\"iat\":1799999990,"
+			  "\"nbf\":1799999990,\"exp\":1800000290,\"jti\":\"zzzzzzzzzzzzzzzzzzzzzz\",\"roles\":[\"infer\"],"
+			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
+	      g.soft, g.soft_kid, &b);
+	/* the same header and claims, signed by a key we do not trust */
+	craft(STD_HEADER, STD_CLAIMS, g.stranger, g.soft_kid, &forged);
+
+	assert_int_equal(verify_at(v, &a, NOW, test_cert, sizeof(test_cert), NULL), NHI_TOKEN_OK);
+	assert_memo(v, 0, 1);
+	assert_int_equal(verify_at(v, &a, NOW, test_cert, sizeof(test_cert), &c), NHI_TOKEN_OK);
+	assert_memo(v, 1, 1);
+	assert_string_equal(c->sub, "agent-7"); /* a hit still parses the claims */
+	nhi_token_claims_free(c);
+
+	/* a hit re-checks everything but the signature: time, binding, audience */
+	assert_int_equal(verify_at(v, &a, NOW + 300 + 30, NULL, 0, NULL), NHI_TOKEN_E_EXPIRED);
+	assert_int_equal(verify_at(v, &a, NOW - 41, NULL, 0, NULL), NHI_TOKEN_E_NBF);
+	assert_int_equal(verify_at(v, &a, NOW, other_cert, sizeof(other_cert), NULL), NHI_TOKEN_E_CNF_MISMATCH);
+	{
+		struct nhi_token_check chk = {.now = NOW, .audience = "updates"};
+		enum nhi_token_error why;
+
+		assert_int_equal(nhi_token_verify(v, (char *)a.data, a.len, &chk, NULL, &why), NHI_ERR_VERIFY);
+		assert_int_equal(why, NHI_TOKEN_E_AUD);
+	}
+	assert_memo(v, 5, 1);
+
+	/* other bytes are other tokens: a forged signature over memoised claims, or one
+	 * flipped signature character, is checked and refused */
+	assert_int_equal(verify_at(v, &forged, NOW, NULL, 0, NULL), NHI_TOKEN_E_SIG);
+	assert_int_equal(verify_at(v, &forged, NOW, NULL, 0, NULL), NHI_TOKEN_E_SIG); /* never memoised */
+	assert_int_equal(nhi_buf_append(&flipped, a.data, a.len), NHI_OK);
+	flipped.data[flipped.len - 2] = flipped.data[flipped.len - 2] == 'A' ? 'B' : 'A';
+	assert_int_equal(verify_at(v, &flipped, NOW, NULL, 0, NULL), NHI_TOKEN_E_SIG);
+	assert_memo(v, 5, 4);
+
+	/* the memo lives and dies with its verifier: one that does not trust the key
+	 * refuses the token, whatever another verifier remembers */
+	other = memo_verifier(64, g.stranger);
+	assert_int_equal(verify_at(other, &a, NOW, NULL, 0, NULL), NHI_TOKEN_E_KID_UNKNOWN);
+	assert_memo(other, 0, 0);
+
+	/* one slot: two tokens evict each other and both keep verifying */
+	one = memo_verifier(1, g.soft);
+	for (i = 0; i < 2; i++) {
+		assert_int_equal(verify_at(one, &a, NOW, NULL, 0, NULL), NHI_TOKEN_OK);
+		assert_int_equal(verify_at(one, &b, NOW, NULL, 0, NULL), NHI_TOKEN_OK);
+	}
+	assert_memo(one, 0, 4);
+	assert_int_equal(verify_at(one, &b, NOW, NULL, 0, NULL), NHI_TOKEN_OK);
+	assert_memo(one, 1, 4);
+
+	/* threads share it */
+	for (i = 0; i < 4; i++) {
+		w[i] = (struct memo_worker){.v = v, .tok = i % 2 ? &a : &b};
+		assert_int_equal(pthread_create(&t[i], NULL, memo_worker_run, &w[i]), 0);
+	}
+	for (i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(w[i].ok, 200);
+	}
+
+	/* no memo: no counts; an oversized one is a config error */
+	assert_memo(NULL, 0, 0);
+	nhi_token_verify_cfg_init(&cfg);
+	cfg.issuer = ISS;
+	cfg.audiences = (const char *const[]){AUD};
+	cfg.n_audiences = 1;
+	cfg.memo_entries = NHI_TOKEN_MEMO_ENTRIES_MAX + 1;
+	assert_int_equal(nhi_token_verifier_new(&cfg, &big), NHI_ERR_CONFIG);
+	assert_null(big);
+	assert_non_null(strstr(nhi_err_detail(), "signature memo"));
+
+	nhi_buf_free(&a);
+	nhi_buf_free(&b);
+	nhi_buf_free(&forged);
+	nhi_buf_free(&flipped);
+	nhi_token_verifier_free(v);
+	nhi_token_verifier_free(other);
+	nhi_token_verifier_free(one);
+}
+
 static void test_threads(void **state)
 {
 	struct nhi_token_issuer *iss = issuer("nhid-token-2", NULL, 0);
@@ -1313,6 +1451,7 @@ int main(void)
 		cmocka_unit_test(test_libjwt_interop),
 		cmocka_unit_test(test_high_s),
 		cmocka_unit_test(test_verifier_config),
+		cmocka_unit_test(test_signature_memo),
 		cmocka_unit_test(test_threads),
 	};
 	enum { N_FIXED = sizeof(fixed) / sizeof(fixed[0]), N_ATTACKS = sizeof(attacks) / sizeof(attacks[0]) };
