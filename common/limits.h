@@ -109,7 +109,7 @@
 #define NHI_AUDIT_FIELD_DEPTH_MAX 3                      /* nesting of field values */
 #define NHI_AUDIT_BATCH_MAX 1024                         /* records in one group commit */
 #define NHI_AUDIT_BATCH_MAX_BYTES (1024 * 1024)          /* bytes in one group commit */
-#define NHI_AUDIT_GATHER_MAX_US 500                      /* longest wait for a batch's callers to come back */
+#define NHI_AUDIT_GATHER_MAX_US 1000                     /* longest wait for a batch's callers to come back */
 #define NHI_AUDIT_TORN_MAX_BYTES (NHI_AUDIT_BATCH_MAX_BYTES + NHI_AUDIT_LINE_MAX_BYTES) /* partial tail cut at open */
 
 /* server/update.c, bundle.c, manifest.c: signed updates, trust bundle, manifests (docs/updates.md) */
