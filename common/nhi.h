@@ -125,6 +125,8 @@ void nhi_secret_free(void *p);
 /* Constant-time compare; returns true when equal. */
 bool nhi_ct_equal(const void *a, const void *b, size_t n);
 void nhi_wipe(void *p, size_t n);
+/* getpid() from memory from now on, fork-safe (common/pid.c); nhid calls it in main. */
+nhi_err nhi_pid_cache_enable(void) NHI_MUST_CHECK;
 
 /* ---- files ------------------------------------------------------------------- */
 

@@ -82,6 +82,8 @@ int main(int argc, char **argv)
 
 	/* no core dumps: they would carry session state and the PIN's pages' neighbours */
 	(void)prctl(PR_SET_DUMPABLE, 0);
+	if (nhi_pid_cache_enable() != NHI_OK)
+		fprintf(stderr, "nhid: %s (every getpid stays a system call)\n", nhi_err_detail());
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
 			config = argv[++i];

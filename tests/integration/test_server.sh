@@ -73,6 +73,8 @@ head -c 100000 /dev/zero | tr '\0' 'a' >big.json
 check "a body over the cap is 413" bash -c "curl_as_raw demo-agent /v1/tokens --data-binary @big.json -o /dev/null -w '%{http_code}' | grep -q 413"
 check "jwks lists the ES256 signing key" bash -c "curl_as demo-agent /v1/jwks | grep -q '\"alg\":\"ES256\"'"
 check "metrics are Prometheus text with request counters" bash -c "curl_as demo-agent /v1/metrics | grep -q '^nhid_requests_total{route=\"tokens\",code=\"2xx\"}'"
+check "nhid answers getpid from memory: the executable defines it, so libcrypto and the PKCS#11 module call that one" \
+	bash -c "nm -D --defined-only '$BIN/nhid' | grep -qw getpid"
 check "token and TLS signatures are made with the session copies in the token (cached signs > 0)" bash -c \
 	"curl_as demo-agent /v1/metrics | awk '/^nhid_hsm_cached_signs_total/ {n=\$2} END {exit !(n > 0)}'"
 

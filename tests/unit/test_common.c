@@ -15,7 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[256];
@@ -357,6 +360,50 @@ static void test_errors(void **state)
 	assert_string_equal(nhi_err_detail(), "");
 }
 
+/* getpid from memory stays fork-safe: a child sees its own pid, and OpenSSL's DRBG
+ * in the child does not repeat the parent's bytes */
+static void test_pid_cache_fork(void **state)
+{
+	uint8_t warm[16], parent_bytes[32], child_bytes[32];
+	pid_t parent, child;
+	int fds[2], status = -1;
+	ssize_t n;
+
+	(void)state;
+	assert_int_equal(nhi_pid_cache_enable(), NHI_OK);
+	assert_int_equal(nhi_pid_cache_enable(), NHI_OK); /* twice: one fork handler */
+	parent = getpid();
+	assert_int_equal(parent, (pid_t)syscall(SYS_getpid));
+	assert_int_equal(RAND_bytes(warm, sizeof(warm)), 1); /* the DRBG is seeded in the parent */
+	assert_int_equal(pipe(fds), 0);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		uint8_t b[33];
+
+		close(fds[0]);
+		b[0] = getpid() == (pid_t)syscall(SYS_getpid) && getpid() != parent;
+		if (RAND_bytes(b + 1, 32) != 1)
+			b[0] = 0;
+		_exit(write(fds[1], b, sizeof(b)) == (ssize_t)sizeof(b) ? 0 : 1);
+	}
+	close(fds[1]);
+	{
+		uint8_t b[33];
+
+		n = read(fds[0], b, sizeof(b));
+		assert_int_equal(n, (ssize_t)sizeof(b));
+		assert_int_equal(b[0], 1); /* the child's getpid was its own */
+		memcpy(child_bytes, b + 1, 32);
+	}
+	close(fds[0]);
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(RAND_bytes(parent_bytes, sizeof(parent_bytes)), 1);
+	assert_memory_not_equal(parent_bytes, child_bytes, 32);
+	assert_int_equal(getpid(), parent); /* the parent's cache is untouched */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -365,6 +412,7 @@ int main(void)
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
+		cmocka_unit_test(test_pid_cache_fork),
 	};
 
 	return cmocka_run_group_tests_name("common", tests, setup, teardown);
