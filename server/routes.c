@@ -55,6 +55,8 @@ static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum n
 			struct evbuffer *b)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req); /* NULL: the client left */
+	struct bufferevent *bev = evcon != NULL ? evhttp_connection_get_bufferevent(evcon) : NULL;
 	struct timespec t1;
 
 	evhttp_add_header(h, "Content-Type", content_type);
@@ -62,6 +64,8 @@ static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum n
 	if (close_conn)
 		evhttp_add_header(h, "Connection", "close");
 	evhttp_send_reply(req, status, reason_phrase(status), b);
+	if (bev != NULL)
+		nhi_tls_write_now(bev);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	nhi_metrics_observe(&s->metrics, route, status,
 			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));

@@ -81,6 +81,9 @@ struct nhi_conn *nhi_tls_conn(SSL *ssl);
 int nhi_tls_conn_index(void);
 /* Fill conn's identity from the verified peer certificate (once per connection). */
 void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
+/* Send what a reply queued on `bev` (an OpenSSL bufferevent) now, as one TLS record
+ * when it fits in one, instead of after the loop's next epoll round (tls.c). */
+void nhi_tls_write_now(struct bufferevent *bev);
 
 /* ---- token trust and revocations (watcher.c) ------------------------------------- */
 

@@ -6,6 +6,10 @@
  */
 #include "server_internal.h"
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
+#include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -15,6 +19,37 @@
 #include <string.h>
 
 static int conn_idx = -1;
+
+/*
+ * A reply leaves in two pieces: evhttp writes the status line and headers into the
+ * connection's output buffer and then moves the body's chain behind them. An
+ * OpenSSL bufferevent makes one SSL_write, so one TLS record and one write(), per
+ * chain, and it writes only when the loop's next epoll_wait says the socket is
+ * writable: an EPOLLOUT added, a wait, a write, and EPOLLOUT removed again, for a
+ * socket that is almost always writable. Per request that was 2 epoll_ctl, one
+ * more epoll_wait round and 2 write() calls (docs/architecture.md "Per-request
+ * system calls").
+ *
+ * So: join the output into one chain when it fits in one record, and run the
+ * bufferevent's own write callback now (event_active on its write event, the one
+ * member of struct bufferevent this needs, from event2/bufferevent_struct.h). The
+ * callback does exactly what it does when epoll reports the socket writable: write
+ * what it can; if the socket is full, SSL_write wants to write and the bufferevent
+ * keeps waiting for EPOLLOUT as before. The EPOLLOUT that the reply added and the
+ * write's completion removed are changes in the same loop round, so the changelist
+ * (EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) never makes the epoll_ctl calls.
+ */
+void nhi_tls_write_now(struct bufferevent *bev)
+{
+	struct evbuffer *out = bufferevent_get_output(bev);
+	size_t n = evbuffer_get_length(out);
+
+	if (n == 0 || !(bufferevent_get_enabled(bev) & EV_WRITE))
+		return;
+	if (n <= NHI_SERVER_TLS_RECORD_BYTES)
+		(void)evbuffer_pullup(out, -1); /* on failure the chains just go out as they are */
+	event_active(&bev->ev_write, EV_WRITE, 1);
+}
 
 static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {

@@ -78,6 +78,14 @@ check "nhid answers getpid from memory: the executable defines it, so libcrypto 
 check "token and TLS signatures are made with the session copies in the token (cached signs > 0)" bash -c \
 	"curl_as demo-agent /v1/metrics | awk '/^nhid_hsm_cached_signs_total/ {n=\$2} END {exit !(n > 0)}'"
 
+# --- replies are written at once (nhi_tls_write_now); a full socket still waits for EPOLLOUT ---
+printf '%s\n' "$TOKEN" >pipeline-token.txt
+check "800 pipelined requests on one connection, left unread until nhid's socket is full, all come back 200 and whole" \
+	timeout 90 python3 "$NHI_ROOT/tests/integration/pipeline.py" "$PORT" "$D/ca.crt" "$D/agents/inference-gw.crt" \
+	"$D/agents/inference-gw.key" 800 pipeline-token.txt
+check "a reply is one TLS record (headers and body joined): one server record after the handshake" bash -c \
+	"printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -msg -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>&1 | awk '/^<<< .*Handshake.*Finished/ {f=1; n=0; next} f && /^<<< TLS 1.2, RecordHeader/ {n++} END {exit !(n == 1)}'"
+
 # --- admin reload ---
 check_fails "admin reload without the bearer token is refused" "forbidden" curl_as_fail admin /v1/admin/reload -X POST
 check_fails "admin reload by a non-admin agent is refused" "forbidden" \
