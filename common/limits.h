@@ -82,6 +82,8 @@
 #define NHI_SERVER_REQUESTS_PER_CONN_DEFAULT 10000     /* then Connection: close */
 #define NHI_SERVER_VERIFY_MEMO_DEFAULT 65536           /* token signature memo slots (2.5 MiB) */
 #define NHI_SERVER_TLS_RECORD_BYTES 16384              /* a reply up to this size is sent as one TLS record */
+#define NHI_SERVER_TLS_SESSIONS_DEFAULT 4096           /* resumable TLS sessions kept (1 h; ~7 KiB each) */
+#define NHI_SERVER_TLS_SESSIONS_MAX 200000
 #define NHI_SERVER_TOKEN_TTL_MAX_DEFAULT_S NHI_TOKEN_TTL_CAP_DEFAULT_S
 #define NHI_SERVER_AUDIT_CHECKPOINT_RECORDS_DEFAULT 1000
 #define NHI_SERVER_AUDIT_CHECKPOINT_S_DEFAULT 60

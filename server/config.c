@@ -24,7 +24,7 @@ static const char *const known_keys[] = {
 	"audit_checkpoint_s", "admin_token_hash", "max_connections", "body_max_bytes",
 	"header_max_bytes", "idle_timeout_s",  "requests_per_connection", "trust_domain",
 	"updates_dir",     "update_scan_s",    "clock_skew_s",      "signing_keys",
-	"manifest_role",   "verify_memo_entries",
+	"manifest_role",   "verify_memo_entries", "tls_sessions",
 };
 
 static bool valid_label(const char *s)
@@ -279,6 +279,8 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 		return set_uint(&c->idle_timeout_s, key, val, 1, 3600);
 	if (strcmp(key, "requests_per_connection") == 0)
 		return set_uint(&c->requests_per_connection, key, val, 1, 1000000);
+	if (strcmp(key, "tls_sessions") == 0)
+		return set_uint(&c->tls_sessions, key, val, 1, NHI_SERVER_TLS_SESSIONS_MAX);
 	if (strcmp(key, "verify_memo_entries") == 0)
 		return set_uint(&c->verify_memo_entries, key, val, 0, NHI_TOKEN_MEMO_ENTRIES_MAX);
 	return nhi_err_set(NHI_ERR_CONFIG, "unknown config key '%s'", key);
@@ -304,6 +306,7 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 	c->idle_timeout_s = NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S;
 	c->requests_per_connection = NHI_SERVER_REQUESTS_PER_CONN_DEFAULT;
 	c->verify_memo_entries = NHI_SERVER_VERIFY_MEMO_DEFAULT;
+	c->tls_sessions = NHI_SERVER_TLS_SESSIONS_DEFAULT;
 	c->update_scan_s = NHI_SERVER_UPDATE_SCAN_DEFAULT_S;
 	c->clock_skew_s = NHI_UPDATE_CLOCK_SKEW_DEFAULT_S;
 	snprintf(c->manifest_role, sizeof(c->manifest_role), "manifest-verifier");

@@ -60,6 +60,7 @@ struct nhi_server_config {
 	size_t body_max_bytes, header_max_bytes;
 	unsigned idle_timeout_s, requests_per_connection;
 	unsigned verify_memo_entries; /* token signature memo slots; 0: every signature checked */
+	unsigned tls_sessions;        /* resumable TLS sessions kept in memory */
 };
 
 /*
