@@ -83,6 +83,36 @@ out:
 	return rv;
 }
 
+/*
+ * The one body shape resolvers send, {"token":"<compact JWS>"} and nothing else, is
+ * recognised without building a JSON tree: jansson took ~6 µs on its ~450 bytes, a
+ * tenth of a resolve. Recognised means exactly: the bytes {"token":" , then one or
+ * more of [A-Za-z0-9_.-] (base64url and its dots: no quote, backslash, control or
+ * non-ASCII byte, so nothing can be escaped or hidden), then "} ending the body.
+ * For such bytes jansson yields the same single member with the same string; the
+ * fuzz target api_request checks that on every input. Anything else, whitespace or
+ * a presenter_cert included, takes the jansson path below.
+ */
+bool nhi_api_resolve_body_simple(const char *body, size_t len, size_t *tok_off, size_t *tok_len)
+{
+	static const char head[] = "{\"token\":\"";
+	const size_t hn = sizeof(head) - 1;
+	size_t i;
+	char ch;
+
+	if (len < hn + 3 || memcmp(body, head, hn) != 0 || body[len - 2] != '"' || body[len - 1] != '}')
+		return false;
+	for (i = hn; i < len - 2; i++) {
+		ch = body[i];
+		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+		      ch == '-' || ch == '.'))
+			return false;
+	}
+	*tok_off = hn;
+	*tok_len = len - 2 - hn;
+	return true;
+}
+
 nhi_err nhi_api_parse_resolve_req(const char *body, size_t len, size_t max_bytes, struct nhi_api_resolve_req *out)
 {
 	static const char *const members[] = {"token", "presenter_cert"};
@@ -92,8 +122,20 @@ nhi_err nhi_api_parse_resolve_req(const char *body, size_t len, size_t max_bytes
 	X509 *x = NULL;
 	unsigned char *der = NULL;
 	int n;
+	size_t off, tlen;
 
 	memset(out, 0, sizeof(*out));
+	NHI_CHECK(len <= max_bytes, NHI_ERR_LIMIT, "request body is over the limit");
+	if (nhi_api_resolve_body_simple(body, len, &off, &tlen)) {
+		out->token_copy = malloc(tlen + 1);
+		NHI_CHECK(out->token_copy != NULL, NHI_ERR_NOMEM, "out of memory");
+		memcpy(out->token_copy, body + off, tlen);
+		out->token_copy[tlen] = '\0';
+		out->token = out->token_copy;
+		out->token_len = tlen;
+		rv = NHI_OK;
+		goto out;
+	}
 	NHI_TRY(object_of(body, len, max_bytes, members, 2, &out->root));
 	tok = json_object_get(out->root, "token");
 	NHI_CHECK(json_is_string(tok) && json_string_length(tok) == strlen(json_string_value(tok)), NHI_ERR_FORMAT,
@@ -125,6 +167,7 @@ out:
 void nhi_api_resolve_req_free(struct nhi_api_resolve_req *r)
 {
 	json_decref(r->root);
+	free(r->token_copy);
 	nhi_buf_free(&r->presenter_der);
 	memset(r, 0, sizeof(*r));
 }

@@ -258,7 +258,8 @@ nhi_err nhi_api_parse_token_req(const char *body, size_t len, size_t max_bytes, 
 				struct nhi_api_token_req *out) NHI_MUST_CHECK;
 
 struct nhi_api_resolve_req {
-	json_t *root;               /* owns the strings below */
+	json_t *root;               /* owns the strings below (jansson path) */
+	char *token_copy;           /* owns token (the {"token":"..."} fast path) */
 	const char *token;
 	size_t token_len;
 	struct nhi_buf presenter_der; /* empty when no presenter_cert was given */
@@ -267,6 +268,9 @@ struct nhi_api_resolve_req {
 nhi_err nhi_api_parse_resolve_req(const char *body, size_t len, size_t max_bytes,
 				  struct nhi_api_resolve_req *out) NHI_MUST_CHECK;
 void nhi_api_resolve_req_free(struct nhi_api_resolve_req *r);
+/* The body is exactly {"token":"<[A-Za-z0-9_.-]+>"}: the token's offset and length
+ * (the parse above takes it without jansson; the fuzz target compares both paths). */
+bool nhi_api_resolve_body_simple(const char *body, size_t len, size_t *tok_off, size_t *tok_len);
 
 /* POST /v1/sign body: {"key": purpose, "payload": base64url}. */
 struct nhi_api_sign_req {

@@ -47,6 +47,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			nhi_api_resolve_req_free(&r);
 		}
+		/* the fast path takes only what jansson reads as exactly {"token": the same string} */
+		{
+			size_t off, n;
+			json_t *j;
+
+			if (nhi_api_resolve_body_simple((const char *)data + 1, size - 1, &off, &n)) {
+				j = json_loadb((const char *)data + 1, size - 1, JSON_REJECT_DUPLICATES, NULL);
+				if (j == NULL || json_object_size(j) != 1 || !json_is_string(json_object_get(j, "token")) ||
+				    json_string_length(json_object_get(j, "token")) != n ||
+				    memcmp(json_string_value(json_object_get(j, "token")), data + 1 + off, n) != 0)
+					abort();
+				json_decref(j);
+			}
+		}
 		break;
 	case 's':
 		if (nhi_api_parse_sign_req((const char *)data + 1, size - 1, 16384, &sg) == NHI_OK) {

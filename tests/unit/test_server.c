@@ -304,6 +304,58 @@ static void test_update_bodies(void **state)
 	}
 }
 
+/* POST /v1/resolve bodies: the {"token":"..."} fast path and jansson agree */
+static void test_resolve_bodies(void **state)
+{
+	static const struct {
+		const char *body;
+		bool simple;      /* taken without jansson */
+		nhi_err rv;
+		const char *token; /* when rv is NHI_OK */
+	} cases[] = {
+		{"{\"token\":\"eyJh.eyJz.c2ln\"}", true, NHI_OK, "eyJh.eyJz.c2ln"},
+		{"{\"token\":\"a-b_c.D9\"}", true, NHI_OK, "a-b_c.D9"},
+		{"{ \"token\": \"eyJh.eyJz.c2ln\" }", false, NHI_OK, "eyJh.eyJz.c2ln"},
+		{"{\"token\":\"eyJh.eyJz.c2ln\"}\n", false, NHI_OK, "eyJh.eyJz.c2ln"},
+		{"{\"token\":\"a\\/b\"}", false, NHI_OK, "a/b"},     /* an escape: jansson decodes it */
+		{"{\"token\":\"\"}", false, NHI_OK, ""},             /* the verifier refuses it later */
+		{"{\"token\":\"ab\",\"token\":\"cd\"}", false, NHI_ERR_FORMAT, NULL},
+		{"{\"token\":\"ab\",\"x\":\"cd\"}", false, NHI_ERR_FORMAT, NULL},
+		{"{\"token\":\"a\"}}", false, NHI_ERR_FORMAT, NULL},
+		{"{\"token\":\"a b\"}", false, NHI_OK, "a b"},
+		{"{\"token\":7}", false, NHI_ERR_FORMAT, NULL},
+		{"{\"token\":\"\xc3\xa9\"}", false, NHI_OK, "\xc3\xa9"},
+		{"{\"token\":\"", false, NHI_ERR_FORMAT, NULL},
+	};
+	struct nhi_api_resolve_req r;
+	size_t i, off, n;
+	char big[300];
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *b = cases[i].body;
+
+		assert_int_equal(nhi_api_resolve_body_simple(b, strlen(b), &off, &n), cases[i].simple);
+		assert_int_equal(nhi_api_parse_resolve_req(b, strlen(b), 16384, &r), cases[i].rv);
+		if (cases[i].rv == NHI_OK) {
+			assert_int_equal(r.token_len, strlen(cases[i].token));
+			assert_memory_equal(r.token, cases[i].token, r.token_len);
+			assert_int_equal(r.token[r.token_len], '\0'); /* both paths hand out a C string */
+			assert_int_equal(r.presenter_der.len, 0);
+			nhi_api_resolve_req_free(&r);
+		}
+	}
+	/* the size cap comes first on both paths */
+	memset(big, 'a', sizeof(big));
+	memcpy(big, "{\"token\":\"", 10);
+	memcpy(big + sizeof(big) - 2, "\"}", 2);
+	assert_true(nhi_api_resolve_body_simple(big, sizeof(big), &off, &n));
+	assert_int_equal(nhi_api_parse_resolve_req(big, sizeof(big), 256, &r), NHI_ERR_LIMIT);
+	assert_int_equal(nhi_api_parse_resolve_req(big, sizeof(big), 300, &r), NHI_OK);
+	assert_int_equal(r.token_len, sizeof(big) - 12);
+	nhi_api_resolve_req_free(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -311,6 +363,7 @@ int main(void)
 		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
 		cmocka_unit_test(test_signing_requests),	cmocka_unit_test(test_update_bodies),
+		cmocka_unit_test(test_resolve_bodies),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
