@@ -10,7 +10,16 @@ SECS=${1:-5}
 REQS=${BENCH_REQUESTS:-30000}
 T=$(mktemp -d "${TMPDIR:-/tmp}/nhi-bench-srv-XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; sleep 0.5; for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$T"; }
+cleanup() { # SIGTERM, up to 10 s for the drain (nhid waits 2 s for requests in flight), then SIGKILL
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${pids[@]}"; do
+		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	rm -rf "$T"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_https() { for _ in $(seq 100); do curl -sk --max-time 1 --cert "$1" "https://127.0.0.1:$2/v1/health" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
