@@ -154,7 +154,8 @@ static void craft(const char *header, const char *claims, EVP_PKEY *signer, cons
 	nhi_buf_free(&c);
 }
 
-static struct nhi_token_verifier *verifier(void)
+/* A verifier accepting AUD and "updates", with a signature memo of `memo_entries` (0: none). */
+static struct nhi_token_verifier *verifier_memo(size_t memo_entries)
 {
 	struct nhi_token_verify_cfg cfg;
 	struct nhi_token_verifier *v = NULL;
@@ -164,8 +165,14 @@ static struct nhi_token_verifier *verifier(void)
 	cfg.issuer = ISS;
 	cfg.audiences = auds;
 	cfg.n_audiences = 2;
+	cfg.memo_entries = memo_entries;
 	assert_int_equal(nhi_token_verifier_new(&cfg, &v), NHI_OK);
 	return v;
+}
+
+static struct nhi_token_verifier *verifier(void)
+{
+	return verifier_memo(0);
 }
 
 /* A verifier trusting the A.3 soft key only. */
@@ -1280,16 +1287,8 @@ static void *worker_run(void *arg)
 
 static struct nhi_token_verifier *memo_verifier(size_t entries, EVP_PKEY *trusted)
 {
-	struct nhi_token_verify_cfg cfg;
-	struct nhi_token_verifier *v = NULL;
-	static const char *const auds[] = {AUD, "updates"};
+	struct nhi_token_verifier *v = verifier_memo(entries);
 
-	nhi_token_verify_cfg_init(&cfg);
-	cfg.issuer = ISS;
-	cfg.audiences = auds;
-	cfg.n_audiences = 2;
-	cfg.memo_entries = entries;
-	assert_int_equal(nhi_token_verifier_new(&cfg, &v), NHI_OK);
 	assert_int_equal(nhi_token_verifier_add_key(v, trusted), NHI_OK);
 	return v;
 }
