@@ -693,7 +693,8 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 		reply_error(&c, 500, "internal", "connection without TLS state");
 		return;
 	}
-	c.conn->requests++;
+	if (c.conn->requests++ == 0)
+		nhi_tls_close_notify_on_close(evcon);
 	if (atomic_load(&c.s->stopping)) {
 		/* draining: what is in flight finishes, nothing new is granted */
 		c.conn->requests = c.s->cfg.requests_per_connection;

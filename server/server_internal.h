@@ -84,6 +84,8 @@ void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
 /* Send what a reply queued on `bev` (an OpenSSL bufferevent) now, as one TLS record
  * when it fits in one, instead of after the loop's next epoll round (tls.c). */
 void nhi_tls_write_now(struct bufferevent *bev);
+/* Send close_notify when evhttp closes this connection (set once, at its first request). */
+void nhi_tls_close_notify_on_close(struct evhttp_connection *evcon);
 
 /* ---- token trust and revocations (watcher.c) ------------------------------------- */
 

@@ -8,6 +8,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <openssl/err.h>
@@ -39,6 +40,31 @@ static int conn_idx = -1;
  * write's completion removed are changes in the same loop round, so the changelist
  * (EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) never makes the epoll_ctl calls.
  */
+/*
+ * When evhttp closes a connection (Connection: close, the request limit, a timeout,
+ * the peer's EOF, shutdown) it frees the bufferevent, and libevent never calls
+ * SSL_shutdown: the client saw the TCP close without TLS's close_notify, which
+ * OpenSSL 3 clients report as "unexpected eof". evhttp calls this while the socket
+ * is still open: send close_notify (one non-blocking write; if the peer is gone the
+ * write fails and nothing else happens). Not waiting for the peer's reply is what
+ * RFC 8446 §6.1 allows.
+ */
+static void close_notify_cb(struct evhttp_connection *evcon, void *arg)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+	SSL *ssl = bev != NULL ? bufferevent_openssl_get_ssl(bev) : NULL;
+
+	(void)arg;
+	if (ssl != NULL && SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) &&
+	    SSL_shutdown(ssl) < 0)
+		ERR_clear_error();
+}
+
+void nhi_tls_close_notify_on_close(struct evhttp_connection *evcon)
+{
+	evhttp_connection_set_closecb(evcon, close_notify_cb, NULL);
+}
+
 void nhi_tls_write_now(struct bufferevent *bev)
 {
 	struct evbuffer *out = bufferevent_get_output(bev);

@@ -28,14 +28,13 @@ check "a non-AEAD TLS 1.2 suite is refused" bash -c "! openssl s_client -tls1_2 
 check "TLS 1.2 session resumption from the session cache: all 5 reconnects of s_client -reconnect resume" \
 	bash -c "openssl s_client -tls1_2 -reconnect -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null 2>/dev/null | grep -c '^Reused' | grep -qx 5"
 # TLS 1.3 resumes from nhid's session cache (stateful tickets, docs/architecture.md); the
-# resumed connection is still the agent of the original certificate. (s_client's exit
-# status is not used: nhid closes without close_notify, which OpenSSL 3 reports as an error.)
+# resumed connection is still the agent of the original certificate
 printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >health.req
 printf 'POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{"aud":"inference"}' >tokens.req
 check "TLS 1.3 session resumption works, and the resumed connection is still demo-agent (token issued)" bash -c \
-	"openssl s_client -tls1_3 -ign_eof -sess_out s13.pem -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' <health.req >first.out 2>/dev/null;
+	"openssl s_client -tls1_3 -ign_eof -sess_out s13.pem -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' <health.req >first.out 2>/dev/null &&
 	 grep -q '^New, TLSv1.3' first.out &&
-	 openssl s_client -tls1_3 -ign_eof -sess_in s13.pem -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' <tokens.req 2>/dev/null >resumed.out;
+	 openssl s_client -tls1_3 -ign_eof -sess_in s13.pem -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' <tokens.req 2>/dev/null >resumed.out &&
 	 grep -q '^Reused, TLSv1.3' resumed.out && grep -q '\"token\":\"ey' resumed.out || { grep -E '^(New|Reused)|HTTP/' first.out resumed.out; false; }"
 
 # --- tokens ---
@@ -94,7 +93,9 @@ check "800 pipelined requests on one connection, left unread until nhid's socket
 	timeout 90 python3 "$NHI_ROOT/tests/integration/pipeline.py" "$PORT" "$D/ca.crt" "$D/agents/inference-gw.crt" \
 	"$D/agents/inference-gw.key" 800 pipeline-token.txt
 check "a reply is one TLS record (headers and body joined): one server record after the handshake" bash -c \
-	"printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -msg -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>&1 | awk '/^<<< .*Handshake.*Finished/ {f=1; n=0; next} f && /^<<< TLS 1.2, RecordHeader/ {n++} END {exit !(n == 1)}'"
+	"printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -msg -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>&1 | awk '/^<<< .*Handshake.*Finished/ {f=1; n=0; next} f && /^<<< TLS 1.2, RecordHeader/ {n++} f && /^<<< TLS 1.2, Alert/ {n--} END {exit !(n == 1)}'"
+check "nhid ends a connection it closes with close_notify (TLS 1.2 and 1.3): s_client sees no unexpected EOF" bash -c \
+	"for v in -tls1_2 -tls1_3; do printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client \$v -msg -ign_eof -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' >close.out 2>&1 || { cat close.out; exit 1; }; grep -q '^<<< .*Alert.*close_notify' close.out || exit 1; ! grep -q 'unexpected eof' close.out || exit 1; done"
 
 # --- admin reload ---
 check_fails "admin reload without the bearer token is refused" "forbidden" curl_as_fail admin /v1/admin/reload -X POST
