@@ -47,7 +47,8 @@ static int conn_idx = -1;
  * OpenSSL 3 clients report as "unexpected eof". evhttp calls this while the socket
  * is still open: send close_notify (one non-blocking write; if the peer is gone the
  * write fails and nothing else happens). Not waiting for the peer's reply is what
- * RFC 8446 §6.1 allows.
+ * RFC 8446 §6.1 allows. Only when everything queued has been written: close_notify
+ * after a cut-off reply would tell the client the cut was the end.
  */
 static void close_notify_cb(struct evhttp_connection *evcon, void *arg)
 {
@@ -56,7 +57,7 @@ static void close_notify_cb(struct evhttp_connection *evcon, void *arg)
 
 	(void)arg;
 	if (ssl != NULL && SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) &&
-	    SSL_shutdown(ssl) < 0)
+	    evbuffer_get_length(bufferevent_get_output(bev)) == 0 && SSL_shutdown(ssl) < 0)
 		ERR_clear_error();
 }
 
