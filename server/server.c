@@ -59,6 +59,8 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 		abort();
 	}
 	c->srv = s;
+	c->w = w;
+	atomic_fetch_add(&w->conns, 1);
 	active = atomic_fetch_add(&s->metrics.connections_active, 1) + 1;
 	atomic_fetch_add(&s->metrics.connections_total, 1);
 	if (active > s->cfg.max_connections || atomic_load(&s->stopping)) {
@@ -120,19 +122,37 @@ out:
 	return rv;
 }
 
-static void stop_cb(evutil_socket_t fd, short what, void *arg)
+/* draining: leave once this loop's last connection is gone (the grace is the bound) */
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct nhi_worker *w = arg;
-	struct timeval grace = {2, 0};
 
 	(void)fd;
 	(void)what;
-	/* drain: stop accepting, let requests in flight finish, then leave */
+	if (atomic_load(&w->conns) == 0)
+		event_base_loopbreak(w->base);
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct nhi_worker *w = arg;
+	struct timeval grace = {NHI_SERVER_DRAIN_GRACE_S, 0}, poll = {0, NHI_SERVER_DRAIN_POLL_MS * 1000};
+
+	(void)fd;
+	(void)what;
+	/* drain: stop accepting, let requests in flight finish, then leave: at once when
+	 * no connection is open, at the latest after the grace (idle keep-alive
+	 * connections are closed then) */
 	if (w->bound != NULL) {
 		evhttp_del_accept_socket(w->http, w->bound);
 		w->bound = NULL;
 	}
 	event_base_loopexit(w->base, &grace);
+	if (w->drain_ev == NULL)
+		w->drain_ev = event_new(w->base, -1, EV_PERSIST, drain_cb, w);
+	if (w->drain_ev == NULL || event_add(w->drain_ev, &poll) != 0)
+		return; /* out of memory: the grace still ends the loop */
+	drain_cb(-1, 0, w);
 }
 
 static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned idx)
@@ -443,6 +463,8 @@ void nhi_server_free(struct nhi_server *s)
 
 		if (w->stop_ev != NULL)
 			event_free(w->stop_ev);
+		if (w->drain_ev != NULL)
+			event_free(w->drain_ev);
 		if (w->http != NULL)
 			evhttp_free(w->http);
 		if (w->base != NULL)

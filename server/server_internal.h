@@ -53,6 +53,7 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *out) NHI_MUST_C
 /* Per connection, hung on the SSL object (freed with it). */
 struct nhi_conn {
 	struct nhi_server *srv;
+	struct nhi_worker *w; /* whose loop serves it */
 	unsigned requests;
 	bool over_limit;
 	bool identity_done;
@@ -201,6 +202,8 @@ struct nhi_worker {
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
 	struct event *stop_ev;
+	struct event *drain_ev; /* while draining: leave as soon as no connection is open */
+	atomic_uint conns;      /* open connections of this loop */
 	pthread_t thread;
 	bool started;
 };

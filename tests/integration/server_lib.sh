@@ -49,10 +49,13 @@ start_nhid() {
 	fi
 }
 
-stop_nhid() {
+stop_nhid() { # sets NHID_RC and NHID_STOP_MS (SIGTERM to exit)
+	local t0
+	t0=$(date +%s%N)
 	kill -TERM "$NHID_PID"
 	wait "$NHID_PID"
 	NHID_RC=$?
+	NHID_STOP_MS=$((($(date +%s%N) - t0) / 1000000))
 }
 
 curl_as_raw() { # agent path [curl args...]
