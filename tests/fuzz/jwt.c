@@ -7,7 +7,9 @@
  * "<header JSON>\n<claims JSON>", signed here with the RFC 7515 A.3 key (which the
  * verifier trusts) and verified: mutations then reach the claims checks instead of
  * stopping at the signature. Seeds: tests/fuzz/corpus/jwt/, written from the unit
- * attack table (NHI_WRITE_JWT_CORPUS, see tests/unit/test_tokens.c).
+ * attack table (NHI_WRITE_JWT_CORPUS, see tests/unit/test_tokens.c). Every token is
+ * also verified twice by a verifier with a signature memo (the second time a hit when
+ * the signature was good): all three answers must be the same.
  */
 #include "../../common/pkey.h"
 #include "../../tokens/tokens_internal.h"
@@ -20,7 +22,7 @@
 
 #define NOW 1800000000LL /* the unit tests' clock, so that seeds are in their window */
 
-static struct nhi_token_verifier *verifier;
+static struct nhi_token_verifier *verifier, *memo_verifier;
 static EVP_PKEY *signer;
 
 static const uint8_t cert[] = "pretend this is an agent certificate in DER";
@@ -74,20 +76,35 @@ static void init(void)
 	signer = a3_keypair();
 	if (nhi_token_verifier_new(&cfg, &verifier) != NHI_OK || nhi_token_verifier_add_key(verifier, signer) != NHI_OK)
 		abort();
+	cfg.memo_entries = 8;
+	if (nhi_token_verifier_new(&cfg, &memo_verifier) != NHI_OK ||
+	    nhi_token_verifier_add_key(memo_verifier, signer) != NHI_OK)
+		abort();
 }
 
 static void verify(const char *tok, size_t len)
 {
 	struct nhi_token_check chk = {.now = NOW, .cert_der = cert, .cert_der_len = sizeof(cert)};
-	struct nhi_token_claims *claims = NULL;
-	enum nhi_token_error why = NHI_TOKEN_OK;
-	nhi_err e = nhi_token_verify(verifier, tok, len, &chk, &claims, &why);
+	struct nhi_token_claims *claims = NULL, *again = NULL;
+	enum nhi_token_error why = NHI_TOKEN_OK, why2;
+	nhi_err e = nhi_token_verify(verifier, tok, len, &chk, &claims, &why), e2;
+	int i;
 
 	/* the contract: OK with claims, or VERIFY with one reason */
 	if ((e == NHI_OK) != (claims != NULL) || (e == NHI_ERR_VERIFY) != (why != NHI_TOKEN_OK))
 		abort();
 	if (claims != NULL && (claims->sub[0] == '\0' || claims->exp <= claims->iat))
 		abort();
+	/* the memo changes no answer, on a miss or on a hit */
+	for (i = 0; i < 2; i++) {
+		why2 = NHI_TOKEN_OK;
+		e2 = nhi_token_verify(memo_verifier, tok, len, &chk, &again, &why2);
+		if (e2 != e || why2 != why || (again != NULL) != (claims != NULL) ||
+		    (again != NULL && (strcmp(again->sub, claims->sub) != 0 || again->exp != claims->exp)))
+			abort();
+		nhi_token_claims_free(again);
+		again = NULL;
+	}
 	nhi_token_claims_free(claims);
 }
 
