@@ -6,6 +6,7 @@ set -uo pipefail
 BIN=${NHI_BIN:-$NHI_ROOT/build/test}
 T=$(mktemp -d "${TMPDIR:-/tmp}/nhi-it-XXXXXX")
 export SOFTHSM2_CONF=$T/softhsm2.conf
+MOD=/usr/lib/softhsm/libsofthsm2.so # Debian's SoftHSM2 PKCS#11 module, for pkcs11-tool
 mkdir -p "$T/tokens"
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$T" >"$SOFTHSM2_CONF"
 _n=0 _fail=0 _pids=()

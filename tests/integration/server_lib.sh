@@ -38,6 +38,14 @@ EOF
 	NHI_PORT=$PORT NHI_ADMIN_HASH=$hash "$NHI_ROOT/scripts/dev-config.sh" "$d" >/dev/null
 }
 
+# deploy_in_t: a deployment in $T/d as $D (exported with $PORT for bash -c checks), cwd $T
+deploy_in_t() {
+	D=$T/d
+	setup_deployment "$D"
+	export D PORT
+	cd "$T" || exit 1
+}
+
 start_nhid() {
 	local conf=$1
 	start_bg "$NHID" --config "$conf"

@@ -6,7 +6,6 @@
 . "$(dirname "$0")/lib.sh"
 NHICTL=$BIN/nhictl
 GEN=$BIN/tests/unit/test_audit
-MOD=/usr/lib/softhsm/libsofthsm2.so
 cd "$T"
 pinfile user.pin 1618-0339
 pinfile so.pin 1414-2135

@@ -5,7 +5,6 @@
 # (part B: the thumbprints in the backup are those of the enrolled certificates).
 . "$(dirname "$0")/lib.sh"
 NHICTL=$BIN/nhictl
-MOD=/usr/lib/softhsm/libsofthsm2.so
 
 # ---- part A: a token with the two ceremony keys the backup uses ------------------------
 pinfile "$T/user.pin" 1234-it-user

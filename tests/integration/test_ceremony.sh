@@ -3,7 +3,6 @@
 # and openssl; every refusal leaves nothing behind.
 . "$(dirname "$0")/lib.sh"
 NHICTL=$BIN/nhictl
-MOD=/usr/lib/softhsm/libsofthsm2.so
 cd "$T"
 pinfile user.pin 3141-5926
 pinfile so.pin 2718-2818

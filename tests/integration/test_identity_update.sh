@@ -8,10 +8,7 @@
 # changed. The audit log verifies.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
-D=$T/d
-setup_deployment "$D"
-export D PORT
-cd "$T"
+deploy_in_t
 
 make_custodians 1
 make_bundle 1 1

@@ -71,7 +71,6 @@ $IF tx_packets \$${f}_if -> \$${t}_if; peer $PIF rx_packets \$${f}_peer -> \$${t
 # --- preparation (host side: a deployment, two custodian tokens with their keys) ---
 setup_deployment "$T/dev"
 D=$T/dev
-MOD=/usr/lib/softhsm/libsofthsm2.so
 for i in 1 2; do
 	pinfile c$i.pin "custodian-$i-pin"
 	pinfile so$i.pin "so-$i-pin"

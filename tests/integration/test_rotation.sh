@@ -7,11 +7,7 @@
 # across a restart, and bad rotations (no chain, key/cert mismatch) leaving no key.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
-MOD=/usr/lib/softhsm/libsofthsm2.so
-D=$T/d
-setup_deployment "$D"
-export D PORT
-cd "$T"
+deploy_in_t
 NOW=$(date +%s)
 DAY=86400
 

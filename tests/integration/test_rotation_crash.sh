@@ -14,11 +14,7 @@
 # and the audit chain verifies again. docs/updates.md "Apply: state_dir and crash safety".
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
-MOD=/usr/lib/softhsm/libsofthsm2.so
-D=$T/d
-setup_deployment "$D"
-export D PORT
-cd "$T"
+deploy_in_t
 STEPS=5      # the steps of nhi_update_apply_file (server/update.c crash_point 1..5)
 KILLS=4      # kill -9 rounds at random moments of the apply (and two at token writes)
 

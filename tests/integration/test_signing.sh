@@ -8,11 +8,7 @@
 # extra; bad requests; config refusals; audit records carry hashes, never payloads.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
-MOD=/usr/lib/softhsm/libsofthsm2.so
-D=$T/d
-setup_deployment "$D"
-export D PORT
-cd "$T"
+deploy_in_t
 
 # --- agents with the service roles, in a newer backup ---
 for a in replicator model-loader; do

@@ -8,11 +8,7 @@
 # not the public key it claims, a label of another nhid key, revoking the signing key.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
-MOD=/usr/lib/softhsm/libsofthsm2.so
-D=$T/d
-setup_deployment "$D"
-export D PORT
-cd "$T"
+deploy_in_t
 UPIN=$(cat "$D/user.pin")
 
 make_custodians 1

@@ -6,7 +6,6 @@
 # rotation chain and a skipped version.
 . "$(dirname "$0")/lib.sh"
 NHICTL=$BIN/nhictl
-MOD=/usr/lib/softhsm/libsofthsm2.so
 cd "$T"
 NOW=$(date +%s)
 DAY=86400
