@@ -157,20 +157,23 @@ static struct sig_memo_entry *memo_slot(const struct sig_memo *m, const uint8_t 
 	return &m->e[(((size_t)h[0] << 24) | ((size_t)h[1] << 16) | ((size_t)h[2] << 8) | h[3]) % m->n];
 }
 
-/* true: this exact token verified under `key` before. Fills h for memo_store. */
-static bool memo_seen(struct sig_memo *m, const struct trusted_key *key, const char *token, size_t len,
-		      uint8_t h[32])
+/* the memo's key of a token: SHA-256 of all its bytes; false: no key, nothing memoised */
+static bool memo_hash(const struct sig_memo *m, const char *token, size_t len, uint8_t h[32])
 {
-	struct sig_memo_entry *e;
 	unsigned hlen = 0;
+
+	if (EVP_Digest(token, len, h, &hlen, m->sha256, NULL) == 1 && hlen == 32)
+		return true;
+	ERR_clear_error();
+	return false;
+}
+
+/* true: the token hashed to h verified under `key` before */
+static bool memo_seen(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32])
+{
+	struct sig_memo_entry *e = memo_slot(m, h);
 	bool hit;
 
-	if (EVP_Digest(token, len, h, &hlen, m->sha256, NULL) != 1 || hlen != 32) {
-		ERR_clear_error();
-		memset(h, 0, 32);
-		return false; /* not memoised: the signature is checked */
-	}
-	e = memo_slot(m, h);
 	pthread_mutex_lock(&m->mu);
 	hit = e->key == key && memcmp(e->h, h, 32) == 0;
 	if (hit)
@@ -184,10 +187,7 @@ static bool memo_seen(struct sig_memo *m, const struct trusted_key *key, const c
 static void memo_store(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32])
 {
 	struct sig_memo_entry *e = memo_slot(m, h);
-	static const uint8_t zero[32];
 
-	if (memcmp(h, zero, 32) == 0)
-		return; /* the digest failed */
 	pthread_mutex_lock(&m->mu);
 	memcpy(e->h, h, 32);
 	e->key = key;
@@ -754,6 +754,7 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	size_t hlen, plen, slen;
 	int64_t now, t[3] = {0};
 	uint8_t x5t[32] = {0}, h[32];
+	bool hashed;
 
 	if (out != NULL)
 		*out = NULL;
@@ -802,14 +803,15 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 			    sig.len > 64 && sig.data[0] == 0x30 ? " (DER is not the JWS form)" : "");
 		goto out;
 	}
-	if (v->memo == NULL || !memo_seen(v->memo, key, token, len, h)) {
+	hashed = v->memo != NULL && memo_hash(v->memo, token, len, h);
+	if (!hashed || !memo_seen(v->memo, key, h)) {
 		rv = nhi_es256_verify(&key->es, (const uint8_t *)token, (size_t)(d2 - token), sig.data);
 		if (rv == NHI_ERR_VERIFY) {
 			rv = reject(&why, NHI_TOKEN_E_SIG, "signature does not verify with key %s", key->kid);
 			goto out;
 		}
 		NHI_TRY(rv);
-		if (v->memo != NULL)
+		if (hashed)
 			memo_store(v->memo, key, h);
 	}
 
