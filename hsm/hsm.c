@@ -16,7 +16,7 @@
 static const CK_BBOOL ck_true = CK_TRUE;
 static const CK_BBOOL ck_false = CK_FALSE;
 /* DER OIDs of the curves: prime256v1 and id-Ed25519 (RFC 8410) */
-static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+const uint8_t nhi_hsm_oid_p256[10] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
 
 nhi_err nhi_hsm_fail(CK_RV r, const char *what)
@@ -740,7 +740,7 @@ static CK_RV op_generate(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 			{CKA_TOKEN, (void *)&ck_true, 1},
 			{CKA_PRIVATE, (void *)&ck_false, 1},
 			{CKA_VERIFY, (void *)&ck_true, 1},
-			{CKA_EC_PARAMS, (void *)(ec ? oid_p256 : oid_ed25519), ec ? sizeof(oid_p256) : sizeof(oid_ed25519)},
+			{CKA_EC_PARAMS, (void *)(ec ? nhi_hsm_oid_p256 : oid_ed25519), ec ? sizeof(nhi_hsm_oid_p256) : sizeof(oid_ed25519)},
 			{CKA_LABEL, k->label, label_len},
 			{CKA_ID, k->id, k->id_len},
 		};

@@ -181,6 +181,18 @@ nhi_err nhi_hsm_random(struct nhi_hsm *h, uint8_t *buf, size_t len) NHI_MUST_CHE
 /* "CKR_PIN_INCORRECT" for 0xa0; "CKR_0x..." for unknown values. Static string. */
 const char *nhi_hsm_rv_name(unsigned long rv);
 
+/*
+ * Build the P-256 group once and answer the PKCS#11 module's d2i_ECPKParameters of
+ * the prime256v1 OID from it (hsm/ec_group.c: SoftHSM2 otherwise rebuilds the curve
+ * on every C_SignInit). For nhid's main, once, before the sandbox; later calls do
+ * nothing more. Until then, and for every other input, libcrypto's own function
+ * answers. Errors: NHI_ERR_INTERNAL (libcrypto's symbol or group not as expected:
+ * nothing is cached and every call stays libcrypto's).
+ */
+nhi_err nhi_hsm_ec_group_cache_enable(void) NHI_MUST_CHECK;
+/* How many d2i_ECPKParameters calls the cached group has answered (process-wide). */
+unsigned long long nhi_hsm_ec_group_cache_hits(void);
+
 /* HSM operation counters for metrics (monotonic since open). */
 struct nhi_hsm_stats {
 	unsigned long long signs, verifies, wraps, unwraps, crypts, recoveries, errors;

@@ -45,6 +45,9 @@ struct nhi_hsm_key {
 	struct nhi_hsm *cache_owner; /* destroys `fast` when the key is freed */
 };
 
+/* DER of the prime256v1 OID: the CKA_EC_PARAMS of every P-256 key nhid makes */
+extern const uint8_t nhi_hsm_oid_p256[10];
+
 /* One PKCS#11 operation on a borrowed session. */
 typedef CK_RV (*nhi_hsm_op)(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *ctx);
 

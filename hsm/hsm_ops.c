@@ -265,7 +265,6 @@ static CK_RV op_unwrap(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	CK_BBOOL tok = sp->token ? CK_TRUE : CK_FALSE;
 	CK_BBOOL aes = sp->kind == NHI_KEY_AES256 ? CK_TRUE : CK_FALSE;
 	CK_BBOOL ec = aes ? CK_FALSE : CK_TRUE;
-	static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 	CK_OBJECT_HANDLE o = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
 	CK_ULONG n;
 	CK_RV r;
@@ -300,7 +299,7 @@ static CK_RV op_unwrap(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 			{CKA_KEY_TYPE, &kt, sizeof(kt)},
 			{CKA_TOKEN, &tok, 1},
 			{CKA_VERIFY, (void *)&ck_true, 1},
-			{CKA_EC_PARAMS, (void *)oid_p256, sizeof(oid_p256)},
+			{CKA_EC_PARAMS, (void *)nhi_hsm_oid_p256, sizeof(nhi_hsm_oid_p256)},
 			{CKA_EC_POINT, (void *)sp->ec_point, sp->ec_point_len},
 			{CKA_ID, k->id, 16},
 			{CKA_LABEL, k->label, strlen(k->label)},

@@ -6,6 +6,7 @@
 #include "server.h"
 #include "sandbox.h"
 #include "../common/limits.h"
+#include "../hsm/hsm.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -84,6 +85,8 @@ int main(int argc, char **argv)
 	(void)prctl(PR_SET_DUMPABLE, 0);
 	if (nhi_pid_cache_enable() != NHI_OK)
 		fprintf(stderr, "nhid: %s (every getpid stays a system call)\n", nhi_err_detail());
+	if (nhi_hsm_ec_group_cache_enable() != NHI_OK)
+		fprintf(stderr, "nhid: %s (SoftHSM2 rebuilds the curve on every signature)\n", nhi_err_detail());
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
 			config = argv[++i];

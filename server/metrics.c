@@ -73,8 +73,12 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 			       "nhid_hsm_operations_total{op=\"unwrap\"} %llu\n"
 			       "nhid_hsm_operations_total{op=\"crypt\"} %llu\n"
 			       "# TYPE nhid_hsm_errors_total counter\nnhid_hsm_errors_total %llu\n"
-			       "# TYPE nhid_hsm_session_recoveries_total counter\nnhid_hsm_session_recoveries_total %llu\n",
-			       hs.signs, hs.cached_signs, hs.verifies, hs.wraps, hs.unwraps, hs.crypts, hs.errors, hs.recoveries));
+			       "# TYPE nhid_hsm_session_recoveries_total counter\nnhid_hsm_session_recoveries_total %llu\n"
+			       "# HELP nhid_hsm_ec_group_cached_total Curve decodings of the PKCS#11 module answered from the "
+			       "P-256 group built once.\n"
+			       "# TYPE nhid_hsm_ec_group_cached_total counter\nnhid_hsm_ec_group_cached_total %llu\n",
+			       hs.signs, hs.cached_signs, hs.verifies, hs.wraps, hs.unwraps, hs.crypts, hs.errors, hs.recoveries,
+			       nhi_hsm_ec_group_cache_hits()));
 	if (s->audit != NULL) {
 		struct nhi_audit_stats as;
 

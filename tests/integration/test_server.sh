@@ -86,6 +86,10 @@ check "nhid answers getpid from memory: the executable defines it, so libcrypto 
 	bash -c "nm -D --defined-only '$BIN/nhid' | grep -qw getpid"
 check "token and TLS signatures are made with the session copies in the token (cached signs > 0)" bash -c \
 	"curl_as demo-agent /v1/metrics | awk '/^nhid_hsm_cached_signs_total/ {n=\$2} END {exit !(n > 0)}'"
+check "nhid defines d2i_ECPKParameters, so SoftHSM2's C_SignInit takes the P-256 group built once" \
+	bash -c "nm -D --defined-only '$BIN/nhid' | grep -qw d2i_ECPKParameters"
+check "the module's curve decodings were answered from that group (every signature above verified with it)" bash -c \
+	"curl_as demo-agent /v1/metrics | awk '/^nhid_hsm_ec_group_cached_total/ {n=\$2} END {exit !(n > 0)}'"
 
 # --- replies are written at once (nhi_tls_write_now); a full socket still waits for EPOLLOUT ---
 printf '%s\n' "$TOKEN" >pipeline-token.txt

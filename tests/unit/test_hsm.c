@@ -8,7 +8,10 @@
 #include "../../hsm/hsm_internal.h"
 #include "fixture.h"
 
+#include <dlfcn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 #include <openssl/x509.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -530,6 +533,156 @@ static void test_concurrent_pool(void **state)
 	nhi_hsm_free(h);
 }
 
+/* d2i_ECPKParameters as libcrypto answers it, for comparison */
+static EC_GROUP *libcrypto_d2i(const unsigned char *der, long len, const unsigned char **end)
+{
+	EC_GROUP *(*real)(EC_GROUP **, const unsigned char **, long) =
+		(EC_GROUP * (*)(EC_GROUP **, const unsigned char **, long)) dlsym(RTLD_NEXT, "d2i_ECPKParameters");
+	const unsigned char *p = der;
+	EC_GROUP *g;
+
+	assert_non_null(real);
+	g = real(NULL, &p, len);
+	*end = p;
+	return g;
+}
+
+/* input that must not be answered from the cache: the answer is libcrypto's, to the byte */
+static void assert_passthrough(const unsigned char *der, long len)
+{
+	unsigned long long hits = nhi_hsm_ec_group_cache_hits();
+	const unsigned char *p = der, *want_end = NULL;
+	EC_GROUP *want = libcrypto_d2i(der, len, &want_end);
+	EC_GROUP *got = d2i_ECPKParameters(NULL, &p, len);
+
+	assert_int_equal(nhi_hsm_ec_group_cache_hits(), hits);
+	assert_ptr_equal(p, want_end);
+	if (want == NULL) {
+		assert_null(got);
+	} else {
+		assert_non_null(got);
+		assert_int_equal(EC_GROUP_cmp(got, want, NULL), 0);
+		assert_int_equal(EC_GROUP_get_asn1_flag(got), EC_GROUP_get_asn1_flag(want));
+	}
+	EC_GROUP_free(got);
+	EC_GROUP_free(want);
+}
+
+struct ec_thr {
+	struct nhi_hsm *h;
+	struct nhi_hsm_key *k;
+	int ok;
+};
+
+static void *ec_signer(void *arg)
+{
+	struct ec_thr *t = arg;
+	uint8_t sig[64];
+	size_t n;
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		EVP_PKEY *pub = NULL;
+
+		if (nhi_hsm_sign(t->h, t->k, (const uint8_t *)"cached", 6, sig, &n) == NHI_OK && n == 64 &&
+		    nhi_hsm_pubkey(t->h, t->k, &pub) == NHI_OK &&
+		    nhi_pkey_es256_verify(pub, (const uint8_t *)"cached", 6, sig) == NHI_OK)
+			t->ok++;
+		EVP_PKEY_free(pub);
+	}
+	return NULL;
+}
+
+/*
+ * The P-256 group built once (hsm/ec_group.c). Runs last: enabling it is
+ * process-wide and cannot be undone, so every test before this one signs with
+ * libcrypto's own decoding.
+ */
+static void test_ec_group_cache(void **state)
+{
+	static const unsigned char p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+	unsigned char trailing[sizeof(nhi_hsm_oid_p256) + 1], *explicit_der = NULL, *q;
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	EC_GROUP *named = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1), *g, *old, *ret;
+	const unsigned char *p;
+	unsigned long long before;
+	uint8_t sig[64];
+	size_t sig_len;
+	pthread_t th[4];
+	struct ec_thr t[4];
+	int i, explicit_len;
+
+	(void)state;
+	assert_non_null(named);
+	/* before enable: every call is libcrypto's, the module's included */
+	assert_int_equal(nhi_hsm_ec_group_cache_hits(), 0);
+	assert_passthrough(nhi_hsm_oid_p256, sizeof(nhi_hsm_oid_p256));
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"cached", 6, sig, &sig_len), NHI_OK);
+	verify_with_pub(h, k, sig);
+	assert_int_equal(nhi_hsm_ec_group_cache_hits(), 0);
+
+	assert_int_equal(nhi_hsm_ec_group_cache_enable(), NHI_OK);
+	assert_int_equal(nhi_hsm_ec_group_cache_enable(), NHI_OK); /* twice: nothing more */
+
+	/* the OID: the named curve, a group of the caller's own, the pointer advanced */
+	p = nhi_hsm_oid_p256;
+	g = d2i_ECPKParameters(NULL, &p, sizeof(nhi_hsm_oid_p256));
+	assert_non_null(g);
+	assert_ptr_equal(p, nhi_hsm_oid_p256 + sizeof(nhi_hsm_oid_p256));
+	assert_int_equal(nhi_hsm_ec_group_cache_hits(), 1);
+	assert_int_equal(EC_GROUP_get_curve_name(g), NID_X9_62_prime256v1);
+	assert_int_equal(EC_GROUP_cmp(g, named, NULL), 0);
+	assert_int_equal(EC_GROUP_get_asn1_flag(g), OPENSSL_EC_NAMED_CURVE);
+	/* d2i convention: *a is freed and replaced (ASan sees a leak or a double free) */
+	old = g;
+	p = nhi_hsm_oid_p256;
+	ret = d2i_ECPKParameters(&g, &p, sizeof(nhi_hsm_oid_p256));
+	assert_ptr_equal(ret, g);
+	assert_ptr_not_equal(g, old);
+	assert_int_equal(nhi_hsm_ec_group_cache_hits(), 2);
+	EC_GROUP_free(g);
+
+	/* everything else is libcrypto's answer: another curve, the OID with a byte
+	 * after it or cut short, explicit parameters, garbage, nothing */
+	assert_passthrough(p384, sizeof(p384));
+	memcpy(trailing, nhi_hsm_oid_p256, sizeof(nhi_hsm_oid_p256));
+	trailing[sizeof(nhi_hsm_oid_p256)] = 0x00;
+	assert_passthrough(trailing, sizeof(trailing));
+	assert_passthrough(nhi_hsm_oid_p256, sizeof(nhi_hsm_oid_p256) - 1);
+	EC_GROUP_set_asn1_flag(named, OPENSSL_EC_EXPLICIT_CURVE);
+	explicit_len = i2d_ECPKParameters(named, NULL);
+	assert_true(explicit_len > (int)sizeof(nhi_hsm_oid_p256));
+	explicit_der = OPENSSL_malloc((size_t)explicit_len);
+	q = explicit_der;
+	assert_int_equal(i2d_ECPKParameters(named, &q), explicit_len);
+	assert_passthrough(explicit_der, explicit_len);
+	assert_passthrough((const unsigned char *)"\x30\x03\x02\x01", 4);
+	p = NULL;
+	assert_null(d2i_ECPKParameters(NULL, &p, 0));
+
+	/* SoftHSM2 really calls this one: a signature takes the cached group, and verifies */
+	before = nhi_hsm_ec_group_cache_hits();
+	assert_int_equal(nhi_hsm_sign(h, k, (const uint8_t *)"cached", 6, sig, &sig_len), NHI_OK);
+	assert_int_equal(sig_len, 64);
+	verify_with_pub(h, k, sig);
+	assert_true(nhi_hsm_ec_group_cache_hits() > before);
+	/* threads share the one group: each gets its own copy */
+	for (i = 0; i < 4; i++) {
+		t[i] = (struct ec_thr){h, k, 0};
+		assert_int_equal(pthread_create(&th[i], NULL, ec_signer, &t[i]), 0);
+	}
+	for (i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(t[i].ok, 100);
+	}
+	assert_true(nhi_hsm_ec_group_cache_hits() >= before + 400);
+	OPENSSL_free(explicit_der);
+	EC_GROUP_free(named);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
 static void test_rv_names_and_random(void **state)
 {
 	struct nhi_hsm *h = open_ok();
@@ -584,6 +737,7 @@ int main(void)
 		cmocka_unit_test(test_rv_names_and_random),
 		cmocka_unit_test(test_init_token_refuses_duplicate),
 		cmocka_unit_test(test_no_module),
+		cmocka_unit_test(test_ec_group_cache), /* last: process-wide */
 	};
 
 	return cmocka_run_group_tests_name("hsm", tests, setup, teardown);
