@@ -103,6 +103,7 @@ struct nhi_agent {
 	size_t n_thumbprints;
 	const uint8_t (*thumbprints)[32]; /* SHA-256 of each enrolled certificate's DER */
 	uint64_t backup_serial;           /* serial of the backup the record came from */
+	uint64_t store_generation;        /* the store snapshot it was read from (nhi_store_generation) */
 };
 
 /* "active", "suspended", "revoked" (or "unknown"); static string. */
@@ -179,6 +180,14 @@ struct nhi_store_info {
 	char digest_sha256[65];   /* of the loaded backup */
 };
 void nhi_store_get_info(struct nhi_store *s, struct nhi_store_info *out);
+
+/*
+ * The generation of the snapshot in service: every swap (import, reload) brings a
+ * new one, never reused in this process; 0 while nothing is loaded. Snapshots are
+ * immutable, so a record whose store_generation equals it is exactly what a lookup
+ * would return now (its time window still needs nhi_agent_check). Lock-free.
+ */
+uint64_t nhi_store_generation(struct nhi_store *s);
 
 /*
  * Lookups, without policy: NHI_ERR_NOT_FOUND when absent (or nothing loaded);

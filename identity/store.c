@@ -37,6 +37,7 @@ struct reader {
 
 struct snapshot {
 	atomic_uint refs;
+	uint64_t generation; /* unique in this process: records carry it (nhi_store_generation) */
 	struct nhi_buf image; /* secret: backs every connection of this snapshot */
 	struct nhi_store_info info;
 	struct reader readers[NHI_STORE_READERS_MAX];
@@ -46,7 +47,11 @@ struct nhi_store {
 	pthread_mutex_t mu;        /* guards cur */
 	pthread_mutex_t import_mu; /* one import at a time (the rollback check relies on it) */
 	struct snapshot *cur;
+	atomic_ullong generation; /* cur's, or 0: read without mu by nhi_store_generation */
 };
+
+/* every snapshot of every store gets its own; 0 is never one */
+static atomic_ullong snapshots_made;
 
 /* ---- snapshots ------------------------------------------------------------------ */
 
@@ -135,6 +140,7 @@ static nhi_err snap_new(struct nhi_buf *image, const struct nhi_backup_info *inf
 	for (i = 0; i < NHI_STORE_READERS_MAX; i++)
 		pthread_mutex_init(&sn->readers[i].mu, NULL);
 	atomic_init(&sn->refs, 1);
+	sn->generation = atomic_fetch_add(&snapshots_made, 1) + 1;
 	sn->image = *image;
 	memset(image, 0, sizeof(*image));
 	NHI_TRY(nhi_image_open(sn->image.data, sn->image.len, &sn->readers[0].db));
@@ -267,6 +273,7 @@ static nhi_err import_common(struct nhi_store *s, struct nhi_hsm *h, const uint8
 	pthread_mutex_lock(&s->mu);
 	old = s->cur;
 	s->cur = sn;
+	atomic_store(&s->generation, sn->generation);
 	pthread_mutex_unlock(&s->mu);
 	sn = NULL;
 	if (res != NULL)
@@ -423,7 +430,7 @@ static char *put_words(char *dst, const char *src, size_t len, const char **ptrs
 }
 
 /* Copy the current row into one malloc'd block. */
-static nhi_err decode_row(sqlite3_stmt *st, uint64_t serial, struct nhi_agent **out)
+static nhi_err decode_row(sqlite3_stmt *st, const struct snapshot *sn, struct nhi_agent **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	const char *id = (const char *)sqlite3_column_text(st, 0);
@@ -485,7 +492,8 @@ static nhi_err decode_row(sqlite3_stmt *st, uint64_t serial, struct nhi_agent **
 	a->status = stat;
 	a->not_before = sqlite3_column_int64(st, 2);
 	a->not_after = sqlite3_column_int64(st, 3);
-	a->backup_serial = serial;
+	a->backup_serial = sn->info.serial;
+	a->store_generation = sn->generation;
 	*out = a;
 	rv = NHI_OK;
 out:
@@ -515,7 +523,7 @@ static nhi_err lookup(struct nhi_store *s, bool by_tp, const void *key, size_t k
 		sqlite3_bind_text(st, 1, key, (int)key_len, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		NHI_TRY(decode_row(st, sn->info.serial, out));
+		NHI_TRY(decode_row(st, sn, out));
 	} else if (rc == SQLITE_DONE) {
 		if (by_tp) {
 			nhi_hex(key, 32, hex);
@@ -533,6 +541,11 @@ out:
 		pthread_mutex_unlock(&r->mu);
 	snap_put(sn);
 	return rv;
+}
+
+uint64_t nhi_store_generation(struct nhi_store *s)
+{
+	return atomic_load(&s->generation);
 }
 
 nhi_err nhi_store_find_id(struct nhi_store *s, const char *id, struct nhi_agent **out)

@@ -937,6 +937,50 @@ static void test_rollback(void **state)
 	nhi_store_free(s);
 }
 
+/*
+ * nhi_store_generation: what nhid's per-connection caller record is keyed on. Every
+ * swap, a reload of the same backup included, is a new generation that no other
+ * snapshot of any store shares; a refused import changes nothing; a record names the
+ * generation it was read from.
+ */
+static void test_store_generation(void **state)
+{
+	struct nhi_store *s = NULL, *s2;
+	struct nhi_buf b10 = {0}, b5 = {0};
+	struct nhi_agent *a = NULL, *b = NULL;
+	uint64_t g1, g2;
+
+	(void)state;
+	assert_int_equal(nhi_store_new(&s), NHI_OK);
+	assert_int_equal(nhi_store_generation(s), 0); /* nothing loaded */
+	create_standard(10, T0 + 10, NULL, &b10);
+	create_standard(5, T0 + 5, NULL, &b5);
+	assert_int_equal(nhi_store_import(s, hsm, b10.data, b10.len, NULL, NULL), NHI_OK);
+	g1 = nhi_store_generation(s);
+	assert_true(g1 != 0);
+	assert_int_equal(nhi_store_find_id(s, "admin", &a), NHI_OK);
+	assert_int_equal(a->store_generation, g1);
+	/* the same backup again: a new snapshot, so a kept record is read again */
+	assert_int_equal(nhi_store_import(s, hsm, b10.data, b10.len, NULL, NULL), NHI_OK);
+	g2 = nhi_store_generation(s);
+	assert_true(g2 != g1);
+	assert_int_equal(nhi_store_find_id(s, "admin", &b), NHI_OK);
+	assert_int_equal(b->store_generation, g2);
+	assert_true(a->store_generation != nhi_store_generation(s));
+	/* a refused import (rollback) leaves the generation as it was */
+	assert_int_equal(nhi_store_import(s, hsm, b5.data, b5.len, NULL, NULL), NHI_ERR_ROLLBACK);
+	assert_int_equal(nhi_store_generation(s), g2);
+	/* another store's snapshot never shares one */
+	s2 = loaded_store(10);
+	assert_true(nhi_store_generation(s2) != g1 && nhi_store_generation(s2) != g2 && nhi_store_generation(s2) != 0);
+	nhi_store_free(s2);
+	nhi_agent_free(a);
+	nhi_agent_free(b);
+	nhi_buf_free(&b10);
+	nhi_buf_free(&b5);
+	nhi_store_free(s);
+}
+
 /* ---- import from a file ---------------------------------------------------------------- */
 
 static void test_import_file(void **state)
@@ -1097,6 +1141,7 @@ int main(void)
 		cmocka_unit_test(test_hostile_images),
 		cmocka_unit_test(test_chunks_defense_in_depth),
 		cmocka_unit_test(test_rollback),
+		cmocka_unit_test(test_store_generation),
 		cmocka_unit_test(test_import_file),
 		cmocka_unit_test(test_concurrent_swap),
 	};
