@@ -5,6 +5,7 @@
 #include <cmocka.h>
 
 #include "../../common/conf.h"
+#include "../../common/jsonw.h"
 #include "../../common/limits.h"
 #include "../../common/nhi.h"
 #include "../../common/pkey.h"
@@ -360,6 +361,92 @@ static void test_errors(void **state)
 	assert_string_equal(nhi_err_detail(), "");
 }
 
+/* common/jsonw.h: known answers (RFC 8259 §7 escapes as jansson writes them) */
+static const struct {
+	const char *in;
+	size_t len;
+	const char *out; /* NULL: refused as not UTF-8 */
+} jsonw_vectors[] = {
+	{"", 0, "\"\""},
+	{"demo-agent", 10, "\"demo-agent\""},
+	{"a\"b\\c/d", 7, "\"a\\\"b\\\\c/d\""}, /* '/' is not escaped */
+	{"\b\f\n\r\t", 5, "\"\\b\\f\\n\\r\\t\""},
+	{"\x01\x1f\x7f", 3, "\"\\u0001\\u001F\x7f\""}, /* DEL is not a control character in JSON */
+	{"in\0side", 7, "\"in\\u0000side\""},
+	{"caf\xc3\xa9", 5, "\"caf\\u00E9\""},
+	{"\xe2\x82\xac", 3, "\"\\u20AC\""},
+	{"\xf0\x9f\x98\x80", 4, "\"\\uD83D\\uDE00\""}, /* U+1F600 as a surrogate pair */
+	{"\xf4\x8f\xbf\xbf", 4, "\"\\uDBFF\\uDFFF\""}, /* U+10FFFF, the last code point */
+	{"\x80", 1, NULL},			    /* a lone continuation byte */
+	{"\xc0\xaf", 2, NULL},			    /* overlong '/' */
+	{"\xe0\x80\xaf", 3, NULL},		    /* overlong, 3 bytes */
+	{"\xed\xa0\x80", 3, NULL},		    /* a UTF-16 surrogate */
+	{"\xf4\x90\x80\x80", 4, NULL},		    /* beyond U+10FFFF */
+	{"\xf5\x80\x80\x80", 4, NULL},
+	{"ok\xe2\x82", 4, NULL}, /* cut short */
+	{"\xc3\x28", 2, NULL},	 /* a lead byte without its continuation */
+};
+
+static void test_jsonw(void **state)
+{
+	struct nhi_buf b = {0};
+	struct nhi_jsonw o;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(jsonw_vectors) / sizeof(jsonw_vectors[0]); i++) {
+		assert_int_equal(nhi_buf_append(&b, "x", 1), NHI_OK);
+		if (jsonw_vectors[i].out == NULL) {
+			assert_int_equal(nhi_jsonw_str(&b, jsonw_vectors[i].in, jsonw_vectors[i].len), NHI_ERR_ARG);
+			assert_non_null(strstr(nhi_err_detail(), "not valid UTF-8"));
+			assert_int_equal(b.len, 1); /* a refusal leaves the buffer as it was */
+		} else {
+			assert_int_equal(nhi_jsonw_str(&b, jsonw_vectors[i].in, jsonw_vectors[i].len), NHI_OK);
+			assert_string_equal((char *)b.data + 1, jsonw_vectors[i].out);
+		}
+		nhi_buf_reset(&b);
+	}
+	/* an object: members, nesting, and the whole object or nothing */
+	nhi_jsonw_begin(&o, &b);
+	nhi_jsonw_s(&o, "sub", "a");
+	nhi_jsonw_i(&o, "exp", -1);
+	nhi_jsonw_open(&o, "roles", true);
+	nhi_jsonw_elem_s(&o, "r1");
+	nhi_jsonw_elem_s(&o, "r2");
+	nhi_jsonw_close(&o, true);
+	nhi_jsonw_open(&o, "cnf", false);
+	nhi_jsonw_close(&o, false);
+	nhi_jsonw_open(&o, "none", true);
+	nhi_jsonw_close(&o, true);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_OK);
+	assert_string_equal((char *)b.data, "{\"sub\":\"a\",\"exp\":-1,\"roles\":[\"r1\",\"r2\"],\"cnf\":{},\"none\":[]}");
+	nhi_buf_reset(&b);
+	assert_int_equal(nhi_buf_append(&b, "keep", 4), NHI_OK);
+	nhi_jsonw_begin(&o, &b);
+	nhi_jsonw_s(&o, "ok", "fine");
+	nhi_jsonw_open(&o, "roles", true);
+	nhi_jsonw_elem_s(&o, "fine");
+	nhi_jsonw_elem_s(&o, "\xc3\x28");
+	nhi_jsonw_s(&o, "after", "ignored"); /* sticky: nothing more happens */
+	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_ARG);
+	assert_non_null(strstr(nhi_err_detail(), "element 1 of 'roles' is not valid UTF-8"));
+	assert_string_equal((char *)b.data, "keep");
+	/* unbalanced use is an error too, never half a document */
+	nhi_jsonw_begin(&o, &b);
+	nhi_jsonw_open(&o, "a", false);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
+	nhi_jsonw_begin(&o, &b);
+	nhi_jsonw_close(&o, false);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
+	nhi_jsonw_begin(&o, &b);
+	for (i = 0; i < 5; i++)
+		nhi_jsonw_open(&o, "d", false);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
+	assert_non_null(strstr(nhi_err_detail(), "nested deeper"));
+	assert_string_equal((char *)b.data, "keep");
+	nhi_buf_free(&b);
+}
+
 /* getpid from memory stays fork-safe: a child sees its own pid, and OpenSSL's DRBG
  * in the child does not repeat the parent's bytes */
 static void test_pid_cache_fork(void **state)
@@ -413,6 +500,7 @@ int main(void)
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
 		cmocka_unit_test(test_pid_cache_fork),
+		cmocka_unit_test(test_jsonw),
 	};
 
 	return cmocka_run_group_tests_name("common", tests, setup, teardown);

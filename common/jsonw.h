@@ -1,0 +1,53 @@
+/*
+ * common/jsonw.h — JSON text written straight into a buffer, for the few documents
+ * nhid writes on every request (token claims, the token reply, flat audit records),
+ * where building a jansson tree only to dump it cost more than the rest of the work
+ * (docs/architecture.md "Per-request costs"). Output is byte for byte what
+ * jansson's json_dumps(JSON_COMPACT | JSON_ENSURE_ASCII) writes for the same values
+ * (tests/fuzz/jsonw.c holds the two to it), so a reader cannot tell them apart.
+ * Reading JSON stays jansson's job.
+ */
+#ifndef NHI_JSONW_H
+#define NHI_JSONW_H
+
+#include "nhi.h"
+
+/*
+ * Append `n` bytes of UTF-8 as a JSON string ("...", escaped, non-ASCII as \uXXXX).
+ * NHI_ERR_ARG when the bytes are not valid UTF-8 (as jansson refuses them: overlong
+ * forms, surrogates, beyond U+10FFFF); then `b` is as it was.
+ */
+nhi_err nhi_jsonw_str(struct nhi_buf *b, const char *s, size_t n) NHI_MUST_CHECK;
+
+/*
+ * An object written member by member. Errors are sticky: after the first one every
+ * call does nothing, and nhi_jsonw_end returns it with the buffer cut back to where
+ * nhi_jsonw_begin found it; a value that is not UTF-8 is NHI_ERR_ARG naming its
+ * member ("claim 'sub' is not valid UTF-8"). Names are written escaped like any string.
+ *
+ *   struct nhi_jsonw o;
+ *   nhi_jsonw_begin(&o, &buf);
+ *   nhi_jsonw_s(&o, "sub", id);  nhi_jsonw_i(&o, "exp", exp);
+ *   NHI_TRY(nhi_jsonw_end(&o));
+ */
+struct nhi_jsonw {
+	struct nhi_buf *b;
+	size_t start;     /* b->len at begin */
+	unsigned members; /* of the innermost open object or array */
+	unsigned depth;
+	unsigned counts[4]; /* members of the enclosing levels */
+	const char *names[5]; /* [0] NULL, then the name of each open level: for errors */
+	nhi_err err;
+};
+void nhi_jsonw_begin(struct nhi_jsonw *o, struct nhi_buf *b);
+void nhi_jsonw_s(struct nhi_jsonw *o, const char *name, const char *value);  /* NUL-terminated value */
+void nhi_jsonw_i(struct nhi_jsonw *o, const char *name, long long value);
+/* a nested object or array member; closed by nhi_jsonw_close (at most 3 levels inside) */
+void nhi_jsonw_open(struct nhi_jsonw *o, const char *name, bool array);
+void nhi_jsonw_close(struct nhi_jsonw *o, bool array);
+/* an array element (inside nhi_jsonw_open(..., true)) */
+void nhi_jsonw_elem_s(struct nhi_jsonw *o, const char *value);
+/* closes the top object; NHI_OK, or the first error with the buffer restored */
+nhi_err nhi_jsonw_end(struct nhi_jsonw *o) NHI_MUST_CHECK;
+
+#endif
