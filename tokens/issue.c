@@ -4,13 +4,14 @@
  * token, raw R||S straight into the JWS (RFC 7518 §3.4 wants exactly that form).
  *
  * The protected header is the same for every token of a key, so it is encoded
- * once. Claims are built with jansson (insertion order kept, compact, UTF-8
- * checked). jti takes 128 bits of the token's own RNG; to keep a PKCS#11 round
+ * once. Claims are written with common/jsonw.h (fixed member order, compact, UTF-8
+ * checked: the bytes jansson would dump). jti takes 128 bits of the token's own RNG; to keep a PKCS#11 round
  * trip off every issuance the randomness is fetched NHI_TOKEN_JTI_POOL_BYTES at a
  * time and each 16-byte slice is wiped as it is handed out.
  */
 #include "tokens_internal.h"
 #include "../common/pkey.h"
+#include "../common/jsonw.h"
 #include "../hsm/hsm.h"
 
 #include <jansson.h>
@@ -192,71 +193,43 @@ out:
 	return rv;
 }
 
-/* json_t string for a caller value; NULL when it is not valid UTF-8. */
-static nhi_err set_str(json_t *obj, const char *name, const char *val)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	json_t *s = json_string(val);
-
-	NHI_CHECK(s != NULL, NHI_ERR_ARG, "token claim %s is not valid UTF-8", name);
-	NHI_CHECK(json_object_set_new(obj, name, s) == 0, NHI_ERR_NOMEM, "out of memory");
-	rv = NHI_OK;
-out:
-	return rv;
-}
-
-static nhi_err set_int(json_t *obj, const char *name, int64_t val)
-{
-	if (json_object_set_new(obj, name, json_integer((json_int_t)val)) != 0)
-		return nhi_err_set(NHI_ERR_NOMEM, "out of memory");
-	return NHI_OK;
-}
-
-/* The claims set, compact, in a fixed member order. */
+/*
+ * The claims set, compact, in a fixed member order, written straight into `out`
+ * (common/jsonw.h: the bytes jansson would dump; every string UTF-8 checked).
+ */
 static nhi_err build_claims(const struct nhi_token_issuer *iss, const struct nhi_token_request *req, int64_t now,
 			    unsigned ttl, const char *jti, const uint8_t x5t[32], struct nhi_buf *out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	json_t *c = json_object(), *roles = json_array(), *cnf = json_object();
 	struct nhi_buf x5t_b64 = {0};
-	size_t i, n;
+	struct nhi_jsonw o;
+	size_t i;
 
-	NHI_CHECK(c != NULL && roles != NULL && cnf != NULL, NHI_ERR_NOMEM, "out of memory");
-	NHI_TRY(set_str(c, "iss", iss->issuer));
-	NHI_TRY(set_str(c, "sub", req->sub));
-	NHI_TRY(set_str(c, "aud", req->aud)); /* one audience: RFC 7519 §4.1.3 allows the string form */
-	NHI_TRY(set_int(c, "iat", now));
-	NHI_TRY(set_int(c, "nbf", now));
-	NHI_TRY(set_int(c, "exp", now + ttl));
-	NHI_TRY(set_str(c, "jti", jti));
-	for (i = 0; i < req->n_roles; i++) {
-		json_t *r = json_string(req->roles[i]);
-
-		NHI_CHECK(r != NULL, NHI_ERR_ARG, "role %zu is not valid UTF-8", i);
-		NHI_CHECK(json_array_append_new(roles, r) == 0, NHI_ERR_NOMEM, "out of memory");
-	}
-	NHI_CHECK(json_object_set(c, "roles", roles) == 0, NHI_ERR_NOMEM, "out of memory");
 	/* RFC 8705 §3.1 */
 	NHI_TRY(nhi_b64url_encode(x5t, 32, &x5t_b64));
-	NHI_TRY(set_str(cnf, "x5t#S256", (const char *)x5t_b64.data));
-	NHI_CHECK(json_object_set(c, "cnf", cnf) == 0, NHI_ERR_NOMEM, "out of memory");
-
-	NHI_TRY(nhi_buf_reserve(out, 1024));
-	n = json_dumpb(c, (char *)out->data + out->len, out->cap - out->len - 1, JSON_COMPACT);
-	if (n > out->cap - out->len - 1) {
-		NHI_CHECK(n <= NHI_TOKEN_MAX_BYTES, NHI_ERR_LIMIT, "token claims too large");
-		NHI_TRY(nhi_buf_reserve(out, n + 1));
-		n = json_dumpb(c, (char *)out->data + out->len, out->cap - out->len - 1, JSON_COMPACT);
+	nhi_jsonw_begin(&o, out);
+	nhi_jsonw_s(&o, "iss", iss->issuer);
+	nhi_jsonw_s(&o, "sub", req->sub);
+	nhi_jsonw_s(&o, "aud", req->aud); /* one audience: RFC 7519 §4.1.3 allows the string form */
+	nhi_jsonw_i(&o, "iat", now);
+	nhi_jsonw_i(&o, "nbf", now);
+	nhi_jsonw_i(&o, "exp", now + ttl);
+	nhi_jsonw_s(&o, "jti", jti);
+	nhi_jsonw_open(&o, "roles", true);
+	for (i = 0; i < req->n_roles; i++)
+		nhi_jsonw_elem_s(&o, req->roles[i]);
+	nhi_jsonw_close(&o, true);
+	nhi_jsonw_open(&o, "cnf", false);
+	nhi_jsonw_s(&o, "x5t#S256", (const char *)x5t_b64.data);
+	nhi_jsonw_close(&o, false);
+	rv = nhi_jsonw_end(&o);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "token claims");
+		goto out;
 	}
-	NHI_CHECK(n > 0, NHI_ERR_NOMEM, "encoding token claims failed");
-	out->len += n;
-	out->data[out->len] = '\0';
-	rv = NHI_OK;
+	NHI_CHECK(out->len <= NHI_TOKEN_MAX_BYTES, NHI_ERR_LIMIT, "token claims too large");
 out:
 	nhi_buf_free(&x5t_b64);
-	json_decref(cnf);
-	json_decref(roles);
-	json_decref(c);
 	return rv;
 }
 

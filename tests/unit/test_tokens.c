@@ -484,7 +484,7 @@ static void test_ttl_cap(void **state)
 static void test_issue_refuses_bad_requests(void **state)
 {
 	struct nhi_token_issuer *iss = issuer("nhid-token-1", NULL, 0);
-	static const char *const bad_role[] = {"ok", ""};
+	static const char *const bad_role[] = {"ok", ""}, *const bad_utf8_role[] = {"ok", "r\xc3\x28"};
 	char long_sub[NHI_TOKEN_CLAIM_MAX_BYTES + 2];
 	struct nhi_token_request req = {
 		.sub = "agent-7", .aud = AUD, .cert_der = test_cert, .cert_der_len = sizeof(test_cert), .now = NOW};
@@ -503,6 +503,14 @@ static void test_issue_refuses_bad_requests(void **state)
 	assert_int_equal(nhi_token_issue(iss, &r, &tok, NULL), NHI_ERR_ARG);
 	r = req, r.sub = "bad-\xff-utf8";
 	assert_int_equal(nhi_token_issue(iss, &r, &tok, NULL), NHI_ERR_ARG);
+	assert_non_null(strstr(nhi_err_detail(), "member 'sub' is not valid UTF-8"));
+	r = req, r.aud = "aud-\xc0\xaf"; /* an overlong '/' */
+	assert_int_equal(nhi_token_issue(iss, &r, &tok, NULL), NHI_ERR_ARG);
+	assert_non_null(strstr(nhi_err_detail(), "member 'aud' is not valid UTF-8"));
+	r = req, r.roles = bad_utf8_role, r.n_roles = 2;
+	assert_int_equal(nhi_token_issue(iss, &r, &tok, NULL), NHI_ERR_ARG);
+	assert_non_null(strstr(nhi_err_detail(), "element 1 of 'roles' is not valid UTF-8"));
+	assert_int_equal(tok.len, 0); /* and no token, not even a header */
 	r = req, r.aud = NULL;
 	assert_int_equal(nhi_token_issue(iss, &r, &tok, NULL), NHI_ERR_ARG);
 	r = req, r.roles = bad_role, r.n_roles = 2;
