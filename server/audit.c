@@ -9,6 +9,7 @@
  * fdatasync(), then wakes exactly the callers of that batch (group commit).
  */
 #include "audit.h"
+#include "../common/jsonw.h"
 #include "../common/limits.h"
 #include "../common/pkey.h"
 
@@ -199,40 +200,72 @@ struct clean_counts {
 	unsigned long long redacted, truncated;
 };
 
+enum verdict { KEEP, REDACT_JWT, REDACT_PEM, TRUNCATE };
+
+/* what becomes of a string value: kept, redacted, or cut to *cut bytes (on a UTF-8
+ * character boundary) and marked; the one rule for tree and flat records */
+static enum verdict string_verdict(const char *s, size_t n, size_t *cut)
+{
+	if (looks_like_jwt(s, n))
+		return REDACT_JWT;
+	if (memmem(s, n, "-----BEGIN", 10) != NULL)
+		return REDACT_PEM;
+	if (n <= NHI_AUDIT_VALUE_MAX_BYTES)
+		return KEEP;
+	*cut = NHI_AUDIT_VALUE_MAX_BYTES;
+	while (*cut > 0 && ((unsigned char)s[*cut] & 0xc0) == 0x80)
+		(*cut)--;
+	return TRUNCATE;
+}
+
+#define REDACTED_JWT "[redacted: looks like a JWT]"
+#define REDACTED_PEM "[redacted: looks like PEM]"
+#define TRUNCATED "...[truncated]"
+
 /* *replace = a replacement for a string value, or NULL to keep it */
 static nhi_err clean_string(json_t *v, const char *name, json_t **replace, struct clean_counts *cc)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	const char *s = json_string_value(v);
-	size_t n = json_string_length(v), cut;
+	size_t n = json_string_length(v), cut = 0;
+	enum verdict vd = string_verdict(s, n, &cut);
 	char *t = NULL;
 
 	*replace = NULL;
-	if (looks_like_jwt(s, n)) {
-		*replace = json_string("[redacted: looks like a JWT]");
-		cc->redacted++;
-	} else if (memmem(s, n, "-----BEGIN", 10) != NULL) {
-		*replace = json_string("[redacted: looks like PEM]");
-		cc->redacted++;
-	} else if (n > NHI_AUDIT_VALUE_MAX_BYTES) {
-		/* cut on a UTF-8 character boundary */
-		cut = NHI_AUDIT_VALUE_MAX_BYTES;
-		while (cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80)
-			cut--;
-		t = malloc(cut + 32);
-		NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
-		memcpy(t, s, cut);
-		snprintf(t + cut, 32, "...[truncated]");
-		*replace = json_string(t);
-		cc->truncated++;
-	} else {
+	if (vd == KEEP) {
 		rv = NHI_OK;
 		goto out;
 	}
+	if (vd == TRUNCATE) {
+		t = malloc(cut + sizeof(TRUNCATED));
+		NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
+		memcpy(t, s, cut);
+		memcpy(t + cut, TRUNCATED, sizeof(TRUNCATED));
+		cc->truncated++;
+	} else {
+		cc->redacted++;
+	}
+	*replace = json_string(vd == REDACT_JWT ? REDACTED_JWT : vd == REDACT_PEM ? REDACTED_PEM : t);
 	NHI_CHECK(*replace != NULL, NHI_ERR_NOMEM, "out of memory cleaning audit field '%s'", name);
 	rv = NHI_OK;
 out:
 	free(t);
+	return rv;
+}
+
+/* the rules every member name of the top level obeys */
+static nhi_err check_name(const char *k, int depth)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	NHI_CHECK(valid_name(k), NHI_ERR_ARG, "audit field name '%.64s' is not 1-%d of [a-z0-9_]", k,
+		  NHI_AUDIT_NAME_MAX_BYTES);
+	NHI_CHECK(depth > 0 || !in_list(k, reserved_fields), NHI_ERR_ARG,
+		  "audit field name '%s' is reserved for the log itself", k);
+	NHI_CHECK(!secret_name(k), NHI_ERR_ARG,
+		  "audit field '%s' names a secret: record a reference (an id or a SHA-256) instead", k);
+	rv = NHI_OK;
+out:
 	return rv;
 }
 
@@ -249,12 +282,7 @@ static nhi_err clean_object(json_t *obj, int depth, struct clean_counts *cc)
 		  "an audit record object has %zu members, over %d", json_object_size(obj), NHI_AUDIT_FIELDS_MAX);
 	for (it = json_object_iter(obj); it != NULL; it = json_object_iter_next(obj, it)) {
 		k = json_object_iter_key(it);
-		NHI_CHECK(valid_name(k), NHI_ERR_ARG, "audit field name '%.64s' is not 1-%d of [a-z0-9_]", k,
-			  NHI_AUDIT_NAME_MAX_BYTES);
-		NHI_CHECK(depth > 0 || !in_list(k, reserved_fields), NHI_ERR_ARG,
-			  "audit field name '%s' is reserved for the log itself", k);
-		NHI_CHECK(!secret_name(k), NHI_ERR_ARG,
-			  "audit field '%s' names a secret: record a reference (an id or a SHA-256) instead", k);
+		NHI_TRY(check_name(k, depth));
 		rep = NULL;
 		NHI_TRY(clean_value(json_object_iter_value(it), k, depth, &rep, cc));
 		if (rep != NULL)
@@ -732,11 +760,22 @@ out:
 	return rv;
 }
 
+static nhi_err check_line_len(const char *event, size_t len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	NHI_CHECK(len + LINE_HEADER_MAX_BYTES <= NHI_AUDIT_LINE_MAX_BYTES, NHI_ERR_LIMIT,
+		  "audit event '%s' is %zu bytes, over the %d-byte line limit: record fewer or shorter fields", event,
+		  len, NHI_AUDIT_LINE_MAX_BYTES);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 /* check, clean and serialise the fields here, in the caller's thread; steals fields */
 static nhi_err prepare(const char *event, json_t *fields, char **text, struct clean_counts *cc)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	size_t len;
 
 	*text = NULL;
 	if (fields == NULL)
@@ -746,10 +785,7 @@ static nhi_err prepare(const char *event, json_t *fields, char **text, struct cl
 	NHI_TRY(clean_object(fields, 0, cc));
 	*text = json_dumps(fields, JSON_FLAGS);
 	NHI_CHECK(*text != NULL, NHI_ERR_NOMEM, "out of memory serialising audit event '%s'", event);
-	len = strlen(*text);
-	NHI_CHECK(len + LINE_HEADER_MAX_BYTES <= NHI_AUDIT_LINE_MAX_BYTES, NHI_ERR_LIMIT,
-		  "audit event '%s' is %zu bytes, over the %d-byte line limit: record fewer or shorter fields", event,
-		  len, NHI_AUDIT_LINE_MAX_BYTES);
+	NHI_TRY(check_line_len(event, strlen(*text)));
 	rv = NHI_OK;
 out:
 	if (rv != NHI_OK) {
@@ -801,11 +837,37 @@ out:
 	return rv;
 }
 
+/* queue the checked fields text of a submitted record; takes *text (malloc'ed) */
+static nhi_err submit_text(struct nhi_audit *a, const char *event, char **text, const struct clean_counts *cc,
+			   nhi_audit_done_fn done, void *arg)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct audit_item *it = calloc(1, sizeof(*it));
+
+	NHI_CHECK(it != NULL, NHI_ERR_NOMEM, "out of memory");
+	it->kind = ITEM_RECORD;
+	snprintf(it->event_buf, sizeof(it->event_buf), "%s", event);
+	it->event = it->event_buf;
+	it->owned_fields = *text;
+	it->fields = *text;
+	it->fields_len = strlen(*text);
+	*text = NULL;
+	it->done_fn = done;
+	it->done_arg = arg;
+	rv = submit(a, it, cc);
+	if (rv == NHI_OK)
+		it = NULL; /* the writer frees it after the callback */
+out:
+	if (it != NULL)
+		free(it->owned_fields);
+	free(it);
+	return rv;
+}
+
 nhi_err nhi_audit_submit(struct nhi_audit *a, const char *event, json_t *fields, nhi_audit_done_fn done, void *arg)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct clean_counts cc = {0};
-	struct audit_item *it = NULL;
 	char *text = NULL;
 
 	NHI_CHECK(done != NULL, NHI_ERR_ARG, "nhi_audit_submit needs a completion callback");
@@ -813,26 +875,69 @@ nhi_err nhi_audit_submit(struct nhi_audit *a, const char *event, json_t *fields,
 	rv = prepare(event, fields, &text, &cc);
 	fields = NULL;
 	NHI_TRY(rv);
-	it = calloc(1, sizeof(*it));
-	NHI_CHECK(it != NULL, NHI_ERR_NOMEM, "out of memory");
-	it->kind = ITEM_RECORD;
-	snprintf(it->event_buf, sizeof(it->event_buf), "%s", event);
-	it->event = it->event_buf;
-	it->owned_fields = text;
-	it->fields = text;
-	it->fields_len = strlen(text);
-	text = NULL;
-	it->done_fn = done;
-	it->done_arg = arg;
-	rv = submit(a, it, &cc);
-	if (rv == NHI_OK)
-		it = NULL; /* the writer frees it after the callback */
+	rv = submit_text(a, event, &text, &cc, done, arg);
 out:
-	if (it != NULL)
-		free(it->owned_fields);
-	free(it);
 	free(text);
 	json_decref(fields);
+	return rv;
+}
+
+nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct nhi_audit_kv *kv, size_t n,
+			    nhi_audit_done_fn done, void *arg)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct clean_counts cc = {0};
+	struct nhi_buf text = {0}, cut_value = {0};
+	struct nhi_jsonw o;
+	const char *v;
+	size_t i, j, len, cut = 0;
+	char *owned = NULL;
+
+	NHI_CHECK(done != NULL, NHI_ERR_ARG, "nhi_audit_submit_kv needs a completion callback");
+	NHI_TRY(check_event(a, event));
+	NHI_CHECK(n <= NHI_AUDIT_FIELDS_MAX, NHI_ERR_LIMIT, "an audit record object has %zu members, over %d", n,
+		  NHI_AUDIT_FIELDS_MAX);
+	/* the checks of the tree form (clean_object), member by member */
+	for (i = 0; i < n; i++) {
+		NHI_TRY(check_name(kv[i].name, 0));
+		for (j = 0; j < i; j++) /* a JSON object has each name once */
+			NHI_CHECK(strcmp(kv[i].name, kv[j].name) != 0, NHI_ERR_ARG, "audit field '%s' is given twice",
+				  kv[i].name);
+	}
+	nhi_jsonw_begin(&o, &text);
+	for (i = 0; i < n; i++) {
+		if ((v = kv[i].str) == NULL) {
+			nhi_jsonw_i(&o, kv[i].name, kv[i].num);
+			continue;
+		}
+		len = strlen(v);
+		switch (string_verdict(v, len, &cut)) {
+		case KEEP: break;
+		case REDACT_JWT: v = REDACTED_JWT; cc.redacted++; break;
+		case REDACT_PEM: v = REDACTED_PEM; cc.redacted++; break;
+		case TRUNCATE:
+			nhi_buf_reset(&cut_value);
+			if (nhi_buf_append(&cut_value, v, cut) != NHI_OK || nhi_buf_append_str(&cut_value, TRUNCATED) != NHI_OK)
+				NHI_FAIL(NHI_ERR_NOMEM, "out of memory");
+			v = (const char *)cut_value.data;
+			cc.truncated++;
+			break;
+		}
+		nhi_jsonw_s(&o, kv[i].name, v);
+	}
+	rv = nhi_jsonw_end(&o);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "audit event '%s'", event);
+		goto out;
+	}
+	NHI_TRY(check_line_len(event, text.len));
+	owned = strdup((const char *)text.data); /* the item owns a malloc'ed copy, as for the tree form */
+	NHI_CHECK(owned != NULL, NHI_ERR_NOMEM, "out of memory");
+	rv = submit_text(a, event, &owned, &cc, done, arg);
+out:
+	free(owned);
+	nhi_buf_free(&text);
+	nhi_buf_free(&cut_value);
 	return rv;
 }
 

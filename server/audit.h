@@ -91,6 +91,22 @@ typedef void (*nhi_audit_done_fn)(void *arg, nhi_err rv, const char *detail);
 nhi_err nhi_audit_submit(struct nhi_audit *a, const char *event, json_t *fields, nhi_audit_done_fn done,
 			 void *arg) NHI_MUST_CHECK;
 
+/* One member of a flat audit record: a string, or the integer `num` when str is NULL. */
+struct nhi_audit_kv {
+	const char *name;
+	const char *str;
+	long long num;
+};
+
+/*
+ * nhi_audit_submit() for a flat record (string and integer members, in this
+ * order), as the request paths write on every call: the same checks of names and
+ * values, the same redaction and truncation, the same line, written without a
+ * jansson tree (common/jsonw.h). `kv` is borrowed for the call.
+ */
+nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct nhi_audit_kv *kv, size_t n,
+			    nhi_audit_done_fn done, void *arg) NHI_MUST_CHECK;
+
 /*
  * Add a reference to a token to `fields` (a JSON object, borrowed): token_sha256
  * (hex SHA-256 of the compact token, so an operator holding a token can find its

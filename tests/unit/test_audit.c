@@ -594,6 +594,141 @@ static void test_async_submit(void **state)
 	assert_int_equal(rep.records, st.records + 2); /* + audit_close and the final checkpoint */
 }
 
+/* ---- flat records (nhi_audit_submit_kv) ------------------------------------------------- */
+
+struct kv_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done;
+	nhi_err rv;
+};
+
+static void kv_done(void *arg, nhi_err rv, const char *detail)
+{
+	struct kv_wait *w = arg;
+
+	(void)detail;
+	pthread_mutex_lock(&w->mu);
+	w->done++;
+	w->rv = rv;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* the members of line i after its "event" (what the caller gave), or fail */
+static const char *members_of(const struct lines *ls, size_t i, const char *event)
+{
+	char needle[96];
+	const char *p;
+
+	snprintf(needle, sizeof(needle), "\"event\":\"%s\",", event);
+	assert_true(i < ls->n);
+	p = strstr(ls->l[i], needle);
+	assert_non_null(p);
+	return p + strlen(needle);
+}
+
+/*
+ * The flat form writes exactly the line the tree form writes for the same values,
+ * redactions and truncations included, and refuses what the tree form refuses
+ * (plus duplicate names and non-UTF-8 values), with nothing written.
+ */
+static void test_submit_kv(void **state)
+{
+	char path[400], token[256], pem[] = "-----BEGIN EC PRIVATE KEY-----\nMHc=\n", long_v[1200], ctl[600];
+	struct kv_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NHI_OK};
+	struct nhi_audit_stats before, after;
+	struct nhi_audit_kv many[NHI_AUDIT_FIELDS_MAX + 1], wide[40];
+	struct nhi_audit_report rep;
+	struct lines ls = {0};
+	struct nhi_audit *a;
+	int called = 0;
+	size_t i;
+
+	(void)state;
+	snprintf(token, sizeof(token), "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudC03In0.c2lnbmF0dXJl");
+	memset(long_v, 'a', sizeof(long_v) - 1);
+	long_v[sizeof(long_v) - 1] = '\0';
+	memcpy(long_v + 511, "\xc3\xa9", 2); /* a 2-byte character across the 512-byte cut: cut before it */
+	path_of(path, sizeof(path), "kv.jsonl");
+	a = open_log(path, 1000, 60);
+	{
+		const struct nhi_audit_kv rec[] = {
+			{"sub", "demo-agent", 0}, {"note", "caf\xc3\xa9 \"q\" \\ \n\t\x01", 0}, {"seen", token, 0},
+			{"blob", pem, 0},	  {"long", long_v, 0},			     {"exp", NULL, 1893456000LL},
+			{"neg", NULL, -42},	  {"empty", "", 0},
+		};
+
+		nhi_audit_get_stats(a, &before);
+		assert_int_equal(nhi_audit_submit(a, "token_issued",
+						  json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s}", "sub", "demo-agent", "note",
+							    "caf\xc3\xa9 \"q\" \\ \n\t\x01", "seen", token, "blob", pem,
+							    "long", long_v, "exp", (json_int_t)1893456000LL, "neg",
+							    (json_int_t)-42, "empty", ""),
+						  kv_done, &w),
+				 NHI_OK);
+		assert_int_equal(nhi_audit_submit_kv(a, "token_issued", rec, sizeof(rec) / sizeof(rec[0]), kv_done, &w),
+				 NHI_OK);
+	}
+	pthread_mutex_lock(&w.mu);
+	while (w.done < 2)
+		pthread_cond_wait(&w.cv, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	assert_int_equal(w.rv, NHI_OK);
+	nhi_audit_get_stats(a, &after);
+	assert_int_equal(after.redactions - before.redactions, 4);  /* the JWT and the PEM, twice */
+	assert_int_equal(after.truncations - before.truncations, 2); /* the long value, twice */
+
+	/* refusals: immediate, never called back, nothing written */
+	{
+		const struct nhi_audit_kv secret[] = {{"pin", "1234", 0}}, reserved[] = {{"seq", NULL, 1}},
+					  bad_name[] = {{"Bad-Name", "x", 0}}, twice[] = {{"a", "x", 0}, {"a", "y", 0}},
+					  not_utf8[] = {{"a", "\xc3\x28", 0}}, suffix[] = {{"admin_password", "x", 0}};
+
+		assert_int_equal(nhi_audit_submit_kv(a, "x", secret, 1, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", suffix, 1, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", reserved, 1, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", bad_name, 1, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", twice, 2, never_called, &called), NHI_ERR_ARG);
+		assert_non_null(strstr(nhi_err_detail(), "'a' is given twice"));
+		assert_int_equal(nhi_audit_submit_kv(a, "x", not_utf8, 1, never_called, &called), NHI_ERR_ARG);
+		assert_non_null(strstr(nhi_err_detail(), "member 'a' is not valid UTF-8"));
+		assert_int_equal(nhi_audit_submit_kv(a, "checkpoint", NULL, 0, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", NULL, 0, NULL, NULL), NHI_ERR_ARG);
+	}
+	for (i = 0; i < sizeof(many) / sizeof(many[0]); i++) {
+		static char names[NHI_AUDIT_FIELDS_MAX + 1][8];
+
+		snprintf(names[i], sizeof(names[i]), "f%zu", i);
+		many[i] = (struct nhi_audit_kv){names[i], NULL, (long long)i};
+	}
+	assert_int_equal(nhi_audit_submit_kv(a, "x", many, NHI_AUDIT_FIELDS_MAX + 1, never_called, &called),
+			 NHI_ERR_LIMIT);
+	/* values are cut at 512 bytes, but 40 of them escaped six-fold pass the line limit */
+	memset(ctl, '\x01', sizeof(ctl) - 1);
+	ctl[sizeof(ctl) - 1] = '\0';
+	for (i = 0; i < sizeof(wide) / sizeof(wide[0]); i++)
+		wide[i] = (struct nhi_audit_kv){many[i].name, ctl, 0};
+	assert_int_equal(nhi_audit_submit_kv(a, "x", wide, sizeof(wide) / sizeof(wide[0]), never_called, &called),
+			 NHI_ERR_LIMIT);
+	assert_non_null(strstr(nhi_err_detail(), "line limit"));
+	assert_int_equal(called, 0);
+	close_log(a);
+
+	verify_ok(path, &rep);
+	lines_load(path, &ls);
+	/* audit_open, then the two records, then audit_close and the checkpoint: nothing else */
+	assert_int_equal(ls.n, 5);
+	assert_string_equal(members_of(&ls, 1, "token_issued"), members_of(&ls, 2, "token_issued"));
+	assert_non_null(strstr(ls.l[2], "\"seen\":\"[redacted: looks like a JWT]\""));
+	assert_non_null(strstr(ls.l[2], "\"blob\":\"[redacted: looks like PEM]\""));
+	assert_non_null(strstr(ls.l[2], "\"note\":\"caf\\u00E9 \\\"q\\\" \\\\ \\n\\t\\u0001\""));
+	assert_non_null(strstr(ls.l[2], "aa...[truncated]\""));
+	assert_non_null(strstr(ls.l[2], "\"exp\":1893456000,\"neg\":-42,\"empty\":\"\"}"));
+	assert_null(strstr(ls.l[2], token));
+	lines_free(&ls);
+}
+
 /* ---- tampering ---------------------------------------------------------------------------- */
 
 static void make_base(const char *name, char *path, size_t n)
@@ -1324,6 +1459,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_checkpoint_every_s),
 		cmocka_unit_test(test_concurrent_group_commit),
 		cmocka_unit_test(test_async_submit),
+		cmocka_unit_test(test_submit_kv),
 		cmocka_unit_test(test_tamper_detected),
 		cmocka_unit_test(test_reopen_continues),
 		cmocka_unit_test(test_torn_tail_repaired),
