@@ -4,6 +4,7 @@
  * policy, audits, and answers. Every error is {"error":"code","detail":"..."}.
  */
 #include "server_internal.h"
+#include "../common/jsonw.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -71,20 +72,28 @@ static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum n
 			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
 }
 
-static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
-		      const struct timespec *t0, bool close_conn, int status, json_t *body)
+/* a JSON document already written: `text` (len bytes) and a newline */
+static void send_text(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
+		      const struct timespec *t0, bool close_conn, int status, const char *text, size_t len)
 {
 	struct evbuffer *b = evbuffer_new();
-	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 
 	if (b != NULL && text != NULL) {
-		evbuffer_add(b, text, strlen(text));
+		evbuffer_add(b, text, len);
 		evbuffer_add(b, "\n", 1);
 	}
 	send_buffer(s, req, route, t0, close_conn, status, "application/json", b);
-	free(text);
 	if (b != NULL)
 		evbuffer_free(b);
+}
+
+static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
+		      const struct timespec *t0, bool close_conn, int status, json_t *body)
+{
+	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+	send_text(s, req, route, t0, close_conn, status, text, text != NULL ? strlen(text) : 0);
+	free(text);
 	json_decref(body);
 }
 
@@ -114,7 +123,7 @@ struct pending {
 	struct timespec t0;
 	bool close_conn;
 	int status;
-	json_t *body;
+	struct nhi_buf body; /* the reply, written before the record was submitted */
 	nhi_err rv;
 };
 
@@ -124,13 +133,14 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (p->rv == NHI_OK) {
-		send_json(p->s, p->req, p->route, &p->t0, p->close_conn, p->status, p->body);
-	} else {
-		json_decref(p->body);
+	if (p->rv == NHI_OK)
+		send_text(p->s, p->req, p->route, &p->t0, p->close_conn, p->status, (const char *)p->body.data,
+			  p->body.len);
+	else
 		send_json(p->s, p->req, p->route, &p->t0, true, 503,
 			  error_body("audit_unavailable", "the audit log could not record the event"));
-	}
+	nhi_wipe(p->body.data, p->body.len); /* a token reply carries the token */
+	nhi_buf_free(&p->body);
 	event_free(p->ev);
 	free(p);
 }
@@ -146,14 +156,23 @@ static void pending_done(void *arg, nhi_err rv, const char *detail)
 	event_active(p->ev, 0, 0);
 }
 
-static void reply_audited(struct ctx *c, const char *event, json_t *fields, int status, json_t *body)
+/*
+ * The reply of `c` (status and `body`, a JSON text taken from the caller) waits for
+ * its audit record: `kv` (n members: the flat form, nhi_audit_submit_kv) or
+ * `fields` (the tree form, stolen). If the record cannot be submitted, a 503 goes
+ * out instead, now.
+ */
+static void reply_pending(struct ctx *c, const char *event, json_t *fields, const struct nhi_audit_kv *kv, size_t n,
+			  int status, struct nhi_buf *body)
 {
 	struct pending *p = calloc(1, sizeof(*p));
+	nhi_err e = NHI_ERR_NOMEM;
 
 	if (p == NULL || (p->ev = event_new(c->w->base, -1, 0, pending_fire, p)) == NULL) {
 		free(p);
 		json_decref(fields);
-		json_decref(body);
+		nhi_wipe(body->data, body->len);
+		nhi_buf_free(body);
 		reply(c, 503, error_body("internal", "out of memory"));
 		return;
 	}
@@ -163,17 +182,44 @@ static void reply_audited(struct ctx *c, const char *event, json_t *fields, int 
 	p->t0 = c->t0;
 	p->close_conn = closing(c);
 	p->status = status;
-	p->body = body;
+	p->body = *body;
+	memset(body, 0, sizeof(*body));
 	c->status = status;
+	{
+		struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+
+		if (evcon != NULL)
+			nhi_tls_hold_reads(evhttp_connection_get_bufferevent(evcon));
+	}
 	if (c->s->audit == NULL) {
 		json_decref(fields);
-		p->rv = NHI_ERR_IO;
-		pending_fire(-1, 0, p);
-	} else if (nhi_audit_submit(c->s->audit, event, fields, pending_done, p) != NHI_OK) {
+		e = nhi_err_set(NHI_ERR_IO, "no audit log");
+	} else if (kv != NULL) {
+		e = nhi_audit_submit_kv(c->s->audit, event, kv, n, pending_done, p);
+	} else {
+		e = nhi_audit_submit(c->s->audit, event, fields, pending_done, p);
+	}
+	if (e != NHI_OK) {
 		fprintf(stderr, "nhid: audit %s refused: %s\n", event, nhi_err_detail());
 		p->rv = NHI_ERR_IO;
 		pending_fire(-1, 0, p);
 	}
+}
+
+static void reply_audited(struct ctx *c, const char *event, json_t *fields, int status, json_t *body)
+{
+	struct nhi_buf text = {0};
+	char *s = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+	json_decref(body);
+	if (s == NULL || nhi_buf_append(&text, s, strlen(s)) != NHI_OK) {
+		free(s);
+		json_decref(fields);
+		reply(c, 503, error_body("internal", "out of memory"));
+		return;
+	}
+	free(s);
+	reply_pending(c, event, fields, NULL, 0, status, &text);
 }
 
 static void reply_error(struct ctx *c, int status, const char *code, const char *detail)
@@ -194,38 +240,52 @@ static const char *body_bytes(struct ctx *c, size_t *len)
 	return *len ? (const char *)evbuffer_pullup(in, -1) : "";
 }
 
-/* the calling agent: verified certificate -> URI SAN -> active record whose enrolled
- * thumbprint is this certificate's; on failure a 403 has been sent and audited */
-static struct nhi_agent *caller(struct ctx *c)
+/*
+ * The calling agent: verified certificate -> URI SAN -> active record whose enrolled
+ * thumbprint is this certificate's; on failure a 403 has been sent and audited.
+ * The record is the connection's (borrowed until its next request): it is read
+ * from the store once and kept while the store's snapshot is the same one
+ * (snapshots are immutable, nhi_store_generation); its time window, the id match
+ * and the revocation packages are checked again on every request.
+ */
+static const struct nhi_agent *caller(struct ctx *c)
 {
-	struct nhi_agent *a = NULL;
+	struct nhi_conn *conn = c->conn;
 	SSL *ssl = bufferevent_openssl_get_ssl(evhttp_connection_get_bufferevent(evhttp_request_get_connection(c->req)));
+	long long now = (long long)time(NULL);
+	const struct nhi_agent *a = NULL;
 	char hex[65];
 	nhi_err e;
 
-	nhi_tls_identify(c->conn, ssl, c->s->cfg.trust_domain);
-	if (c->conn->identity_err != NHI_OK) {
-		reply_error(c, 403, "unknown_agent", c->conn->identity_detail);
+	nhi_tls_identify(conn, ssl, c->s->cfg.trust_domain);
+	if (conn->identity_err != NHI_OK) {
+		reply_error(c, 403, "unknown_agent", conn->identity_detail);
 		return NULL;
 	}
-	e = nhi_store_resolve_thumbprint(c->s->store, c->conn->cert_sha256, (long long)time(NULL), &a);
-	if (e == NHI_OK && strcmp(a->id, c->conn->agent_id) != 0) {
-		nhi_agent_free(a);
+	if (conn->caller != NULL && conn->caller->store_generation == nhi_store_generation(c->s->store)) {
+		e = nhi_agent_check(conn->caller, now);
+	} else {
+		nhi_agent_free(conn->caller);
+		conn->caller = NULL;
+		e = nhi_store_resolve_thumbprint(c->s->store, conn->cert_sha256, now, &conn->caller);
+	}
+	if (e == NHI_OK)
+		a = conn->caller;
+	if (a != NULL && strcmp(a->id, conn->agent_id) != 0) {
 		a = NULL;
 		e = nhi_err_set(NHI_ERR_DENIED, "certificate is enrolled for another agent");
 	}
 	/* a signed revocation package overrides the identity backup until the next one */
-	if (e == NHI_OK && (nhi_trust_agent_revoked(c->trust, a->id) || nhi_trust_cert_revoked(c->trust, c->conn->cert_sha256))) {
+	if (a != NULL && (nhi_trust_agent_revoked(c->trust, a->id) || nhi_trust_cert_revoked(c->trust, conn->cert_sha256))) {
 		e = nhi_err_set(NHI_ERR_DENIED, "agent %s%s is revoked by revocation package version %llu", a->id,
 				nhi_trust_agent_revoked(c->trust, a->id) ? "" : " (this certificate)",
 				(unsigned long long)c->trust->revocation_version);
-		nhi_agent_free(a);
 		a = NULL;
 	}
-	if (e != NHI_OK) {
-		nhi_hex(c->conn->cert_sha256, 32, hex);
+	if (a == NULL) {
+		nhi_hex(conn->cert_sha256, 32, hex);
 		reply_audited(c, "agent_refused",
-			      json_pack("{s:s, s:s, s:s, s:s}", "agent", c->conn->agent_id, "cert_sha256", hex, "route",
+			      json_pack("{s:s, s:s, s:s, s:s}", "agent", conn->agent_id, "cert_sha256", hex, "route",
 					evhttp_request_get_uri(c->req), "reason", nhi_err_detail()),
 			      403,
 			      e == NHI_ERR_NOT_FOUND
@@ -309,7 +369,7 @@ static void h_metrics(struct ctx *c)
 
 static void h_tokens(struct ctx *c)
 {
-	struct nhi_agent *a = NULL;
+	const struct nhi_agent *a = NULL;
 	struct nhi_api_token_req q;
 	struct nhi_token_request tr = {0};
 	struct nhi_token_issued info;
@@ -344,15 +404,28 @@ static void h_tokens(struct ctx *c)
 		goto out;
 	}
 	nhi_hex(c->conn->cert_sha256, 32, hex);
-	/* durable before the response; the record names the token, never carries it */
-	reply_audited(c, "token_issued",
-		      json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "sub", a->id, "aud", aud, "jti", info.jti, "kid",
-				info.kid, "exp", (json_int_t)info.exp, "cert_sha256", hex),
-		      200, json_pack("{s:s, s:I}", "token", (const char *)tok.data, "expires_at", (json_int_t)info.exp));
+	{
+		/* durable before the response; the record names the token, never carries it */
+		const struct nhi_audit_kv rec[] = {
+			{"sub", a->id, 0},	       {"aud", aud, 0}, {"jti", info.jti, 0}, {"kid", info.kid, 0},
+			{"exp", NULL, info.exp}, {"cert_sha256", hex, 0},
+		};
+		struct nhi_buf reply_text = {0};
+		struct nhi_jsonw o;
+
+		nhi_jsonw_begin(&o, &reply_text);
+		nhi_jsonw_s(&o, "token", (const char *)tok.data);
+		nhi_jsonw_i(&o, "expires_at", info.exp);
+		if (nhi_jsonw_end(&o) != NHI_OK)
+			reply_error(c, 500, "internal", "out of memory");
+		else
+			reply_pending(c, "token_issued", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &reply_text);
+		nhi_wipe(reply_text.data, reply_text.len); /* left only if the reply failed */
+		nhi_buf_free(&reply_text);
+	}
 out:
 	nhi_wipe(tok.data, tok.len);
 	nhi_buf_free(&tok);
-	nhi_agent_free(a);
 }
 
 static json_t *agent_json(const struct nhi_agent *a)
@@ -368,7 +441,8 @@ static json_t *agent_json(const struct nhi_agent *a)
 
 static void h_resolve(struct ctx *c)
 {
-	struct nhi_agent *me = NULL, *subject = NULL;
+	const struct nhi_agent *me = NULL;
+	struct nhi_agent *subject = NULL;
 	struct nhi_token_claims *cl = NULL;
 	struct nhi_token_check chk = {0};
 	enum nhi_token_error why = NHI_TOKEN_OK;
@@ -428,45 +502,51 @@ static void h_resolve(struct ctx *c)
 	claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s}", "iss", cl->iss, "sub", cl->sub, "aud",
 			   cl->aud, "iat", (json_int_t)cl->iat, "nbf", (json_int_t)cl->nbf, "exp", (json_int_t)cl->exp,
 			   "jti", cl->jti, "roles", string_array(cl->roles, cl->n_roles), "kid", cl->kid);
-	reply_audited(c, "resolve_ok", json_pack("{s:s, s:s, s:s}", "caller", me->id, "sub", cl->sub, "jti", cl->jti),
-		      200, json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims));
+	{
+		const struct nhi_audit_kv rec[] = {{"caller", me->id, 0}, {"sub", cl->sub, 0}, {"jti", cl->jti, 0}};
+		json_t *doc = json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims);
+		char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+		struct nhi_buf b = {0};
+
+		if (text == NULL || nhi_buf_append(&b, text, strlen(text)) != NHI_OK)
+			reply_error(c, 500, "internal", "out of memory");
+		else
+			reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &b);
+		nhi_buf_free(&b);
+		free(text);
+		json_decref(doc);
+	}
 out:
 	nhi_api_resolve_req_free(&q);
 	nhi_token_claims_free(cl);
 	nhi_agent_free(subject);
-	nhi_agent_free(me);
 }
 
 static void h_reload(struct ctx *c)
 {
-	struct nhi_agent *a = NULL;
+	const struct nhi_agent *a = NULL;
 	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(c->req), "Authorization");
 	nhi_err e;
 
-	if ((a = caller(c)) == NULL)
-		goto out;
-	if (!nhi_agent_has_role(a, "admin") || c->s->cfg.admin_token_hash[0] == '\0' || auth == NULL ||
-	    strncmp(auth, "Bearer ", 7) != 0 ||
-	    nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth + 7, strlen(auth + 7)) != NHI_OK) {
+	if ((a = caller(c)) == NULL) {
+		/* caller() has answered */
+	} else if (!nhi_agent_has_role(a, "admin") || c->s->cfg.admin_token_hash[0] == '\0' || auth == NULL ||
+		   strncmp(auth, "Bearer ", 7) != 0 ||
+		   nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth + 7, strlen(auth + 7)) != NHI_OK) {
 		reply_audited(c, "admin_refused", json_pack("{s:s, s:s}", "agent", a->id, "action", "reload"), 403,
 			      error_body("forbidden", "the 'admin' role and a valid admin bearer token are required"));
-		goto out;
-	}
-	/* the admin action runs on this worker (rare, operator-driven); reload audits itself */
-	e = nhi_server_reload(c->s, a->id);
-	if (e != NHI_OK) {
+	} else if ((e = nhi_server_reload(c->s, a->id)) != NHI_OK) {
+		/* the admin action runs on this worker (rare, operator-driven); reload audits itself */
 		reply_error(c, e == NHI_ERR_ROLLBACK ? 409 : 500, nhi_err_name(e), nhi_err_detail());
-		goto out;
+	} else {
+		reply(c, 200, json_pack("{s:s}", "status", "reloaded"));
 	}
-	reply(c, 200, json_pack("{s:s}", "status", "reloaded"));
-out:
-	nhi_agent_free(a);
 }
 
 /* the caller, if it holds `role` for using signing key k; else a 403 (audited) was sent */
-static struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, const char *purpose, bool sign)
+static const struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, const char *purpose, bool sign)
 {
-	struct nhi_agent *a = caller(c);
+	const struct nhi_agent *a = caller(c);
 	const char *role;
 	char detail[160];
 
@@ -474,7 +554,6 @@ static struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, c
 		return NULL;
 	if (k == NULL) {
 		reply_error(c, 400, "unknown_key", "no signing key serves this purpose (config signing_keys)");
-		nhi_agent_free(a);
 		return NULL;
 	}
 	role = sign ? k->cfg->sign_role : k->cfg->verify_role;
@@ -484,7 +563,6 @@ static struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, c
 		reply_audited(c, sign ? "sign_refused" : "verify_refused",
 			      json_pack("{s:s, s:s, s:s}", "caller", a->id, "key", purpose, "reason", "role"), 403,
 			      error_body("forbidden", detail));
-		nhi_agent_free(a);
 		return NULL;
 	}
 	return a;
@@ -493,7 +571,7 @@ static struct nhi_agent *key_user(struct ctx *c, const struct nhi_sign_key *k, c
 static void h_sign(struct ctx *c)
 {
 	struct nhi_api_sign_req q = {0};
-	struct nhi_agent *a = NULL;
+	const struct nhi_agent *a = NULL;
 	const struct nhi_sign_key *k;
 	uint8_t sig[64], digest[32];
 	struct nhi_buf sig_b64 = {0};
@@ -526,13 +604,12 @@ static void h_sign(struct ctx *c)
 out:
 	nhi_buf_free(&sig_b64);
 	nhi_api_sign_req_free(&q);
-	nhi_agent_free(a);
 }
 
 static void h_verify(struct ctx *c)
 {
 	struct nhi_api_verify_req q = {0};
-	struct nhi_agent *a = NULL;
+	const struct nhi_agent *a = NULL;
 	struct nhi_signing_verdict v;
 	const struct nhi_sign_key *k;
 	uint8_t digest[32];
@@ -569,7 +646,6 @@ static void h_verify(struct ctx *c)
 		      200, json_pack("{s:b, s:s, s:s, s:s}", "valid", 1, "key", q.key, "kid", v.kid, "signer", v.signer));
 out:
 	nhi_api_verify_req_free(&q);
-	nhi_agent_free(a);
 }
 
 #define MANIFEST_NAMES_MAX 1000 /* names listed in one mismatch reply; the counts are exact */
@@ -596,7 +672,7 @@ static void h_manifest_verify(struct ctx *c)
 {
 	struct nhi_api_manifest_req q = {0};
 	struct diffs df = {{NULL, json_array(), json_array(), json_array()}, 0, false};
-	struct nhi_agent *a = NULL;
+	const struct nhi_agent *a = NULL;
 	size_t n_diffs = 0;
 	uint8_t digest[32];
 	char hex[65], detail[NHI_ERR_DETAIL_MAX];
@@ -666,7 +742,6 @@ out:
 	json_decref(df.lists[2]);
 	json_decref(df.lists[3]);
 	nhi_api_manifest_req_free(&q);
-	nhi_agent_free(a);
 }
 
 static void (*const handlers[NHI_ROUTE__COUNT])(struct ctx *c) = {

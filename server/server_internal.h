@@ -63,6 +63,9 @@ struct nhi_conn {
 	uint8_t cert_sha256[32];
 	uint8_t *cert_der;
 	size_t cert_der_len;
+	/* the caller's record as the store gave it (routes.c caller()); kept while the
+	 * store's generation is the same, freed with the connection */
+	struct nhi_agent *caller;
 };
 
 nhi_err nhi_tls_init(void) NHI_MUST_CHECK;
@@ -85,6 +88,9 @@ void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain);
 /* Send what a reply queued on `bev` (an OpenSSL bufferevent) now, as one TLS record
  * when it fits in one, instead of after the loop's next epoll round (tls.c). */
 void nhi_tls_write_now(struct bufferevent *bev);
+/* A reply of this connection waits (for its audit record): no read callback until it
+ * is written, as evhttp itself does while it writes (tls.c: else libevent can exit). */
+void nhi_tls_hold_reads(struct bufferevent *bev);
 /* Send close_notify when evhttp closes this connection (set once, at its first request). */
 void nhi_tls_close_notify_on_close(struct evhttp_connection *evcon);
 

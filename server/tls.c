@@ -66,6 +66,27 @@ void nhi_tls_close_notify_on_close(struct evhttp_connection *evcon)
 	evhttp_connection_set_closecb(evcon, close_notify_cb, NULL);
 }
 
+/*
+ * A reply that waits for its audit record leaves evhttp in its WRITING state with
+ * its read callback still set: evhttp clears it only when it starts writing a reply
+ * (evhttp_write_buffer). If the bufferevent has already queued a read callback (bytes
+ * of the next pipelined request read in the same loop round, BEV_OPT_DEFER_CALLBACKS;
+ * disabling EV_READ does not cancel it), evhttp_read_cb then runs in WRITING, which
+ * libevent treats as fatal: event_errx, the whole process exits. A client pipelining
+ * audited POSTs could stop nhid. So do now what evhttp does when it writes: no read
+ * callback until the reply is written (evhttp_start_read_ sets its own again, and reads
+ * what arrived meanwhile). Seen once under test_server.sh's pipelined requests.
+ */
+void nhi_tls_hold_reads(struct bufferevent *bev)
+{
+	bufferevent_data_cb rd, wr;
+	bufferevent_event_cb ev;
+	void *arg;
+
+	bufferevent_getcb(bev, &rd, &wr, &ev, &arg);
+	bufferevent_setcb(bev, NULL, wr, ev, arg);
+}
+
 void nhi_tls_write_now(struct bufferevent *bev)
 {
 	struct evbuffer *out = bufferevent_get_output(bev);
@@ -102,6 +123,7 @@ static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 	if (c->w != NULL)
 		atomic_fetch_sub(&c->w->conns, 1);
 	free(c->cert_der);
+	nhi_agent_free(c->caller);
 	free(c);
 }
 

@@ -96,6 +96,10 @@ printf '%s\n' "$TOKEN" >pipeline-token.txt
 check "800 pipelined requests on one connection, left unread until nhid's socket is full, all come back 200 and whole" \
 	timeout 90 python3 "$NHI_ROOT/tests/integration/pipeline.py" "$PORT" "$D/ca.crt" "$D/agents/inference-gw.crt" \
 	"$D/agents/inference-gw.key" 800 pipeline-token.txt
+# replies that wait for the audit log while more pipelined bytes arrive (tls.c
+# nhi_tls_hold_reads: libevent used to be able to exit in that window)
+check "1500 audited resolves trickled onto one connection in bursts, replies read in between: all 200, nhid still up" bash -c \
+	"timeout 90 python3 '$NHI_ROOT/tests/integration/trickle.py' '$PORT' '$D/ca.crt' '$D/agents/inference-gw.crt' '$D/agents/inference-gw.key' 1500 pipeline-token.txt && kill -0 '$NHID_PID'"
 check "a reply is one TLS record (headers and body joined): one server record after the handshake" bash -c \
 	"printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -msg -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>&1 | awk '/^<<< .*Handshake.*Finished/ {f=1; n=0; next} f && /^<<< TLS 1.2, RecordHeader/ {n++} f && /^<<< TLS 1.2, Alert/ {n--} END {exit !(n == 1)}'"
 check "nhid ends a connection it closes with close_notify (TLS 1.2 and 1.3): s_client sees no unexpected EOF" bash -c \
@@ -107,6 +111,35 @@ check_fails "admin reload by a non-admin agent is refused" "forbidden" \
 	curl_as_fail demo-agent /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET"
 check "admin reload with role and bearer token succeeds" \
 	bash -c "curl_as admin /v1/admin/reload -X POST -H 'Authorization: Bearer $ADMIN_SECRET' | grep -q reloaded"
+
+# --- the caller's record on a keep-alive connection (kept while the store's snapshot is
+# the same, routes.c caller()): a reload that suspends the agent, and an agent whose
+# not_after passes with no reload, are both seen by the next request on that connection ---
+backup_as() { # serial jsonl: a backup of these agents in place of the served one, then reload
+	rm -f "$D/next.nhib"
+	"$NHICTL" backup create --agents "$2" --out "$D/next.nhib" --token nhid-dev --pin-file "$D/user.pin" \
+		--serial "$1" >/dev/null && mv "$D/next.nhib" "$D/identities.nhib" &&
+		curl_as admin /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET" | grep -q reloaded
+}
+export -f backup_as curl_as curl_as_raw; export NHICTL ADMIN_SECRET D PORT
+soon_as() { # serial: demo-agent valid for 4 s more (not_after, in soon.txt), then reload
+	date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ >soon.txt
+	sed "s/{\"id\":\"demo-agent\",/{\"id\":\"demo-agent\",\"not_after\":\"$(cat soon.txt)\",/" "$D/test-agents.jsonl" >soon.jsonl
+	backup_as "$1" soon.jsonl
+}
+past_soon() { sleep $(($(date -u -d "$(cat soon.txt)" +%s) - $(date -u +%s) + 1)); }
+export -f soon_as past_soon
+sed 's/{"id":"demo-agent",/{"id":"demo-agent","status":"suspended",/' "$D/test-agents.jsonl" >suspended.jsonl
+check "one connection: a reload suspending the agent refuses its next request; a not_after passing with no reload refuses it too" \
+	timeout 60 python3 "$NHI_ROOT/tests/integration/keepalive.py" "$PORT" "$D/ca.crt" "$D/agents/demo-agent.crt" \
+	"$D/agents/demo-agent.key" 'req:POST:/v1/tokens:200:{"aud":"inference"}' \
+	"sh:backup_as 3 suspended.jsonl" 'req:POST:/v1/tokens:403:{"aud":"inference"}' \
+	"sh:soon_as 4" 'req:POST:/v1/tokens:200:{"aud":"inference"}' \
+	"sh:past_soon" 'req:POST:/v1/tokens:403:{"aud":"inference"}' \
+	"sh:backup_as 5 '$D/test-agents.jsonl'" 'req:POST:/v1/tokens:200:{"aud":"inference"}'
+cp "$T/last.out" keepalive.out
+check "and the refusals on it named the cause (agent_not_active: suspended, then expired)" bash -c \
+	"grep -c 'agent_not_active' keepalive.out | grep -qx 2 && grep -q 'suspended' keepalive.out && grep -q 'expired at' keepalive.out"
 
 # --- slow clients do not starve others ---
 python3 -c 'import socket,sys,time; s=socket.create_connection(("127.0.0.1",int(sys.argv[1]))); time.sleep(30)' "$PORT" >slow.out 2>&1 &
