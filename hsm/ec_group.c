@@ -23,6 +23,7 @@
 
 #include <dlfcn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/obj_mac.h>
 #include <string.h>
 
@@ -45,7 +46,7 @@ static d2i_group_fn real(void)
 
 EC_GROUP *d2i_ECPKParameters(EC_GROUP **a, const unsigned char **in, long len)
 {
-	EC_GROUP *g = atomic_load_explicit(&p256, memory_order_acquire), *mine;
+	EC_GROUP *g = atomic_load_explicit(&p256, memory_order_acquire), *mine = NULL;
 	d2i_group_fn f;
 
 	/* the cached answer only for the OID alone: anything longer or different is
@@ -58,10 +59,12 @@ EC_GROUP *d2i_ECPKParameters(EC_GROUP **a, const unsigned char **in, long len)
 		}
 		*in += len;
 		atomic_fetch_add_explicit(&hits, 1, memory_order_relaxed);
-		return mine;
+	} else if ((f = real()) != NULL) {
+		mine = f(a, in, len);
+	} else { /* nhid refuses to start this way (main); a caller elsewhere sees an error */
+		ERR_raise(ERR_LIB_EC, ERR_R_INTERNAL_ERROR);
 	}
-	f = real();
-	return f != NULL ? f(a, in, len) : NULL;
+	return mine;
 }
 
 nhi_err nhi_hsm_ec_group_cache_enable(void)

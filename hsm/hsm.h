@@ -187,7 +187,8 @@ const char *nhi_hsm_rv_name(unsigned long rv);
  * on every C_SignInit). For nhid's main, once, before the sandbox; later calls do
  * nothing more. Until then, and for every other input, libcrypto's own function
  * answers. Errors: NHI_ERR_INTERNAL (libcrypto's symbol or group not as expected:
- * nothing is cached and every call stays libcrypto's).
+ * nothing is cached; without libcrypto's symbol no curve decodes at all, so nhid
+ * refuses to start).
  */
 nhi_err nhi_hsm_ec_group_cache_enable(void) NHI_MUST_CHECK;
 /* How many d2i_ECPKParameters calls the cached group has answered (process-wide). */

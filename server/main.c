@@ -85,8 +85,13 @@ int main(int argc, char **argv)
 	(void)prctl(PR_SET_DUMPABLE, 0);
 	if (nhi_pid_cache_enable() != NHI_OK)
 		fprintf(stderr, "nhid: %s (every getpid stays a system call)\n", nhi_err_detail());
-	if (nhi_hsm_ec_group_cache_enable() != NHI_OK)
-		fprintf(stderr, "nhid: %s (SoftHSM2 rebuilds the curve on every signature)\n", nhi_err_detail());
+	/* nhid's executable defines d2i_ECPKParameters (hsm/ec_group.c): if it cannot reach
+	 * libcrypto's, no EC key can be decoded in this process, so refuse to start */
+	if (nhi_hsm_ec_group_cache_enable() != NHI_OK) {
+		fprintf(stderr, "nhid: refusing to start: %s (check that libcrypto 3 is the one nhid was built with)\n",
+			nhi_err_detail());
+		return 1;
+	}
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
 			config = argv[++i];
