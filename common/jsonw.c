@@ -5,6 +5,7 @@
  * as \uXXXX (a UTF-16 surrogate pair above the BMP), upper-case hex.
  */
 #include "jsonw.h"
+#include "limits.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,39 +13,42 @@
 /* the code point at s (n > 0 bytes left) and its length; 0 when not valid UTF-8 */
 static size_t utf8_next(const unsigned char *s, size_t n, unsigned *cp)
 {
-	unsigned c = s[0], v;
-	size_t len, i;
+	unsigned c = s[0], v = 0;
+	size_t len = 0, i;
 
 	if (c < 0x80) {
-		*cp = c;
-		return 1;
+		v = c;
+		len = 1;
+	} else if (c >= 0xc2 && c < 0xf5) { /* below: a continuation byte or an overlong lead */
+		len = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+		v = c & (len == 2 ? 0x1f : len == 3 ? 0x0f : 0x07);
+		if (len > n)
+			len = 0;
+		for (i = 1; i < len; i++) {
+			if ((s[i] & 0xc0) != 0x80)
+				len = 0;
+			else
+				v = (v << 6) | (s[i] & 0x3f);
+		}
+		/* overlong, a surrogate, or beyond Unicode */
+		if ((len == 3 && v < 0x800) || (len == 4 && v < 0x10000) || (v >= 0xd800 && v <= 0xdfff) || v > 0x10ffff)
+			len = 0;
 	}
-	if (c < 0xc2) /* a continuation byte, or an overlong 2-byte lead */
-		return 0;
-	if (c < 0xe0) {
-		len = 2;
-		v = c & 0x1f;
-	} else if (c < 0xf0) {
-		len = 3;
-		v = c & 0x0f;
-	} else if (c < 0xf5) {
-		len = 4;
-		v = c & 0x07;
-	} else {
-		return 0;
-	}
-	if (len > n)
-		return 0;
-	for (i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		v = (v << 6) | (s[i] & 0x3f);
-	}
-	/* overlong, a surrogate, or beyond Unicode */
-	if ((len == 3 && v < 0x800) || (len == 4 && v < 0x10000) || (v >= 0xd800 && v <= 0xdfff) || v > 0x10ffff)
-		return 0;
 	*cp = v;
 	return len;
+}
+
+bool nhi_jsonw_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, k = 1;
+	unsigned cp;
+
+	while (i < n && k > 0) {
+		k = utf8_next(p + i, n - i, &cp);
+		i += k;
+	}
+	return i >= n;
 }
 
 nhi_err nhi_jsonw_str(struct nhi_buf *b, const char *s, size_t n)
@@ -146,11 +150,11 @@ void nhi_jsonw_i(struct nhi_jsonw *o, const char *name, long long value)
 void nhi_jsonw_open(struct nhi_jsonw *o, const char *name, bool array)
 {
 	member(o, name);
-	if (o->err == NHI_OK && o->depth >= sizeof(o->counts) / sizeof(o->counts[0]))
-		o->err = nhi_err_set(NHI_ERR_INTERNAL, "JSON writer: nested deeper than %zu levels",
-				     sizeof(o->counts) / sizeof(o->counts[0]));
+	if (o->err == NHI_OK && o->depth >= NHI_JSONW_DEPTH_MAX)
+		o->err = nhi_err_set(NHI_ERR_INTERNAL, "JSON writer: nested deeper than %d levels", NHI_JSONW_DEPTH_MAX);
 	if (o->err == NHI_OK) {
-		o->counts[o->depth++] = o->members;
+		o->counts[o->depth] = o->members;
+		o->arrays[o->depth++] = array;
 		o->names[o->depth] = name;
 		o->members = 0;
 		o->err = nhi_buf_append(o->b, array ? "[" : "{", 1);
@@ -159,8 +163,8 @@ void nhi_jsonw_open(struct nhi_jsonw *o, const char *name, bool array)
 
 void nhi_jsonw_close(struct nhi_jsonw *o, bool array)
 {
-	if (o->err == NHI_OK && o->depth == 0)
-		o->err = nhi_err_set(NHI_ERR_INTERNAL, "JSON writer: a close without an open");
+	if (o->err == NHI_OK && (o->depth == 0 || o->arrays[o->depth - 1] != array))
+		o->err = nhi_err_set(NHI_ERR_INTERNAL, "JSON writer: a close of %s without its open", array ? "[" : "{");
 	if (o->err == NHI_OK) {
 		o->members = o->counts[--o->depth];
 		o->err = nhi_buf_append(o->b, array ? "]" : "}", 1);

@@ -144,4 +144,7 @@
 #define NHI_AIRGAP_LISTED_MAX 8                           /* routes/sockets/nameservers printed per check */
 #define NHI_AIRGAP_CERT_WARN_DAYS 30                      /* a certificate closer to expiry than this is flagged */
 
+/* common/jsonw.h: objects and arrays open at once inside the top object */
+#define NHI_JSONW_DEPTH_MAX 4
+
 #endif

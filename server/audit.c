@@ -911,6 +911,8 @@ nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct
 			continue;
 		}
 		len = strlen(v);
+		/* as jansson refuses it in the tree form: before any redaction or cut */
+		NHI_CHECK(nhi_jsonw_utf8_valid(v, len), NHI_ERR_ARG, "audit field '%s' is not valid UTF-8", kv[i].name);
 		switch (string_verdict(v, len, &cut)) {
 		case KEEP: break;
 		case REDACT_JWT: v = REDACTED_JWT; cc.redacted++; break;

@@ -29,7 +29,7 @@ static void one_string(const uint8_t *data, size_t size)
 	json_t *want = json_stringn((const char *)data, size), *back;
 	nhi_err e = nhi_jsonw_str(&b, (const char *)data, size);
 
-	if ((want == NULL) != (e != NHI_OK))
+	if ((want == NULL) != (e != NHI_OK) || (want == NULL) == nhi_jsonw_utf8_valid((const char *)data, size))
 		abort(); /* one accepted what the other refused */
 	if (e != NHI_OK) {
 		if (b.len != 0)

@@ -635,7 +635,8 @@ static const char *members_of(const struct lines *ls, size_t i, const char *even
  */
 static void test_submit_kv(void **state)
 {
-	char path[400], token[256], pem[] = "-----BEGIN EC PRIVATE KEY-----\nMHc=\n", long_v[1200], ctl[600];
+	char path[400], token[256], pem[] = "-----BEGIN EC PRIVATE KEY-----\nMHc=\n", long_v[1200], bad_long[1200],
+	     ctl[600];
 	struct kv_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NHI_OK};
 	struct nhi_audit_stats before, after;
 	struct nhi_audit_kv many[NHI_AUDIT_FIELDS_MAX + 1], wide[40];
@@ -650,6 +651,8 @@ static void test_submit_kv(void **state)
 	memset(long_v, 'a', sizeof(long_v) - 1);
 	long_v[sizeof(long_v) - 1] = '\0';
 	memcpy(long_v + 511, "\xc3\xa9", 2); /* a 2-byte character across the 512-byte cut: cut before it */
+	memcpy(bad_long, long_v, sizeof(bad_long));
+	bad_long[900] = '\xff'; /* past the cut: still refused */
 	path_of(path, sizeof(path), "kv.jsonl");
 	a = open_log(path, 1000, 60);
 	{
@@ -683,7 +686,8 @@ static void test_submit_kv(void **state)
 	{
 		const struct nhi_audit_kv secret[] = {{"pin", "1234", 0}}, reserved[] = {{"seq", NULL, 1}},
 					  bad_name[] = {{"Bad-Name", "x", 0}}, twice[] = {{"a", "x", 0}, {"a", "y", 0}},
-					  not_utf8[] = {{"a", "\xc3\x28", 0}}, suffix[] = {{"admin_password", "x", 0}};
+					  not_utf8[] = {{"a", "\xc3\x28", 0}}, suffix[] = {{"admin_password", "x", 0}},
+					  bad_jwt[] = {{"a", "eyJhbGciOiJFUzI1NiJ9.eyJ\xff.c2ln", 0}}, bad_tail[] = {{"a", bad_long, 0}};
 
 		assert_int_equal(nhi_audit_submit_kv(a, "x", secret, 1, never_called, &called), NHI_ERR_ARG);
 		assert_int_equal(nhi_audit_submit_kv(a, "x", suffix, 1, never_called, &called), NHI_ERR_ARG);
@@ -692,7 +696,10 @@ static void test_submit_kv(void **state)
 		assert_int_equal(nhi_audit_submit_kv(a, "x", twice, 2, never_called, &called), NHI_ERR_ARG);
 		assert_non_null(strstr(nhi_err_detail(), "'a' is given twice"));
 		assert_int_equal(nhi_audit_submit_kv(a, "x", not_utf8, 1, never_called, &called), NHI_ERR_ARG);
-		assert_non_null(strstr(nhi_err_detail(), "member 'a' is not valid UTF-8"));
+		assert_non_null(strstr(nhi_err_detail(), "audit field 'a' is not valid UTF-8"));
+		/* checked before redaction and the cut: a JWT-looking or long value is no way round it */
+		assert_int_equal(nhi_audit_submit_kv(a, "x", bad_jwt, 1, never_called, &called), NHI_ERR_ARG);
+		assert_int_equal(nhi_audit_submit_kv(a, "x", bad_tail, 1, never_called, &called), NHI_ERR_ARG);
 		assert_int_equal(nhi_audit_submit_kv(a, "checkpoint", NULL, 0, never_called, &called), NHI_ERR_ARG);
 		assert_int_equal(nhi_audit_submit_kv(a, "x", NULL, 0, NULL, NULL), NHI_ERR_ARG);
 	}

@@ -395,6 +395,8 @@ static void test_jsonw(void **state)
 
 	(void)state;
 	for (i = 0; i < sizeof(jsonw_vectors) / sizeof(jsonw_vectors[0]); i++) {
+		assert_int_equal(nhi_jsonw_utf8_valid(jsonw_vectors[i].in, jsonw_vectors[i].len),
+				 jsonw_vectors[i].out != NULL);
 		assert_int_equal(nhi_buf_append(&b, "x", 1), NHI_OK);
 		if (jsonw_vectors[i].out == NULL) {
 			assert_int_equal(nhi_jsonw_str(&b, jsonw_vectors[i].in, jsonw_vectors[i].len), NHI_ERR_ARG);
@@ -439,7 +441,20 @@ static void test_jsonw(void **state)
 	nhi_jsonw_close(&o, false);
 	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
 	nhi_jsonw_begin(&o, &b);
-	for (i = 0; i < 5; i++)
+	nhi_jsonw_open(&o, "a", false);
+	nhi_jsonw_close(&o, true); /* an object closed as an array */
+	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
+	assert_non_null(strstr(nhi_err_detail(), "without its open"));
+	nhi_jsonw_begin(&o, &b);
+	for (i = 0; i < NHI_JSONW_DEPTH_MAX; i++)
+		nhi_jsonw_open(&o, "d", false);
+	for (i = 0; i < NHI_JSONW_DEPTH_MAX; i++)
+		nhi_jsonw_close(&o, false);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_OK); /* the limit itself is fine */
+	nhi_buf_reset(&b);
+	assert_int_equal(nhi_buf_append(&b, "keep", 4), NHI_OK);
+	nhi_jsonw_begin(&o, &b);
+	for (i = 0; i < NHI_JSONW_DEPTH_MAX + 1; i++)
 		nhi_jsonw_open(&o, "d", false);
 	assert_int_equal(nhi_jsonw_end(&o), NHI_ERR_INTERNAL);
 	assert_non_null(strstr(nhi_err_detail(), "nested deeper"));

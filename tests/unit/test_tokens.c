@@ -528,6 +528,38 @@ static void test_issue_refuses_bad_requests(void **state)
 	nhi_token_issuer_free(iss);
 }
 
+/*
+ * Non-ASCII claims are written escaped (\u00E9, RFC 8259 §7; common/jsonw.h writes
+ * what jansson's JSON_ENSURE_ASCII writes) and read back as the same UTF-8.
+ */
+static void test_issue_non_ascii_claims(void **state)
+{
+	static const char *const roles[] = {"r\xc3\xa9le", "\xe2\x82\xac"};
+	struct nhi_token_issuer *iss = issuer("nhid-token-1", NULL, 0);
+	struct nhi_token_verifier *v = verifier_for(iss);
+	struct nhi_token_request req = {.sub = "agent-7", .aud = AUD, .roles = roles, .n_roles = 2,
+					 .cert_der = test_cert, .cert_der_len = sizeof(test_cert), .now = NOW};
+	struct nhi_token_claims *cl = NULL;
+	struct nhi_buf tok = {0}, payload = {0};
+	const char *dot1, *dot2;
+
+	(void)state;
+	assert_int_equal(nhi_token_issue(iss, &req, &tok, NULL), NHI_OK);
+	dot1 = strchr((char *)tok.data, '.');
+	dot2 = strchr(dot1 + 1, '.');
+	assert_int_equal(nhi_b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &payload), NHI_OK);
+	assert_non_null(strstr((char *)payload.data, "\"roles\":[\"r\\u00E9le\",\"\\u20AC\"]"));
+	assert_int_equal(verify_at(v, &tok, NOW + 1, test_cert, sizeof(test_cert), &cl), NHI_TOKEN_OK);
+	assert_int_equal(cl->n_roles, 2);
+	assert_string_equal(cl->roles[0], "r\xc3\xa9le");
+	assert_string_equal(cl->roles[1], "\xe2\x82\xac");
+	nhi_token_claims_free(cl);
+	nhi_buf_free(&payload);
+	nhi_buf_free(&tok);
+	nhi_token_verifier_free(v);
+	nhi_token_issuer_free(iss);
+}
+
 /* current signer + retired-but-trusted verify; a removed key's tokens do not */
 static void test_rollover(void **state)
 {
@@ -1452,6 +1484,7 @@ int main(void)
 		cmocka_unit_test(test_issue_and_verify),
 		cmocka_unit_test(test_ttl_cap),
 		cmocka_unit_test(test_issue_refuses_bad_requests),
+		cmocka_unit_test(test_issue_non_ascii_claims),
 		cmocka_unit_test(test_rollover),
 		cmocka_unit_test(test_jwks_reader),
 		cmocka_unit_test(test_libjwt_pitfalls),
