@@ -7,6 +7,10 @@ cd "$T"
 
 setup_deployment "$T/dev"       # ceremony, agents, backup, nhid.conf (server_lib.sh)
 D=$T/dev
+# every reply that waits for the audit log finds a read callback already queued (test
+# builds: routes.c reply_pending), the window nhi_tls_hold_reads closes; without it the
+# first audited request makes libevent exit ("evhttp_read_cb: illegal connection state 7")
+export NHI_TEST_QUEUE_READ_BEFORE_HOLD=1
 start_nhid "$D/nhid.conf"
 check "nhid answers /v1/health over mTLS (curl)" bash -c "curl_as demo-agent /v1/health | grep -q '\"status\":\"ok\"'"
 
@@ -98,6 +102,8 @@ check "800 pipelined requests on one connection, left unread until nhid's socket
 	"$D/agents/inference-gw.key" 800 pipeline-token.txt
 # replies that wait for the audit log while more pipelined bytes arrive (tls.c
 # nhi_tls_hold_reads: libevent used to be able to exit in that window)
+check "two audited token requests on one connection, each reply finding a read callback already queued: both 200, nhid still up" bash -c \
+	"[ \"\$(curl -s -o /dev/null -w '%{http_code} ' --max-time 10 --cacert '$D/ca.crt' --cert '$D/agents/demo-agent.crt' --key '$D/agents/demo-agent.key' https://127.0.0.1:$PORT/v1/tokens -d '{\"aud\":\"inference\"}' --next -s -o /dev/null -w '%{http_code}' --cacert '$D/ca.crt' --cert '$D/agents/demo-agent.crt' --key '$D/agents/demo-agent.key' https://127.0.0.1:$PORT/v1/tokens -d '{\"aud\":\"inference\"}')\" = '200 200' ] && kill -0 '$NHID_PID'"
 check "1500 audited resolves trickled onto one connection in bursts, replies read in between: all 200, nhid still up" bash -c \
 	"timeout 90 python3 '$NHI_ROOT/tests/integration/trickle.py' '$PORT' '$D/ca.crt' '$D/agents/inference-gw.crt' '$D/agents/inference-gw.key' 1500 pipeline-token.txt && kill -0 '$NHID_PID'"
 check "a reply is one TLS record (headers and body joined): one server record after the handshake" bash -c \
