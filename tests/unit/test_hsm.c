@@ -568,15 +568,9 @@ static void assert_passthrough(const unsigned char *der, long len)
 	EC_GROUP_free(want);
 }
 
-struct ec_thr {
-	struct nhi_hsm *h;
-	struct nhi_hsm_key *k;
-	int ok;
-};
-
 static void *ec_signer(void *arg)
 {
-	struct ec_thr *t = arg;
+	struct thr *t = arg;
 	uint8_t sig[64];
 	size_t n;
 	int i;
@@ -610,7 +604,7 @@ static void test_ec_group_cache(void **state)
 	uint8_t sig[64];
 	size_t sig_len;
 	pthread_t th[4];
-	struct ec_thr t[4];
+	struct thr t[4];
 	int i, explicit_len;
 
 	(void)state;
@@ -669,7 +663,7 @@ static void test_ec_group_cache(void **state)
 	assert_true(nhi_hsm_ec_group_cache_hits() > before);
 	/* threads share the one group: each gets its own copy */
 	for (i = 0; i < 4; i++) {
-		t[i] = (struct ec_thr){h, k, 0};
+		t[i] = (struct thr){h, k, 0};
 		assert_int_equal(pthread_create(&th[i], NULL, ec_signer, &t[i]), 0);
 	}
 	for (i = 0; i < 4; i++) {
