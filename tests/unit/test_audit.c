@@ -635,7 +635,7 @@ static const char *members_of(const struct lines *ls, size_t i, const char *even
  */
 static void test_submit_kv(void **state)
 {
-	char path[400], token[256], pem[] = "-----BEGIN EC PRIVATE KEY-----\nMHc=\n", long_v[1200], bad_long[1200],
+	char path[400], token[256], pem[] = "-----BEGIN CERTIFICATE-----\nMIIB\n", long_v[1200], bad_long[1200],
 	     ctl[600];
 	struct kv_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NHI_OK};
 	struct nhi_audit_stats before, after;
