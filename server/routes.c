@@ -72,6 +72,20 @@ static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum n
 			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
 }
 
+/* the compact text of a reply body (steals body); empty when there is none or it
+ * cannot be encoded (out of memory, a detail that is not UTF-8) */
+static struct nhi_buf body_text(json_t *body)
+{
+	struct nhi_buf b = {0};
+	char *s = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+	if (s != NULL && nhi_buf_append(&b, s, strlen(s)) != NHI_OK)
+		nhi_buf_reset(&b);
+	free(s);
+	json_decref(body);
+	return b;
+}
+
 /* a JSON document already written: `text` (len bytes) and a newline */
 static void send_text(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
 		      const struct timespec *t0, bool close_conn, int status, const char *text, size_t len)
@@ -90,11 +104,10 @@ static void send_text(struct nhi_server *s, struct evhttp_request *req, enum nhi
 static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
 		      const struct timespec *t0, bool close_conn, int status, json_t *body)
 {
-	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	struct nhi_buf text = body_text(body);
 
-	send_text(s, req, route, t0, close_conn, status, text, text != NULL ? strlen(text) : 0);
-	free(text);
-	json_decref(body);
+	send_text(s, req, route, t0, close_conn, status, (const char *)text.data, text.len);
+	nhi_buf_free(&text);
 }
 
 static bool closing(const struct ctx *c)
@@ -219,13 +232,8 @@ static void reply_pending(struct ctx *c, const char *event, json_t *fields, cons
  */
 static void reply_audited(struct ctx *c, const char *event, json_t *fields, int status, json_t *body)
 {
-	struct nhi_buf text = {0};
-	char *s = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	struct nhi_buf text = body_text(body);
 
-	json_decref(body);
-	if (s != NULL && nhi_buf_append(&text, s, strlen(s)) != NHI_OK)
-		nhi_buf_reset(&text);
-	free(s);
 	reply_pending(c, event, fields, NULL, 0, status, &text);
 }
 
@@ -513,17 +521,9 @@ static void h_resolve(struct ctx *c)
 			   "jti", cl->jti, "roles", string_array(cl->roles, cl->n_roles), "kid", cl->kid);
 	{
 		const struct nhi_audit_kv rec[] = {{"caller", me->id, 0}, {"sub", cl->sub, 0}, {"jti", cl->jti, 0}};
-		json_t *doc = json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims);
-		char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-		struct nhi_buf b = {0};
+		struct nhi_buf text = body_text(json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims));
 
-		if (text == NULL || nhi_buf_append(&b, text, strlen(text)) != NHI_OK)
-			reply_error(c, 500, "internal", "out of memory");
-		else
-			reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &b);
-		nhi_buf_free(&b);
-		free(text);
-		json_decref(doc);
+		reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &text);
 	}
 out:
 	nhi_api_resolve_req_free(&q);
