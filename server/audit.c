@@ -222,34 +222,51 @@ static enum verdict string_verdict(const char *s, size_t n, size_t *cut)
 #define REDACTED_PEM "[redacted: looks like PEM]"
 #define TRUNCATED "...[truncated]"
 
+/*
+ * The value to write for string s (n bytes): s itself, a redaction text, or the
+ * first bytes of s with the mark, written into `cut_buf`; counted in cc. The one
+ * place both record forms take a value from.
+ */
+static nhi_err verdict_value(const char *s, size_t n, struct nhi_buf *cut_buf, struct clean_counts *cc,
+			     const char **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	size_t cut = 0;
+
+	*out = s;
+	switch (string_verdict(s, n, &cut)) {
+	case KEEP: break;
+	case REDACT_JWT: *out = REDACTED_JWT; cc->redacted++; break;
+	case REDACT_PEM: *out = REDACTED_PEM; cc->redacted++; break;
+	case TRUNCATE:
+		nhi_buf_reset(cut_buf);
+		NHI_TRY(nhi_buf_append(cut_buf, s, cut));
+		NHI_TRY(nhi_buf_append_str(cut_buf, TRUNCATED));
+		*out = (const char *)cut_buf->data;
+		cc->truncated++;
+		break;
+	}
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 /* *replace = a replacement for a string value, or NULL to keep it */
 static nhi_err clean_string(json_t *v, const char *name, json_t **replace, struct clean_counts *cc)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	const char *s = json_string_value(v);
-	size_t n = json_string_length(v), cut = 0;
-	enum verdict vd = string_verdict(s, n, &cut);
-	char *t = NULL;
+	const char *s = json_string_value(v), *w = NULL;
+	struct nhi_buf cut_buf = {0};
 
 	*replace = NULL;
-	if (vd == KEEP) {
-		rv = NHI_OK;
-		goto out;
+	NHI_TRY(verdict_value(s, json_string_length(v), &cut_buf, cc, &w));
+	if (w != s) {
+		*replace = json_string(w);
+		NHI_CHECK(*replace != NULL, NHI_ERR_NOMEM, "out of memory cleaning audit field '%s'", name);
 	}
-	if (vd == TRUNCATE) {
-		t = malloc(cut + sizeof(TRUNCATED));
-		NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
-		memcpy(t, s, cut);
-		memcpy(t + cut, TRUNCATED, sizeof(TRUNCATED));
-		cc->truncated++;
-	} else {
-		cc->redacted++;
-	}
-	*replace = json_string(vd == REDACT_JWT ? REDACTED_JWT : vd == REDACT_PEM ? REDACTED_PEM : t);
-	NHI_CHECK(*replace != NULL, NHI_ERR_NOMEM, "out of memory cleaning audit field '%s'", name);
 	rv = NHI_OK;
 out:
-	free(t);
+	nhi_buf_free(&cut_buf);
 	return rv;
 }
 
@@ -837,9 +854,9 @@ out:
 	return rv;
 }
 
-/* queue the checked fields text of a submitted record; takes *text (malloc'ed) */
-static nhi_err submit_text(struct nhi_audit *a, const char *event, char **text, const struct clean_counts *cc,
-			   nhi_audit_done_fn done, void *arg)
+/* queue the checked fields text (len bytes) of a submitted record; takes *text (malloc'ed) */
+static nhi_err submit_text(struct nhi_audit *a, const char *event, char **text, size_t len,
+			   const struct clean_counts *cc, nhi_audit_done_fn done, void *arg)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct audit_item *it = calloc(1, sizeof(*it));
@@ -850,7 +867,7 @@ static nhi_err submit_text(struct nhi_audit *a, const char *event, char **text, 
 	it->event = it->event_buf;
 	it->owned_fields = *text;
 	it->fields = *text;
-	it->fields_len = strlen(*text);
+	it->fields_len = len;
 	*text = NULL;
 	it->done_fn = done;
 	it->done_arg = arg;
@@ -875,7 +892,7 @@ nhi_err nhi_audit_submit(struct nhi_audit *a, const char *event, json_t *fields,
 	rv = prepare(event, fields, &text, &cc);
 	fields = NULL;
 	NHI_TRY(rv);
-	rv = submit_text(a, event, &text, &cc, done, arg);
+	rv = submit_text(a, event, &text, strlen(text), &cc, done, arg);
 out:
 	free(text);
 	json_decref(fields);
@@ -890,7 +907,7 @@ nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct
 	struct nhi_buf text = {0}, cut_value = {0};
 	struct nhi_jsonw o;
 	const char *v;
-	size_t i, j, len, cut = 0;
+	size_t i, j, len;
 	char *owned = NULL;
 
 	NHI_CHECK(done != NULL, NHI_ERR_ARG, "nhi_audit_submit_kv needs a completion callback");
@@ -913,18 +930,7 @@ nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct
 		len = strlen(v);
 		/* as jansson refuses it in the tree form: before any redaction or cut */
 		NHI_CHECK(nhi_jsonw_utf8_valid(v, len), NHI_ERR_ARG, "audit field '%s' is not valid UTF-8", kv[i].name);
-		switch (string_verdict(v, len, &cut)) {
-		case KEEP: break;
-		case REDACT_JWT: v = REDACTED_JWT; cc.redacted++; break;
-		case REDACT_PEM: v = REDACTED_PEM; cc.redacted++; break;
-		case TRUNCATE:
-			nhi_buf_reset(&cut_value);
-			if (nhi_buf_append(&cut_value, v, cut) != NHI_OK || nhi_buf_append_str(&cut_value, TRUNCATED) != NHI_OK)
-				NHI_FAIL(NHI_ERR_NOMEM, "out of memory");
-			v = (const char *)cut_value.data;
-			cc.truncated++;
-			break;
-		}
+		NHI_TRY(verdict_value(v, len, &cut_value, &cc, &v));
 		nhi_jsonw_s(&o, kv[i].name, v);
 	}
 	rv = nhi_jsonw_end(&o);
@@ -935,7 +941,7 @@ nhi_err nhi_audit_submit_kv(struct nhi_audit *a, const char *event, const struct
 	NHI_TRY(check_line_len(event, text.len));
 	owned = strdup((const char *)text.data); /* the item owns a malloc'ed copy, as for the tree form */
 	NHI_CHECK(owned != NULL, NHI_ERR_NOMEM, "out of memory");
-	rv = submit_text(a, event, &owned, &cc, done, arg);
+	rv = submit_text(a, event, &owned, text.len, &cc, done, arg);
 out:
 	free(owned);
 	nhi_buf_free(&text);
