@@ -38,6 +38,14 @@ static size_t utf8_next(const unsigned char *s, size_t n, unsigned *cp)
 	return len;
 }
 
+/* a failed write leaves the buffer as it was found, NUL-terminated */
+static void cut_back(struct nhi_buf *b, size_t start)
+{
+	b->len = start;
+	if (b->data != NULL)
+		b->data[start] = '\0';
+}
+
 bool nhi_jsonw_utf8_valid(const char *s, size_t n)
 {
 	const unsigned char *p = (const unsigned char *)s;
@@ -94,11 +102,8 @@ nhi_err nhi_jsonw_str(struct nhi_buf *b, const char *s, size_t n)
 	NHI_TRY(nhi_buf_append(b, "\"", 1));
 	rv = NHI_OK;
 out:
-	if (rv != NHI_OK) {
-		b->len = start;
-		if (b->data != NULL)
-			b->data[start] = '\0';
-	}
+	if (rv != NHI_OK)
+		cut_back(b, start);
 	return rv;
 }
 
@@ -177,10 +182,7 @@ nhi_err nhi_jsonw_end(struct nhi_jsonw *o)
 		o->err = nhi_err_set(NHI_ERR_INTERNAL, "JSON writer: %u levels left open", o->depth);
 	if (o->err == NHI_OK)
 		o->err = nhi_buf_append(o->b, "}", 1);
-	if (o->err != NHI_OK) {
-		o->b->len = o->start;
-		if (o->b->data != NULL)
-			o->b->data[o->start] = '\0';
-	}
+	if (o->err != NHI_OK)
+		cut_back(o->b, o->start);
 	return o->err;
 }

@@ -72,16 +72,18 @@ nhi_err nhi_hsm_ec_group_cache_enable(void)
 	nhi_err rv = NHI_ERR_INTERNAL;
 	const unsigned char *p = nhi_hsm_oid_p256;
 	EC_GROUP *g = NULL, *want = NULL, *expected = NULL;
+	d2i_group_fn f;
 
 	if (atomic_load(&p256) != NULL) {
 		rv = NHI_OK;
 		goto out;
 	}
 	/* found now, before the sandbox: the lazy path would dlsym under seccomp */
-	NHI_CHECK(real() != NULL, NHI_ERR_INTERNAL,
+	f = real();
+	NHI_CHECK(f != NULL, NHI_ERR_INTERNAL,
 		  "libcrypto's d2i_ECPKParameters not found (dlsym RTLD_NEXT): the EC group is not cached");
 	/* the cached group is the one libcrypto itself makes from the same bytes */
-	g = real()(NULL, &p, (long)sizeof(nhi_hsm_oid_p256));
+	g = f(NULL, &p, (long)sizeof(nhi_hsm_oid_p256));
 	want = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
 	NHI_CHECK(g != NULL && want != NULL && p == nhi_hsm_oid_p256 + sizeof(nhi_hsm_oid_p256) &&
 			  EC_GROUP_get_curve_name(g) == NID_X9_62_prime256v1 && EC_GROUP_cmp(g, want, NULL) == 0 &&

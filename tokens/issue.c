@@ -5,9 +5,10 @@
  *
  * The protected header is the same for every token of a key, so it is encoded
  * once. Claims are written with common/jsonw.h (fixed member order, compact, UTF-8
- * checked: the bytes jansson would dump). jti takes 128 bits of the token's own RNG; to keep a PKCS#11 round
- * trip off every issuance the randomness is fetched NHI_TOKEN_JTI_POOL_BYTES at a
- * time and each 16-byte slice is wiped as it is handed out.
+ * checked: the bytes jansson dumps with JSON_ENSURE_ASCII). jti takes 128 bits of the
+ * token's own RNG; to keep a PKCS#11 round trip off every issuance the randomness is
+ * fetched NHI_TOKEN_JTI_POOL_BYTES at a time and each 16-byte slice is wiped as it is
+ * handed out.
  */
 #include "tokens_internal.h"
 #include "../common/pkey.h"
