@@ -10,6 +10,15 @@ free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# backup_file DIR AGENTS_JSONL OUT SERIAL: an identity backup of those agents, made in the
+# token of the deployment in DIR; says what nhictl said when it fails
+backup_file() {
+	local out
+	rm -f "$3"
+	out=$("$NHICTL" backup create --agents "$2" --out "$3" --token nhid-dev --pin-file "$1/user.pin" \
+		--serial "$4" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
+}
+
 # setup_deployment DIR: ceremony + agents (incl. suspended/revoked/unenrolled) + backup + nhid.conf
 setup_deployment() {
 	local d=$1
@@ -29,9 +38,7 @@ setup_deployment() {
 {"id":"expired-agent","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/expired-agent.crt"}
 {"id":"revoked-agent","status":"revoked","roles":["agent"],"audiences":["inference"],"cert_pem_file":"$d/agents/revoked-agent.crt"}
 EOF
-	rm -f "$d/identities.nhib"
-	"$NHICTL" backup create --agents "$d/test-agents.jsonl" --out "$d/identities.nhib" \
-		--token nhid-dev --pin-file "$d/user.pin" --serial 2 >"$T/backup.out" 2>&1 || { cat "$T/backup.out"; exit 1; }
+	backup_file "$d" "$d/test-agents.jsonl" "$d/identities.nhib" 2 || exit 1
 	PORT=$(free_port)
 	local hash
 	hash=$(printf '%s' "$ADMIN_SECRET" | "$NHID" --hash-admin-token) || exit 1

@@ -19,9 +19,7 @@ updates_on
 make_backup() { # out serial demo-status with-newcomer
 	sed "s/\"id\":\"demo-agent\",/\"id\":\"demo-agent\",\"status\":\"$3\",/" "$D/test-agents.jsonl" >agents-$2.jsonl
 	[ "$4" = yes ] && echo "{\"id\":\"newcomer\",\"roles\":[\"agent\"],\"audiences\":[\"inference\"],\"cert_pem_file\":\"$D/agents/newcomer.crt\"}" >>agents-$2.jsonl
-	rm -f "$1"
-	"$NHICTL" backup create --agents agents-$2.jsonl --out "$1" --token nhid-dev --pin-file "$D/user.pin" \
-		--serial "$2" >/dev/null
+	backup_file "$D" agents-$2.jsonl "$1" "$2"
 }
 token_for() { curl_as "$1" /v1/tokens -d '{"aud":"inference"}'; }
 serial() { curl_as admin /v1/metrics | awk '/^nhid_identity_backup_serial /{print $2}'; }

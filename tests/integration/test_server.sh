@@ -102,8 +102,8 @@ check "800 pipelined requests on one connection, left unread until nhid's socket
 	"$D/agents/inference-gw.key" 800 pipeline-token.txt
 # replies that wait for the audit log while more pipelined bytes arrive (tls.c
 # nhi_tls_hold_reads: libevent used to be able to exit in that window)
-check "two audited token requests on one connection, each reply finding a read callback already queued: both 200, nhid still up" bash -c \
-	"[ \"\$(curl -s -o /dev/null -w '%{http_code} ' --max-time 10 --cacert '$D/ca.crt' --cert '$D/agents/demo-agent.crt' --key '$D/agents/demo-agent.key' https://127.0.0.1:$PORT/v1/tokens -d '{\"aud\":\"inference\"}' --next -s -o /dev/null -w '%{http_code}' --cacert '$D/ca.crt' --cert '$D/agents/demo-agent.crt' --key '$D/agents/demo-agent.key' https://127.0.0.1:$PORT/v1/tokens -d '{\"aud\":\"inference\"}')\" = '200 200' ] && kill -0 '$NHID_PID'"
+check "two audited token requests on one connection, each reply finding a read callback already queued: both 200, nhid still up" \
+	bash -c "timeout 30 python3 '$NHI_ROOT/tests/integration/keepalive.py' '$PORT' '$D/ca.crt' '$D/agents/demo-agent.crt' '$D/agents/demo-agent.key' 'req:POST:/v1/tokens:200:{\"aud\":\"inference\"}' 'req:POST:/v1/tokens:200:{\"aud\":\"inference\"}' && kill -0 '$NHID_PID'"
 check "1500 audited resolves trickled onto one connection in bursts, replies read in between: all 200, nhid still up" bash -c \
 	"timeout 90 python3 '$NHI_ROOT/tests/integration/trickle.py' '$PORT' '$D/ca.crt' '$D/agents/inference-gw.crt' '$D/agents/inference-gw.key' 1500 pipeline-token.txt && kill -0 '$NHID_PID'"
 check "a reply is one TLS record (headers and body joined): one server record after the handshake" bash -c \
@@ -122,12 +122,10 @@ check "admin reload with role and bearer token succeeds" \
 # the same, routes.c caller()): a reload that suspends the agent, and an agent whose
 # not_after passes with no reload, are both seen by the next request on that connection ---
 backup_as() { # serial jsonl: a backup of these agents in place of the served one, then reload
-	rm -f "$D/next.nhib"
-	"$NHICTL" backup create --agents "$2" --out "$D/next.nhib" --token nhid-dev --pin-file "$D/user.pin" \
-		--serial "$1" >/dev/null && mv "$D/next.nhib" "$D/identities.nhib" &&
+	backup_file "$D" "$2" "$D/next.nhib" "$1" && mv "$D/next.nhib" "$D/identities.nhib" &&
 		curl_as admin /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET" | grep -q reloaded
 }
-export -f backup_as curl_as curl_as_raw; export NHICTL ADMIN_SECRET D PORT
+export -f backup_file backup_as curl_as curl_as_raw; export NHICTL ADMIN_SECRET D PORT
 soon_as() { # serial: demo-agent valid for 4 s more (not_after, in soon.txt), then reload
 	date -u -d '+4 seconds' +%Y-%m-%dT%H:%M:%SZ >soon.txt
 	sed "s/{\"id\":\"demo-agent\",/{\"id\":\"demo-agent\",\"not_after\":\"$(cat soon.txt)\",/" "$D/test-agents.jsonl" >soon.jsonl

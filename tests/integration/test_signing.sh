@@ -18,9 +18,7 @@ cat >>"$D/test-agents.jsonl" <<EOF
 {"id":"replicator","roles":["replicator"],"audiences":[],"cert_pem_file":"$D/agents/replicator.crt"}
 {"id":"model-loader","roles":["manifest-verifier"],"audiences":[],"cert_pem_file":"$D/agents/model-loader.crt"}
 EOF
-rm -f "$D/identities.nhib"
-"$NHICTL" backup create --agents "$D/test-agents.jsonl" --out "$D/identities.nhib" --token nhid-dev \
-	--pin-file "$D/user.pin" --serial 3 >/dev/null || exit 1
+backup_file "$D" "$D/test-agents.jsonl" "$D/identities.nhib" 3 || exit 1
 
 # --- nhictl key create ---
 check "key create makes a P-256 key in the token and prints its public key" \
