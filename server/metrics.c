@@ -121,6 +121,11 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 			       atomic_load(&m->connections_refused), atomic_load(&m->handshakes_rejected),
 			       atomic_load(&m->reloads), atomic_load(&m->reload_failures), (unsigned long long)si.agents,
 			       (unsigned long long)si.serial, s->started_at));
+	NHI_TRY(nhi_buf_append_str(o, "# HELP nhid_worker_connections Open connections of each worker loop (spread evenly).\n"
+				      "# TYPE nhid_worker_connections gauge\n"));
+	for (r = 0; r < s->cfg.threads && s->workers != NULL; r++)
+		NHI_TRY(nhi_buf_printf(o, "nhid_worker_connections{worker=\"%zu\"} %u\n", r,
+				       atomic_load(&s->workers[r].conns)));
 	if (s->watcher != NULL) {
 		static const char *const results[3] = {"applied", "rejected", "failed"};
 		unsigned k, i;

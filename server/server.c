@@ -1,7 +1,7 @@
 /*
  * server/server.c — nhid's life cycle: open the token, load the identity backup,
- * build TLS, tokens and audit; one listening socket and one event loop per worker
- * thread (SO_REUSEPORT spreads connections); drain on stop; reload without
+ * build TLS, tokens and audit; one listening socket shared by the event loops of the
+ * worker threads (nhi_server_balance spreads connections); drain on stop; reload without
  * dropping connections (new handshakes get the new context, open ones keep theirs).
  */
 #include "server_internal.h"
@@ -11,7 +11,9 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/thread.h>
+#include <event2/listener.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -61,6 +63,7 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 	c->srv = s;
 	c->w = w;
 	atomic_fetch_add(&w->conns, 1);
+	nhi_server_balance(s, w);
 	active = atomic_fetch_add(&s->metrics.connections_active, 1) + 1;
 	atomic_fetch_add(&s->metrics.connections_total, 1);
 	if (active > s->cfg.max_connections || atomic_load(&s->stopping)) {
@@ -100,9 +103,10 @@ static nhi_err open_listener(const struct nhi_server_config *c, int *out)
 	}
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	NHI_CHECK(fd >= 0, NHI_ERR_IO, "socket: %s", strerror(errno));
-	NHI_CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-			  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0,
-		  NHI_ERR_IO, "setsockopt: %s", strerror(errno));
+	/* no SO_REUSEPORT: a second nhid on the same address fails here instead of
+	 * silently taking a share of the connections */
+	NHI_CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0, NHI_ERR_IO, "setsockopt: %s",
+		  strerror(errno));
 	/* small JSON replies must not wait for Nagle + delayed ACK (~40 ms); accepted
 	 * sockets inherit the option from the listener on Linux */
 	NHI_CHECK(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0, NHI_ERR_IO, "TCP_NODELAY: %s",
@@ -120,6 +124,61 @@ out:
 	if (fd >= 0)
 		close(fd);
 	return rv;
+}
+
+void nhi_accept_plan(const unsigned *conns, size_t n, bool *want)
+{
+	unsigned min = UINT_MAX;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (conns[i] < min)
+			min = conns[i];
+	for (i = 0; i < n; i++)
+		want[i] = conns[i] <= min;
+}
+
+/* a loop's listener on or off, on that loop's thread; none while draining */
+static void apply_accept(struct nhi_worker *w)
+{
+	bool want = atomic_load(&w->want_accept);
+	struct evconnlistener *lev;
+
+	if (w->bound == NULL || want == w->accepting)
+		return;
+	lev = evhttp_bound_socket_get_listener(w->bound);
+	if ((want ? evconnlistener_enable(lev) : evconnlistener_disable(lev)) == 0)
+		w->accepting = want;
+}
+
+static void balance_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	apply_accept(arg);
+}
+
+void nhi_server_balance(struct nhi_server *s, struct nhi_worker *self)
+{
+	unsigned conns[NHI_SERVER_THREADS_MAX];
+	bool want[NHI_SERVER_THREADS_MAX];
+	unsigned i, n = s->cfg.threads;
+
+	if (n < 2 || n > NHI_SERVER_THREADS_MAX || s->workers == NULL || atomic_load(&s->stopping))
+		return;
+	pthread_mutex_lock(&s->balance_mu);
+	for (i = 0; i < n; i++)
+		conns[i] = atomic_load(&s->workers[i].conns);
+	nhi_accept_plan(conns, n, want);
+	for (i = 0; i < n; i++) {
+		struct nhi_worker *w = &s->workers[i];
+
+		if (atomic_exchange(&w->want_accept, want[i]) == want[i] || w == self)
+			continue;
+		event_active(w->balance_ev, 0, 0);
+	}
+	pthread_mutex_unlock(&s->balance_mu);
+	apply_accept(self);
 }
 
 /* draining: leave once this loop's last connection is gone (the grace is the bound) */
@@ -155,7 +214,8 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 	drain_cb(-1, 0, w);
 }
 
-static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned idx)
+/* `listen_fd`: the shared listening socket; the loop's listener owns its own dup */
+static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned idx, int listen_fd)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct timeval tv = {(time_t)s->cfg.idle_timeout_s, 0};
@@ -183,12 +243,16 @@ static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned 
 	evhttp_set_timeout_tv(w->http, &tv);
 	evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
 						    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
-	NHI_TRY(open_listener(&s->cfg, &fd));
+	fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+	NHI_CHECK(fd >= 0, NHI_ERR_IO, "dup of the listening socket: %s", strerror(errno));
 	w->bound = evhttp_accept_socket_with_handle(w->http, fd);
 	NHI_CHECK(w->bound != NULL, NHI_ERR_IO, "evhttp_accept_socket failed");
 	fd = -1;
+	w->accepting = true;
+	atomic_store(&w->want_accept, true);
 	w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
-	NHI_CHECK(w->stop_ev != NULL, NHI_ERR_NOMEM, "event_new");
+	w->balance_ev = event_new(w->base, -1, 0, balance_cb, w);
+	NHI_CHECK(w->stop_ev != NULL && w->balance_ev != NULL, NHI_ERR_NOMEM, "event_new");
 	rv = NHI_OK;
 out:
 	if (fd >= 0)
@@ -325,6 +389,7 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	struct nhi_audit_config ac = {0};
 	char digest_hex[65];
 	unsigned i;
+	int listen_fd = -1;
 
 	*out = NULL;
 	NHI_TRY(nhi_tls_init());
@@ -337,6 +402,7 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	pthread_mutex_init(&s->reload_mu, NULL);
 	pthread_mutex_init(&s->trust_mu, NULL);
 	pthread_mutex_init(&s->bundle_mu, NULL);
+	pthread_mutex_init(&s->balance_mu, NULL);
 	snprintf(s->tls_label, sizeof(s->tls_label), "%s", cfg->tls_key);
 	s->started_at = (long long)time(NULL);
 	hc.module_path = cfg->hsm_module[0] ? cfg->hsm_module : NULL;
@@ -388,12 +454,15 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	}
 	s->workers = calloc(cfg->threads, sizeof(*s->workers));
 	NHI_CHECK(s->workers != NULL, NHI_ERR_NOMEM, "out of memory");
+	NHI_TRY(open_listener(&s->cfg, &listen_fd));
 	for (i = 0; i < cfg->threads; i++)
-		NHI_TRY(worker_init(s, &s->workers[i], i));
+		NHI_TRY(worker_init(s, &s->workers[i], i, listen_fd));
 	*out = s;
 	s = NULL;
 	rv = NHI_OK;
 out:
+	if (listen_fd >= 0)
+		close(listen_fd); /* each loop's listener holds its own */
 	nhi_server_free(s);
 	return rv;
 }
@@ -402,7 +471,9 @@ static void *worker_main(void *arg)
 {
 	struct nhi_worker *w = arg;
 
-	event_base_dispatch(w->base);
+	/* a loop whose listener is off for the balance may have no event at all for a
+	 * while: it ends only on stop (stop_cb, drain_cb) */
+	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	return NULL;
 }
 
@@ -446,6 +517,7 @@ void nhi_server_free(struct nhi_server *s)
 
 	if (s == NULL)
 		return;
+	atomic_store(&s->stopping, true); /* connections freed below leave the balance alone */
 	/* the scan thread audits and swaps TLS contexts: gone before anything it uses */
 	nhi_watcher_free(s);
 	if (s->audit != NULL && nhi_server_audit(s, "shutdown", json_pack("{s:b}", "clean", 1)) != NHI_OK)
@@ -465,6 +537,8 @@ void nhi_server_free(struct nhi_server *s)
 			event_free(w->stop_ev);
 		if (w->drain_ev != NULL)
 			event_free(w->drain_ev);
+		if (w->balance_ev != NULL)
+			event_free(w->balance_ev);
 		if (w->http != NULL)
 			evhttp_free(w->http);
 		if (w->base != NULL)
@@ -488,5 +562,6 @@ void nhi_server_free(struct nhi_server *s)
 	pthread_mutex_destroy(&s->reload_mu);
 	pthread_mutex_destroy(&s->trust_mu);
 	pthread_mutex_destroy(&s->bundle_mu);
+	pthread_mutex_destroy(&s->balance_mu);
 	free(s);
 }

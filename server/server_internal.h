@@ -209,7 +209,10 @@ struct nhi_worker {
 	struct evhttp_bound_socket *bound;
 	struct event *stop_ev;
 	struct event *drain_ev; /* while draining: leave as soon as no connection is open */
-	atomic_uint conns;      /* open connections of this loop */
+	struct event *balance_ev; /* another thread changed want_accept: apply it here */
+	atomic_uint conns;        /* open connections of this loop */
+	atomic_bool want_accept;  /* nhi_server_balance's answer for this loop */
+	bool accepting;           /* its listener enabled (this loop's thread only) */
 	pthread_t thread;
 	bool started;
 };
@@ -245,6 +248,7 @@ struct nhi_server {
 	pthread_mutex_t reload_mu; /* one reload or rotation at a time; guards the TLS identity */
 
 	struct nhi_worker *workers;
+	pthread_mutex_t balance_mu; /* one nhi_server_balance at a time */
 	atomic_bool stopping;
 	struct nhi_metrics metrics;
 	long long started_at;
@@ -320,6 +324,18 @@ const char *nhi_server_network_fs_name(long type);
 
 /* Current SSL_CTX with a reference the caller drops with SSL_CTX_free. */
 SSL_CTX *nhi_server_ctx_get(struct nhi_server *s);
+/*
+ * Connections spread evenly over the worker loops. The loops share one listening
+ * socket and a loop accepts only while it holds no more connections than the least
+ * loaded one; the kernel's hash of SO_REUSEPORT left one loop with twice another's
+ * share often enough to double its clients' latency. nhi_accept_plan is the rule:
+ * conns[0..n) -> want[0..n) (pure, unit-tested). nhi_server_balance applies it after
+ * a connection opened or closed on `self`'s loop, from that loop's thread: its own
+ * listener at once (before the accept loop takes the next connection), the others'
+ * through their balance_ev.
+ */
+void nhi_accept_plan(const unsigned *conns, size_t n, bool *want);
+void nhi_server_balance(struct nhi_server *s, struct nhi_worker *self);
 /* Route one request (routes.c). */
 void nhi_routes_handle(struct evhttp_request *req, void *arg);
 /* Record a security event; fields are stolen. Errors are logged, never fatal to the caller. */

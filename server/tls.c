@@ -120,8 +120,10 @@ static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 	if (parent != NULL && SSL_is_init_finished((SSL *)parent))
 		SSL_set_shutdown((SSL *)parent, SSL_get_shutdown((SSL *)parent) | SSL_SENT_SHUTDOWN);
 	atomic_fetch_sub(&c->srv->metrics.connections_active, 1);
-	if (c->w != NULL)
+	if (c->w != NULL) {
 		atomic_fetch_sub(&c->w->conns, 1);
+		nhi_server_balance(c->srv, c->w);
+	}
 	free(c->cert_der);
 	nhi_agent_free(c->caller);
 	free(c);

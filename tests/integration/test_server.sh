@@ -29,8 +29,14 @@ check "openssl s_client: TLS 1.2 ECDHE-ECDSA-AES128-GCM completes" \
 	bash -c "printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | openssl s_client -quiet -tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256 -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' -verify_return_error 2>/dev/null | grep -q '\"status\":\"ok\"'"
 check "TLS 1.1 is refused" bash -c "! openssl s_client -tls1_1 -connect 127.0.0.1:$PORT -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null >/dev/null 2>&1"
 check "a non-AEAD TLS 1.2 suite is refused" bash -c "! openssl s_client -tls1_2 -cipher ECDHE-ECDSA-AES128-SHA256 -connect 127.0.0.1:$PORT -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null >/dev/null 2>&1"
-check "TLS 1.2 session resumption from the session cache: all 5 reconnects of s_client -reconnect resume" \
-	bash -c "openssl s_client -tls1_2 -reconnect -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null 2>/dev/null | grep -c '^Reused' | grep -qx 5"
+# OpenSSL puts a TLS 1.2 session in the cache only after it has written its Finished:
+# a reconnect that overtakes that gets a full handshake, which is correct. The worker
+# loops take turns with connections now, so a reconnect meets the other loop. Seen
+# beside three busy loops: 4 or 3 of 5 in 8 of 40 runs of the sanitizer build, and
+# 4 in 1 of 40 of the release build before the loops took turns. A cache per loop
+# would resume about half.
+check "TLS 1.2 session resumption from the session cache: at least 4 of 5 reconnects of s_client -reconnect resume" \
+	bash -c "openssl s_client -tls1_2 -reconnect -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' </dev/null 2>/dev/null | grep -c '^Reused' | awk '{exit !(\$1 >= 4)}'"
 # TLS 1.3 resumes from nhid's session cache (stateful tickets, docs/architecture.md); the
 # resumed connection is still the agent of the original certificate
 printf 'GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >health.req
@@ -144,6 +150,12 @@ check "one connection: a reload suspending the agent refuses its next request; a
 cp "$T/last.out" keepalive.out
 check "and the refusals on it named the cause (agent_not_active: suspended, then expired)" bash -c \
 	"grep -c 'agent_not_active' keepalive.out | grep -qx 2 && grep -q 'suspended' keepalive.out && grep -q 'expired at' keepalive.out"
+
+# --- connections spread evenly over the worker loops (server.c nhi_server_balance; the
+# kernel's SO_REUSEPORT hash used to leave 15 on one loop and 36 on the other) ---
+check "40 connections opened at once, as ab does: at most one more on one worker loop than on another" \
+	timeout 60 python3 "$NHI_ROOT/tests/integration/spread.py" "$PORT" "$D/ca.crt" "$D/agents/demo-agent.crt" \
+	"$D/agents/demo-agent.key" 40
 
 # --- slow clients do not starve others ---
 python3 -c 'import socket,sys,time; s=socket.create_connection(("127.0.0.1",int(sys.argv[1]))); time.sleep(30)' "$PORT" >slow.out 2>&1 &

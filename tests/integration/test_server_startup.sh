@@ -33,6 +33,17 @@ sed 's/^tls_key .*/tls_key = nhid-root/' "$D/nhid.conf" >bad.conf
 check_fails "a certificate that does not match the TLS key is refused" "does not match key 'nhid-root'" run_nhid --config bad.conf
 printf 'colour = blue\n' >>bad.conf
 check_fails "an unknown config key is refused" "unknown config key 'colour'" run_nhid --config bad.conf
+# the port held by another listener, one that allows sharing as nhid itself once did
+# (SO_REUSEPORT): nhid refuses instead of taking a share of that listener's connections
+python3 -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("bound", flush=True); time.sleep(60)' "$PORT" >holder.out 2>&1 &
+HOLDER=$!; _pids+=("$HOLDER")
+wait_for 10 grep -q bound holder.out
+check_fails "a port another listener holds is refused, even one that allows SO_REUSEPORT" \
+	"cannot listen on 127.0.0.1:$PORT" run_nhid --config "$D/nhid.conf"
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
 check "--check accepts the good config" run_nhid --config "$D/nhid.conf" --check
 # the state directory on a network filesystem is refused: a FUSE/NFS mount is not
 # available to an unprivileged test, so the statfs magic table is unit-tested in

@@ -356,6 +356,33 @@ static void test_resolve_bodies(void **state)
 	nhi_api_resolve_req_free(&r);
 }
 
+/* the balance rule: only the least loaded loops accept (ties all accept), so the
+ * busiest ends at most one connection above the idlest */
+static void test_accept_plan(void **state)
+{
+	const unsigned even[2] = {4, 4}, ahead[3] = {5, 4, 4}, behind[3] = {7, 9, 7}, one[1] = {12};
+	bool want[3];
+	unsigned conns[2] = {0, 0}, i;
+
+	(void)state;
+	nhi_accept_plan(even, 2, want);
+	assert_true(want[0] && want[1]);
+	nhi_accept_plan(ahead, 3, want);
+	assert_true(!want[0] && want[1] && want[2]);
+	nhi_accept_plan(behind, 3, want);
+	assert_true(want[0] && !want[1] && want[2]);
+	nhi_accept_plan(one, 1, want);
+	assert_true(want[0]);
+	/* 101 connections arriving one by one, each taken by the first loop that accepts */
+	for (i = 0; i < 101; i++) {
+		nhi_accept_plan(conns, 2, want);
+		conns[want[0] ? 0 : 1]++;
+		assert_true((conns[0] > conns[1] ? conns[0] - conns[1] : conns[1] - conns[0]) <= 1);
+	}
+	assert_int_equal(conns[0], 51);
+	assert_int_equal(conns[1], 50);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -363,7 +390,7 @@ int main(void)
 		cmocka_unit_test(test_missing_required_keys),   cmocka_unit_test(test_network_filesystems_named),
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
 		cmocka_unit_test(test_signing_requests),	cmocka_unit_test(test_update_bodies),
-		cmocka_unit_test(test_resolve_bodies),
+		cmocka_unit_test(test_resolve_bodies),          cmocka_unit_test(test_accept_plan),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
