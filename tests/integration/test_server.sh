@@ -151,6 +151,34 @@ cp "$T/last.out" keepalive.out
 check "and the refusals on it named the cause (agent_not_active: suspended, then expired)" bash -c \
 	"grep -c 'agent_not_active' keepalive.out | grep -qx 2 && grep -q 'suspended' keepalive.out && grep -q 'expired at' keepalive.out"
 
+# --- the resolve reply is written, not built (routes.c resolve_text): the attributes go
+# in as import stored them. Nested, non-ASCII, escapes and numbers come back as given ---
+cat >attrs.py <<'PY'
+import json, sys
+want = {"site": "Zürich", "n": [1, 2.5, -3e-05, {"x": None, "y": True}], "q": "a\"b\\c/\u0001", "e": {}}
+if sys.argv[1] == "write":
+    for line in open(sys.argv[2]):
+        rec = json.loads(line)
+        if rec["id"] == "demo-agent":
+            rec["attributes"] = want
+        print(json.dumps(rec, ensure_ascii=False))
+else:
+    raw = sys.stdin.buffer.read()
+    r = json.loads(raw)
+    assert r["agent"]["attributes"] == want, r["agent"]["attributes"]
+    assert r["agent"]["id"] == "demo-agent" and r["agent"]["backup_serial"] == 6, r["agent"]
+    assert r["claims"]["sub"] == "demo-agent" and r["claims"]["roles"] == ["agent"], r["claims"]
+    assert list(r) == ["agent", "claims"] and list(r["agent"])[-2:] == ["attributes", "backup_serial"], list(r["agent"])
+    assert "Zürich".encode() in raw  # the stored text, not re-encoded
+    print("resolve reply ok:", raw[:120])
+PY
+python3 attrs.py write "$D/test-agents.jsonl" >attrs.jsonl
+backup_as 6 attrs.jsonl
+ATTR_TOKEN=$(curl_as demo-agent /v1/tokens -d '{"aud":"inference"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+check "resolve returns the agent's attributes as imported: nested, non-ASCII, escapes and numbers intact" \
+	bash -c "curl_as inference-gw /v1/resolve -d '{\"token\":\"$ATTR_TOKEN\"}' | python3 attrs.py check"
+backup_as 7 "$D/test-agents.jsonl"
+
 # --- connections spread evenly over the worker loops (server.c nhi_server_balance; the
 # kernel's SO_REUSEPORT hash used to leave 15 on one loop and 36 on the other) ---
 check "40 connections opened at once, as ab does: at most one more on one worker loop than on another" \
