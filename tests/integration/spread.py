@@ -5,7 +5,7 @@ each then handshaken and kept open with one request answered on it. Then one mor
 connection reads /v1/metrics: nhid_worker_connections must show the N+1 spread over
 the worker loops with at most one connection between the busiest and the idlest.
 Bounded: 10 s per socket operation, 5 s for the counts to settle."""
-import socket, ssl, sys, time
+import http.client, socket, ssl, sys, time
 
 port, ca, cert, key, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 ctx = ssl.create_default_context(cafile=ca)
@@ -13,28 +13,27 @@ ctx.load_cert_chain(cert, key)
 ctx.check_hostname = False
 
 
-def ask(s, path):
-    s.sendall(("GET %s HTTP/1.1\r\nHost: nhid\r\n\r\n" % path).encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit("nhid closed a connection")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += s.recv(65536)
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise SystemExit("%s: %s" % (path, head.split(b"\r\n")[0].decode()))
-    return body.decode()
+def https(raw):
+    """an HTTP/1.1 connection over the TLS socket made from `raw`, connected already"""
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    c.sock = ctx.wrap_socket(raw)
+    return c
+
+
+def ask(c, path):
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read().decode()
+    if r.status != 200:
+        raise SystemExit("%s: %d %s" % (path, r.status, body[:160]))
+    return body
 
 
 raw = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
-conns = [ctx.wrap_socket(s) for s in raw]
+conns = [https(s) for s in raw]
 for c in conns:
     ask(c, "/v1/health")
-probe = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+probe = https(socket.create_connection(("127.0.0.1", port), timeout=10))
 deadline = time.time() + 5
 while True:
     counts = [int(l.split()[-1]) for l in ask(probe, "/v1/metrics").splitlines()

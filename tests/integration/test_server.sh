@@ -151,8 +151,8 @@ cp "$T/last.out" keepalive.out
 check "and the refusals on it named the cause (agent_not_active: suspended, then expired)" bash -c \
 	"grep -c 'agent_not_active' keepalive.out | grep -qx 2 && grep -q 'suspended' keepalive.out && grep -q 'expired at' keepalive.out"
 
-# --- the resolve reply is written, not built (routes.c resolve_text): the attributes go
-# in as import stored them. Nested, non-ASCII, escapes and numbers come back as given ---
+# --- the resolve reply carries the agent's attributes as imported: nested, non-ASCII,
+# escapes and numbers come back as given, members in the documented order ---
 cat >attrs.py <<'PY'
 import json, sys
 want = {"site": "Zürich", "n": [1, 2.5, -3e-05, {"x": None, "y": True}], "q": "a\"b\\c/\u0001", "e": {}}
@@ -169,7 +169,7 @@ else:
     assert r["agent"]["id"] == "demo-agent" and r["agent"]["backup_serial"] == 6, r["agent"]
     assert r["claims"]["sub"] == "demo-agent" and r["claims"]["roles"] == ["agent"], r["claims"]
     assert list(r) == ["agent", "claims"] and list(r["agent"])[-2:] == ["attributes", "backup_serial"], list(r["agent"])
-    assert "Zürich".encode() in raw  # the stored text, not re-encoded
+    assert "Zürich".encode() in raw  # UTF-8 as given, not escaped (docs/api.md)
     print("resolve reply ok:", raw[:120])
 PY
 python3 attrs.py write "$D/test-agents.jsonl" >attrs.jsonl
