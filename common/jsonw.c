@@ -145,6 +145,13 @@ void nhi_jsonw_elem_s(struct nhi_jsonw *o, const char *value)
 	nhi_jsonw_s(o, NULL, value);
 }
 
+void nhi_jsonw_raw(struct nhi_jsonw *o, const char *name, const char *json, size_t n)
+{
+	member(o, name);
+	if (o->err == NHI_OK)
+		o->err = nhi_buf_append(o->b, json, n);
+}
+
 void nhi_jsonw_i(struct nhi_jsonw *o, const char *name, long long value)
 {
 	member(o, name);

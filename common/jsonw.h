@@ -54,6 +54,10 @@ void nhi_jsonw_open(struct nhi_jsonw *o, const char *name, bool array);
 void nhi_jsonw_close(struct nhi_jsonw *o, bool array);
 /* an array element (inside nhi_jsonw_open(..., true)) */
 void nhi_jsonw_elem_s(struct nhi_jsonw *o, const char *value);
+/* a member whose value is `n` bytes of JSON text written as they are: only for text
+ * a JSON writer has just produced (jansson's dump of an agent's attributes), never for
+ * stored or received text */
+void nhi_jsonw_raw(struct nhi_jsonw *o, const char *name, const char *json, size_t n);
 /* closes the top object; NHI_OK, or the first error with the buffer restored */
 nhi_err nhi_jsonw_end(struct nhi_jsonw *o) NHI_MUST_CHECK;
 

@@ -311,16 +311,6 @@ static const struct nhi_agent *caller(struct ctx *c)
 	return a;
 }
 
-static json_t *string_array(const char *const *v, size_t n)
-{
-	json_t *a = json_array();
-	size_t i;
-
-	for (i = 0; a != NULL && i < n; i++)
-		json_array_append_new(a, json_string(v[i]));
-	return a;
-}
-
 static void h_health(struct ctx *c)
 {
 	reply(c, 200, json_pack("{s:s}", "status", "ok"));
@@ -445,15 +435,68 @@ out:
 	nhi_buf_free(&tok);
 }
 
-static json_t *agent_json(const struct nhi_agent *a)
+static void jsonw_strings(struct nhi_jsonw *o, const char *name, const char *const *v, size_t n)
 {
-	json_t *attrs = json_loads(a->attributes, 0, NULL);
+	size_t i;
 
-	return json_pack("{s:s, s:s, s:o, s:o, s:I, s:I, s:o, s:I}", "id", a->id, "status",
-			 nhi_agent_status_name(a->status), "roles", string_array(a->roles, a->n_roles), "audiences",
-			 string_array(a->audiences, a->n_audiences), "not_before", (json_int_t)a->not_before, "not_after",
-			 (json_int_t)a->not_after, "attributes", attrs ? attrs : json_object(), "backup_serial",
-			 (json_int_t)a->backup_serial);
+	nhi_jsonw_open(o, name, true);
+	for (i = 0; i < n; i++)
+		nhi_jsonw_elem_s(o, v[i]);
+	nhi_jsonw_close(o, true);
+}
+
+/*
+ * As the jansson reply tree did. The server does not trust the stored text: only
+ * nhictl checks it, when it builds a backup, and a signed image from another builder
+ * may hold anything, such as text that would close the object and add members.
+ */
+char *nhi_routes_attributes_text(const char *stored)
+{
+	json_t *v = stored != NULL ? json_loads(stored, 0, NULL) : NULL;
+	char *s = json_is_object(v) ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : strdup("{}");
+
+	json_decref(v);
+	return s;
+}
+
+/*
+ * The resolve reply, written (common/jsonw.h): {"agent":{the current record},"claims":
+ * {the verified claims}}. Same members in the same order as the jansson tree this
+ * replaced, strings escaped to ASCII as in the token reply; the attributes as
+ * nhi_routes_attributes_text() gives them. On failure (out of memory) `out` is empty.
+ */
+static void resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
+{
+	struct nhi_jsonw o;
+	char *attrs = nhi_routes_attributes_text(a->attributes);
+
+	if (attrs == NULL)
+		return;
+	nhi_jsonw_begin(&o, out);
+	nhi_jsonw_open(&o, "agent", false);
+	nhi_jsonw_s(&o, "id", a->id);
+	nhi_jsonw_s(&o, "status", nhi_agent_status_name(a->status));
+	jsonw_strings(&o, "roles", a->roles, a->n_roles);
+	jsonw_strings(&o, "audiences", a->audiences, a->n_audiences);
+	nhi_jsonw_i(&o, "not_before", a->not_before);
+	nhi_jsonw_i(&o, "not_after", a->not_after);
+	nhi_jsonw_raw(&o, "attributes", attrs, strlen(attrs));
+	nhi_jsonw_i(&o, "backup_serial", (long long)a->backup_serial);
+	nhi_jsonw_close(&o, false);
+	nhi_jsonw_open(&o, "claims", false);
+	nhi_jsonw_s(&o, "iss", cl->iss);
+	nhi_jsonw_s(&o, "sub", cl->sub);
+	nhi_jsonw_s(&o, "aud", cl->aud);
+	nhi_jsonw_i(&o, "iat", cl->iat);
+	nhi_jsonw_i(&o, "nbf", cl->nbf);
+	nhi_jsonw_i(&o, "exp", cl->exp);
+	nhi_jsonw_s(&o, "jti", cl->jti);
+	jsonw_strings(&o, "roles", cl->roles, cl->n_roles);
+	nhi_jsonw_s(&o, "kid", cl->kid);
+	nhi_jsonw_close(&o, false);
+	free(attrs);
+	if (nhi_jsonw_end(&o) != NHI_OK)
+		nhi_buf_free(out);
 }
 
 static void h_resolve(struct ctx *c)
@@ -464,7 +507,7 @@ static void h_resolve(struct ctx *c)
 	struct nhi_token_check chk = {0};
 	enum nhi_token_error why = NHI_TOKEN_OK;
 	struct nhi_api_resolve_req q = {0};
-	json_t *claims, *fields;
+	json_t *fields;
 	const char *body, *tok;
 	size_t len;
 	char detail[NHI_ERR_DETAIL_MAX];
@@ -516,14 +559,16 @@ static void h_resolve(struct ctx *c)
 			      401, error_body("invalid_token", detail));
 		goto out;
 	}
-	claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s}", "iss", cl->iss, "sub", cl->sub, "aud",
-			   cl->aud, "iat", (json_int_t)cl->iat, "nbf", (json_int_t)cl->nbf, "exp", (json_int_t)cl->exp,
-			   "jti", cl->jti, "roles", string_array(cl->roles, cl->n_roles), "kid", cl->kid);
 	{
 		const struct nhi_audit_kv rec[] = {{"caller", me->id, 0}, {"sub", cl->sub, 0}, {"jti", cl->jti, 0}};
-		struct nhi_buf text = body_text(json_pack("{s:o, s:o}", "agent", agent_json(subject), "claims", claims));
+		struct nhi_buf text = {0};
 
-		reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &text);
+		resolve_text(subject, cl, &text);
+		if (text.len == 0)
+			reply_error(c, 500, "internal", "out of memory");
+		else
+			reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &text);
+		nhi_buf_free(&text);
 	}
 out:
 	nhi_api_resolve_req_free(&q);

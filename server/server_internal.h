@@ -336,6 +336,12 @@ SSL_CTX *nhi_server_ctx_get(struct nhi_server *s);
  */
 void nhi_accept_plan(const unsigned *conns, size_t n, bool *want);
 void nhi_server_balance(struct nhi_server *s, struct nhi_worker *self);
+/*
+ * An agent's stored attributes as a resolve reply carries them (routes.c): parsed and
+ * dumped again by jansson, {} for text that does not parse or is not an object. The
+ * store's text is never put into a reply as it is. NULL when out of memory; free().
+ */
+char *nhi_routes_attributes_text(const char *stored);
 /* Route one request (routes.c). */
 void nhi_routes_handle(struct evhttp_request *req, void *arg);
 /* Record a security event; fields are stolen. Errors are logged, never fatal to the caller. */

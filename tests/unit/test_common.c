@@ -420,8 +420,19 @@ static void test_jsonw(void **state)
 	nhi_jsonw_close(&o, false);
 	nhi_jsonw_open(&o, "none", true);
 	nhi_jsonw_close(&o, true);
+	nhi_jsonw_raw(&o, "attrs", "{\"k\":[1,2.5]}x", 13); /* n bytes, as they are */
 	assert_int_equal(nhi_jsonw_end(&o), NHI_OK);
-	assert_string_equal((char *)b.data, "{\"sub\":\"a\",\"exp\":-1,\"roles\":[\"r1\",\"r2\"],\"cnf\":{},\"none\":[]}");
+	assert_string_equal((char *)b.data, "{\"sub\":\"a\",\"exp\":-1,\"roles\":[\"r1\",\"r2\"],\"cnf\":{},\"none\":[],"
+					    "\"attrs\":{\"k\":[1,2.5]}}");
+	nhi_buf_reset(&b);
+	/* a raw member inside a nested object takes its comma like any other */
+	nhi_jsonw_begin(&o, &b);
+	nhi_jsonw_open(&o, "agent", false);
+	nhi_jsonw_raw(&o, "a", "{}", 2);
+	nhi_jsonw_raw(&o, "b", "[true]", 6);
+	nhi_jsonw_close(&o, false);
+	assert_int_equal(nhi_jsonw_end(&o), NHI_OK);
+	assert_string_equal((char *)b.data, "{\"agent\":{\"a\":{},\"b\":[true]}}");
 	nhi_buf_reset(&b);
 	assert_int_equal(nhi_buf_append(&b, "keep", 4), NHI_OK);
 	nhi_jsonw_begin(&o, &b);

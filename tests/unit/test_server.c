@@ -8,6 +8,7 @@
 
 #include <linux/magic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char good[] = "[nhid]\n"
@@ -383,6 +384,33 @@ static void test_accept_plan(void **state)
 	assert_int_equal(conns[1], 50);
 }
 
+static void check_attributes(const char *stored, const char *want)
+{
+	char *got = nhi_routes_attributes_text(stored);
+
+	assert_non_null(got);
+	assert_string_equal(got, want);
+	free(got);
+}
+
+/* the reply never carries the store's attribute text as it is */
+static void test_attributes_reply(void **state)
+{
+	(void)state;
+	check_attributes("{\"site\":\"b\",\"n\":[1,2.5,{\"x\":null}]}", "{\"site\":\"b\",\"n\":[1,2.5,{\"x\":null}]}");
+	check_attributes("{ \"a\" : 1 }", "{\"a\":1}");
+	check_attributes("{\"t\":\"caf\xc3\xa9 \\\"q\\\" \\n\"}", "{\"t\":\"caf\xc3\xa9 \\\"q\\\" \\n\"}");
+	/* text that would close the agent object and add members to it */
+	check_attributes("{},\"roles\":[\"admin\"],\"x\":{}", "{}");
+	check_attributes("{\"a\":1}}", "{}");
+	check_attributes("[1,2]", "{}");
+	check_attributes("\"text\"", "{}");
+	check_attributes("{\"a\":", "{}");
+	check_attributes("{\"a\":\"\xff\"}", "{}"); /* not UTF-8 */
+	check_attributes("", "{}");
+	check_attributes(NULL, "{}");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -391,6 +419,7 @@ int main(void)
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
 		cmocka_unit_test(test_signing_requests),	cmocka_unit_test(test_update_bodies),
 		cmocka_unit_test(test_resolve_bodies),          cmocka_unit_test(test_accept_plan),
+		cmocka_unit_test(test_attributes_reply),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
