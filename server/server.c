@@ -138,17 +138,57 @@ void nhi_accept_plan(const unsigned *conns, size_t n, bool *want)
 		want[i] = conns[i] <= min;
 }
 
-/* a loop's listener on or off, on that loop's thread; none while draining */
+#ifdef NHI_TEST_BUILD
+/* NHI_TEST_FAIL_ACCEPT_ENABLE=N: the first N listener switch-ons fail (test_server.sh) */
+static bool enable_fails(void)
+{
+	static atomic_int left = -1;
+	const char *v;
+	int n = atomic_load(&left), init = -1;
+
+	if (n < 0) {
+		v = getenv("NHI_TEST_FAIL_ACCEPT_ENABLE");
+		atomic_compare_exchange_strong(&left, &init, v != NULL ? atoi(v) : 0);
+	}
+	while ((n = atomic_load(&left)) > 0)
+		if (atomic_compare_exchange_weak(&left, &n, n - 1))
+			return true;
+	return false;
+}
+#else
+static bool enable_fails(void)
+{
+	return false;
+}
+#endif
+
+/*
+ * A loop's listener on or off, on that loop's thread; none while draining. A switch
+ * that fails (no memory for the epoll change) is tried again after a while: the loop
+ * may be the only one the balance lets accept, and without a retry no loop would
+ * accept until a connection closed somewhere.
+ */
 static void apply_accept(struct nhi_worker *w)
 {
 	bool want = atomic_load(&w->want_accept);
 	struct evconnlistener *lev;
+	struct timeval retry = {0, NHI_SERVER_ACCEPT_RETRY_MS * 1000};
+	int rc;
 
 	if (w->bound == NULL || want == w->accepting)
 		return;
 	lev = evhttp_bound_socket_get_listener(w->bound);
-	if ((want ? evconnlistener_enable(lev) : evconnlistener_disable(lev)) == 0)
+	if (want)
+		rc = enable_fails() ? -1 : evconnlistener_enable(lev);
+	else
+		rc = evconnlistener_disable(lev);
+	if (rc == 0) {
 		w->accepting = want;
+	} else {
+		fprintf(stderr, "nhid: worker %u: cannot switch its listener %s; trying again in %d ms\n", w->idx,
+			want ? "on" : "off", NHI_SERVER_ACCEPT_RETRY_MS);
+		(void)event_add(w->balance_ev, &retry);
+	}
 }
 
 static void balance_cb(evutil_socket_t fd, short what, void *arg)
@@ -181,6 +221,16 @@ void nhi_server_balance(struct nhi_server *s, struct nhi_worker *self)
 	apply_accept(self);
 }
 
+/* draining: the grace is over; open connections are closed when the loop is freed */
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct nhi_worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	event_base_loopbreak(w->base);
+}
+
 /* draining: leave once this loop's last connection is gone (the grace is the bound) */
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -206,11 +256,12 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 		evhttp_del_accept_socket(w->http, w->bound);
 		w->bound = NULL;
 	}
-	event_base_loopexit(w->base, &grace);
-	if (w->drain_ev == NULL)
-		w->drain_ev = event_new(w->base, -1, EV_PERSIST, drain_cb, w);
-	if (w->drain_ev == NULL || event_add(w->drain_ev, &poll) != 0)
-		return; /* out of memory: the grace still ends the loop */
+	/* the events exist since worker_init; adding a timer can still fail (the timer
+	 * heap grows): then the loop ends now rather than never */
+	if (event_add(w->grace_ev, &grace) != 0 || event_add(w->drain_ev, &poll) != 0) {
+		event_base_loopbreak(w->base);
+		return;
+	}
 	drain_cb(-1, 0, w);
 }
 
@@ -251,8 +302,11 @@ static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned 
 	w->accepting = true;
 	atomic_store(&w->want_accept, true);
 	w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
+	w->drain_ev = event_new(w->base, -1, EV_PERSIST, drain_cb, w);
+	w->grace_ev = event_new(w->base, -1, 0, grace_cb, w);
 	w->balance_ev = event_new(w->base, -1, 0, balance_cb, w);
-	NHI_CHECK(w->stop_ev != NULL && w->balance_ev != NULL, NHI_ERR_NOMEM, "event_new");
+	NHI_CHECK(w->stop_ev != NULL && w->drain_ev != NULL && w->grace_ev != NULL && w->balance_ev != NULL,
+		  NHI_ERR_NOMEM, "event_new");
 	rv = NHI_OK;
 out:
 	if (fd >= 0)
@@ -537,6 +591,8 @@ void nhi_server_free(struct nhi_server *s)
 			event_free(w->stop_ev);
 		if (w->drain_ev != NULL)
 			event_free(w->drain_ev);
+		if (w->grace_ev != NULL)
+			event_free(w->grace_ev);
 		if (w->balance_ev != NULL)
 			event_free(w->balance_ev);
 		if (w->http != NULL)

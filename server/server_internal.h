@@ -207,9 +207,11 @@ struct nhi_worker {
 	struct event_base *base;
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
+	/* all made by worker_init, so that stopping never needs memory */
 	struct event *stop_ev;
 	struct event *drain_ev; /* while draining: leave as soon as no connection is open */
-	struct event *balance_ev; /* another thread changed want_accept: apply it here */
+	struct event *grace_ev; /* while draining: leave now, connections open or not */
+	struct event *balance_ev; /* another thread changed want_accept (or a retry): apply it here */
 	atomic_uint conns;        /* open connections of this loop */
 	atomic_bool want_accept;  /* nhi_server_balance's answer for this loop */
 	bool accepting;           /* its listener enabled (this loop's thread only) */

@@ -49,5 +49,41 @@ check "--check accepts the good config" run_nhid --config "$D/nhid.conf" --check
 # available to an unprivileged test, so the statfs magic table is unit-tested in
 # tests/unit/test_server.c; here the refusal message for a local dir is absent
 check "a local state directory passes the network-filesystem check" bash -c "! run_nhid --config '$D/nhid.conf' --check 2>&1 | grep -q 'network filesystem'"
+# a worker loop whose listener fails to switch back on tries again (server.c
+# apply_accept): the first switch-on fails (test builds), when the probe's connection
+# closes; without the retry the other loop stops accepting at its next connection and
+# no loop accepts at all
+NHI_TEST_FAIL_ACCEPT_ENABLE=1 start_bg "$NHID" --config "$D/nhid.conf" 2>retry.log
+NHID_PID=$BG_PID
+wait_for 60 curl -s --max-time 2 --cacert "$D/ca.crt" --cert "$D/agents/demo-agent.crt" \
+	--key "$D/agents/demo-agent.key" "https://127.0.0.1:$PORT/v1/health"
+check "a listener that failed to switch on is tried again: 6 connections opened one after another are all answered" \
+	timeout 60 python3 -c 'import http.client, ssl, sys
+port, d = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=d + "/ca.crt"); ctx.check_hostname = False
+ctx.load_cert_chain(d + "/agents/demo-agent.crt", d + "/agents/demo-agent.key")
+held = []
+for i in range(6):
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    c.request("GET", "/v1/health"); r = c.getresponse()
+    assert r.status == 200 and b"ok" in r.read(), i
+    held.append(c)' "$PORT" "$D"
+check "the failed switch is logged" grep -q "cannot switch its listener on; trying again" retry.log
+# an idle keep-alive connection holds the drain open until the grace ends it (server.c
+# grace_cb: the timer made with the loop, not at stop)
+python3 -c 'import http.client, ssl, sys, time
+port, d = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=d + "/ca.crt"); ctx.check_hostname = False
+ctx.load_cert_chain(d + "/agents/demo-agent.crt", d + "/agents/demo-agent.key")
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+c.request("GET", "/v1/health"); c.getresponse().read()
+print("held", flush=True); time.sleep(30)' "$PORT" "$D" >idle.out 2>&1 &
+IDLE=$!; _pids+=("$IDLE")
+wait_for 10 grep -q held idle.out
+stop_nhid
+kill "$IDLE" 2>/dev/null; wait "$IDLE" 2>/dev/null
+check "nhid stops cleanly after the retry (status $NHID_RC)" test "$NHID_RC" = 0
+check "an idle keep-alive connection is given the 2 s drain grace, then SIGTERM exits (took ${NHID_STOP_MS} ms)" \
+	test "$NHID_STOP_MS" -ge 1800 -a "$NHID_STOP_MS" -lt 6000
 export -f run_nhid; export NHID
 finish
