@@ -463,15 +463,16 @@ char *nhi_routes_attributes_text(const char *stored)
  * The resolve reply, written (common/jsonw.h): {"agent":{the current record},"claims":
  * {the verified claims}}. Same members in the same order as the jansson tree this
  * replaced, strings escaped to ASCII as in the token reply; the attributes as
- * nhi_routes_attributes_text() gives them. On failure (out of memory) `out` is empty.
+ * nhi_routes_attributes_text() gives them. On failure `out` is empty.
  */
-static void resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
+static nhi_err resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
 {
 	struct nhi_jsonw o;
 	char *attrs = nhi_routes_attributes_text(a->attributes);
+	nhi_err e;
 
 	if (attrs == NULL)
-		return;
+		return nhi_err_set(NHI_ERR_NOMEM, "out of memory");
 	nhi_jsonw_begin(&o, out);
 	nhi_jsonw_open(&o, "agent", false);
 	nhi_jsonw_s(&o, "id", a->id);
@@ -495,8 +496,9 @@ static void resolve_text(const struct nhi_agent *a, const struct nhi_token_claim
 	nhi_jsonw_s(&o, "kid", cl->kid);
 	nhi_jsonw_close(&o, false);
 	free(attrs);
-	if (nhi_jsonw_end(&o) != NHI_OK)
+	if ((e = nhi_jsonw_end(&o)) != NHI_OK)
 		nhi_buf_free(out);
+	return e;
 }
 
 static void h_resolve(struct ctx *c)
@@ -563,10 +565,12 @@ static void h_resolve(struct ctx *c)
 		const struct nhi_audit_kv rec[] = {{"caller", me->id, 0}, {"sub", cl->sub, 0}, {"jti", cl->jti, 0}};
 		struct nhi_buf text = {0};
 
-		resolve_text(subject, cl, &text);
-		if (text.len == 0)
-			reply_error(c, 500, "internal", "out of memory");
-		else
+		if (resolve_text(subject, cl, &text) != NHI_OK) {
+			/* out of memory, or a string of the record that is not UTF-8 (the store
+			 * does not check an image's roles and audiences as nhictl does) */
+			fprintf(stderr, "nhid: resolve reply for agent %.64s: %s\n", subject->id, nhi_err_detail());
+			reply_error(c, 500, "internal", "the reply could not be encoded");
+		} else
 			reply_pending(c, "resolve_ok", NULL, rec, sizeof(rec) / sizeof(rec[0]), 200, &text);
 		nhi_buf_free(&text);
 	}

@@ -139,7 +139,7 @@ void nhi_accept_plan(const unsigned *conns, size_t n, bool *want)
 }
 
 #ifdef NHI_TEST_BUILD
-/* NHI_TEST_FAIL_ACCEPT_ENABLE=N: the first N listener switch-ons fail (test_server.sh) */
+/* NHI_TEST_FAIL_ACCEPT_ENABLE=N: the first N listener switch-ons fail (test_server_startup.sh) */
 static bool enable_fails(void)
 {
 	static atomic_int left = -1;
@@ -148,7 +148,8 @@ static bool enable_fails(void)
 
 	if (n < 0) {
 		v = getenv("NHI_TEST_FAIL_ACCEPT_ENABLE");
-		atomic_compare_exchange_strong(&left, &init, v != NULL ? atoi(v) : 0);
+		n = v != NULL ? atoi(v) : 0;
+		atomic_compare_exchange_strong(&left, &init, n > 0 ? n : 0);
 	}
 	while ((n = atomic_load(&left)) > 0)
 		if (atomic_compare_exchange_weak(&left, &n, n - 1))
@@ -164,9 +165,12 @@ static bool enable_fails(void)
 
 /*
  * A loop's listener on or off, on that loop's thread; none while draining. A switch
- * that fails (no memory for the epoll change) is tried again after a while: the loop
- * may be the only one the balance lets accept, and without a retry no loop would
- * accept until a connection closed somewhere.
+ * that fails is tried again after a while: the loop may be the only one the balance
+ * lets accept, and without a retry no loop would accept until a connection closed
+ * somewhere. With the epoll changelist, evconnlistener_enable only queues the change
+ * and fails only when the queue cannot grow (no memory); an epoll_ctl that fails when
+ * the loop applies the queue is not reported back by libevent (it logs a warning
+ * "Epoll ADD ... failed"), and is not retried here.
  */
 static void apply_accept(struct nhi_worker *w)
 {
@@ -183,10 +187,17 @@ static void apply_accept(struct nhi_worker *w)
 	else
 		rc = evconnlistener_disable(lev);
 	if (rc == 0) {
+		if (w->switch_failing)
+			fprintf(stderr, "nhid: worker %u: its listener switched %s after failing\n", w->idx,
+				want ? "on" : "off");
+		w->switch_failing = false;
 		w->accepting = want;
 	} else {
-		fprintf(stderr, "nhid: worker %u: cannot switch its listener %s; trying again in %d ms\n", w->idx,
-			want ? "on" : "off", NHI_SERVER_ACCEPT_RETRY_MS);
+		/* logged once, not every retry */
+		if (!w->switch_failing)
+			fprintf(stderr, "nhid: worker %u: cannot switch its listener %s; trying again every %d ms\n",
+				w->idx, want ? "on" : "off", NHI_SERVER_ACCEPT_RETRY_MS);
+		w->switch_failing = true;
 		(void)event_add(w->balance_ev, &retry);
 	}
 }
@@ -582,8 +593,14 @@ void nhi_server_free(struct nhi_server *s)
 		fprintf(stderr, "nhid: audit close: %s\n", nhi_err_detail());
 	s->audit = NULL; /* closed and freed */
 	for (i = 0; s->workers != NULL && i < s->cfg.threads; i++)
-		if (s->workers[i].base != NULL)
+		if (s->workers[i].base != NULL) {
+			/* the drain's timers may still be pending: none may cut this run short */
+			if (s->workers[i].grace_ev != NULL)
+				event_del(s->workers[i].grace_ev);
+			if (s->workers[i].drain_ev != NULL)
+				event_del(s->workers[i].drain_ev);
 			event_base_loop(s->workers[i].base, EVLOOP_NONBLOCK);
+		}
 	for (i = 0; s->workers != NULL && i < s->cfg.threads; i++) {
 		struct nhi_worker *w = &s->workers[i];
 

@@ -215,6 +215,7 @@ struct nhi_worker {
 	atomic_uint conns;        /* open connections of this loop */
 	atomic_bool want_accept;  /* nhi_server_balance's answer for this loop */
 	bool accepting;           /* its listener enabled (this loop's thread only) */
+	bool switch_failing;      /* the last switch of it failed; retried (this loop's thread only) */
 	pthread_t thread;
 	bool started;
 };

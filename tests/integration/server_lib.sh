@@ -64,10 +64,20 @@ start_nhid() {
 	fi
 }
 
-stop_nhid() { # sets NHID_RC and NHID_STOP_MS (SIGTERM to exit)
+exited() { # pid: gone, or a zombie waiting to be reaped
+	local st
+	st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
+	[ -z "$st" ] || [ "$st" = Z ]
+}
+
+stop_nhid() { # sets NHID_RC and NHID_STOP_MS (SIGTERM to exit); bounded: 60 s, then kill -9
 	local t0
 	t0=$(date +%s%N)
 	kill -TERM "$NHID_PID"
+	if ! wait_for 60 exited "$NHID_PID"; then
+		not_ok "nhid (pid $NHID_PID) did not exit within 60 s of SIGTERM; killed"
+		kill -KILL "$NHID_PID" 2>/dev/null
+	fi
 	wait "$NHID_PID"
 	NHID_RC=$?
 	NHID_STOP_MS=$((($(date +%s%N) - t0) / 1000000))

@@ -68,7 +68,8 @@ for i in range(6):
     c.request("GET", "/v1/health"); r = c.getresponse()
     assert r.status == 200 and b"ok" in r.read(), i
     held.append(c)' "$PORT" "$D"
-check "the failed switch is logged" grep -q "cannot switch its listener on; trying again" retry.log
+check "the failed switch is logged once, and its recovery" \
+	bash -c 'test "$(grep -c "cannot switch its listener on; trying again" retry.log)" = 1 && grep -q "listener switched on after failing" retry.log'
 # an idle keep-alive connection holds the drain open until the grace ends it (server.c
 # grace_cb: the timer made with the loop, not at stop)
 python3 -c 'import http.client, ssl, sys, time
@@ -79,7 +80,9 @@ c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
 c.request("GET", "/v1/health"); c.getresponse().read()
 print("held", flush=True); time.sleep(30)' "$PORT" "$D" >idle.out 2>&1 &
 IDLE=$!; _pids+=("$IDLE")
-wait_for 10 grep -q held idle.out
+if ! wait_for 10 grep -q held idle.out; then
+	not_ok "the idle client did not connect: $(head -c 300 idle.out)"
+fi
 stop_nhid
 kill "$IDLE" 2>/dev/null; wait "$IDLE" 2>/dev/null
 check "nhid stops cleanly after the retry (status $NHID_RC)" test "$NHID_RC" = 0
