@@ -64,7 +64,8 @@
 #define NHI_TOKEN_JTI_MAX_BYTES 64
 #define NHI_TOKEN_JTI_POOL_BYTES 1024        /* token randomness fetched per C_GenerateRandom for jti */
 #define NHI_TOKEN_KEYS_MAX 16                /* trusted signing keys (current + retired) */
-#define NHI_TOKEN_MEMO_ENTRIES_MAX (1 << 22) /* signature memo slots of one verifier (40 bytes each) */
+#define NHI_TOKEN_MEMO_ENTRIES_MAX (1 << 22) /* signature memo slots of one verifier (64 bytes each) */
+#define NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES 1024 /* claims a memo slot keeps with it; larger: parsed each time */
 #define NHI_TOKEN_NUMERICDATE_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
 #define NHI_JWKS_MAX_BYTES (64 * 1024)
 

@@ -93,18 +93,22 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 	}
 	{
 		struct nhi_trust *t = nhi_server_trust_get(s);
-		unsigned long long hits = 0, misses = 0;
+		unsigned long long hits = 0, misses = 0, claims_hits = 0;
 
 		if (t != NULL)
-			nhi_token_verifier_memo_stats(t->verifier, &hits, &misses);
+			nhi_token_verifier_memo_stats(t->verifier, &hits, &misses, &claims_hits);
 		nhi_trust_put(t);
 		NHI_TRY(nhi_buf_printf(o,
 				       "# HELP nhid_token_signature_memo_total Token signature checks by the memo's answer,"
 				       " since the trust state was last built.\n"
 				       "# TYPE nhid_token_signature_memo_total counter\n"
 				       "nhid_token_signature_memo_total{result=\"hit\"} %llu\n"
-				       "nhid_token_signature_memo_total{result=\"miss\"} %llu\n",
-				       hits, misses));
+				       "nhid_token_signature_memo_total{result=\"miss\"} %llu\n"
+				       "# HELP nhid_token_claims_memo_hits_total Signature memo hits that took the"
+				       " remembered claims too, skipping their parse.\n"
+				       "# TYPE nhid_token_claims_memo_hits_total counter\n"
+				       "nhid_token_claims_memo_hits_total %llu\n",
+				       hits, misses, claims_hits));
 	}
 	nhi_store_get_info(s->store, &si);
 	NHI_TRY(nhi_buf_printf(o,

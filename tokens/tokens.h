@@ -135,7 +135,7 @@ struct nhi_token_verify_cfg {
 	size_t n_audiences;
 	unsigned leeway_s;                /* <= NHI_TOKEN_LEEWAY_MAX_S */
 	unsigned lifetime_max_s;          /* exp - iat cap; <= NHI_TOKEN_TTL_MAX_S */
-	size_t memo_entries;              /* signature memo slots (docs/tokens.md); 0: none */
+	size_t memo_entries;              /* signature and claims memo slots (docs/tokens.md); 0: none */
 };
 /* Defaults: NHI_TOKEN_LEEWAY_DEFAULT_S, NHI_TOKEN_TTL_CAP_DEFAULT_S, nothing else. */
 void nhi_token_verify_cfg_init(struct nhi_token_verify_cfg *cfg);
@@ -159,9 +159,10 @@ nhi_err nhi_token_verifier_add_key(struct nhi_token_verifier *v, EVP_PKEY *pk) N
  */
 nhi_err nhi_token_verifier_add_jwks(struct nhi_token_verifier *v, const char *json, size_t len) NHI_MUST_CHECK;
 size_t nhi_token_verifier_key_count(const struct nhi_token_verifier *v);
-/* Signature memo lookups that skipped / did the ECDSA check (both 0 without a memo). */
+/* Memo lookups that skipped / did the ECDSA check, and of the hits those that took the
+ * remembered claims too, skipping their parse (all 0 without a memo). */
 void nhi_token_verifier_memo_stats(const struct nhi_token_verifier *v, unsigned long long *hits,
-				   unsigned long long *misses);
+				   unsigned long long *misses, unsigned long long *claims_hits);
 
 /* Per-call inputs. A zeroed struct means: the clock, the configured audiences, no cert. */
 struct nhi_token_check {

@@ -34,17 +34,34 @@ struct trusted_key {
 };
 
 /*
- * Memoised signature checks (docs/tokens.md "Signature memo"). A resolver sees the
- * same token many times while it lives, and the ECDSA check is most of what a
- * resolve costs. An entry records that the token whose bytes (header, payload and
- * signature, all of them) have this SHA-256 verified under this key of this
- * verifier. A hit skips that one check; the header, claims, times, audience and
- * binding are checked on every call. Entries die with the verifier, which a key
- * rotation or a revocation replaces. Direct-mapped: a colliding token takes the slot.
+ * Memoised checks (docs/tokens.md "Signature memo"). A resolver sees the same token
+ * many times while it lives, and the ECDSA check, then the claims' JSON, are most of
+ * what a resolve costs. An entry records that the token whose bytes (header, payload
+ * and signature, all of them) have this SHA-256 verified under this key of this
+ * verifier, and, once its claims passed every check that does not depend on the call
+ * (issuer, the verifier's own audiences, the forms, the lifetime), those claims. A hit
+ * skips the signature; a hit with claims skips the payload's decoding and parse too.
+ * The times and the certificate binding are checked on every call, and a call that
+ * names its own audience never takes the memoised claims. Entries die with the
+ * verifier, which a key rotation or a revocation replaces. Direct-mapped: a colliding
+ * token takes the slot.
  */
 struct sig_memo_entry {
 	uint8_t h[32];
 	const struct trusted_key *key; /* NULL: empty */
+	struct nhi_token_claims *cl;   /* its checked claims, or NULL (not yet, or too large) */
+	size_t cl_size;
+	bool has_nbf;                  /* cl->nbf came from the token, not from iat */
+};
+
+/* what a memo lookup found */
+enum memo_found { MEMO_MISS, MEMO_SIGNATURE, MEMO_CLAIMS };
+
+/* what each call checks again of claims that passed the rest */
+struct claim_facts {
+	int64_t iat, nbf, exp;
+	bool has_nbf;
+	uint8_t x5t[32];
 };
 
 struct sig_memo {
@@ -52,7 +69,7 @@ struct sig_memo {
 	size_t n;
 	struct sig_memo_entry *e;
 	EVP_MD *sha256;
-	unsigned long long hits, misses;
+	unsigned long long hits, misses, claims_hits;
 };
 
 struct nhi_token_verifier {
@@ -120,6 +137,8 @@ static void memo_free(struct sig_memo *m)
 		return;
 	pthread_mutex_destroy(&m->mu);
 	EVP_MD_free(m->sha256);
+	for (size_t i = 0; m->e != NULL && i < m->n; i++)
+		free(m->e[i].cl);
 	free(m->e);
 	free(m);
 }
@@ -168,41 +187,94 @@ static bool memo_hash(const struct sig_memo *m, const char *token, size_t len, u
 	return false;
 }
 
-/* true: the token hashed to h verified under `key` before */
-static bool memo_seen(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32])
+/* Copy claims of `size` bytes (one allocation, build_claims) and point the copy's
+ * strings into itself. NULL: out of memory. */
+static struct nhi_token_claims *claims_copy(const struct nhi_token_claims *src, size_t size)
 {
-	struct sig_memo_entry *e = memo_slot(m, h);
-	bool hit;
+	struct nhi_token_claims *c = malloc(size);
+	const char **roles;
+	size_t i;
 
-	pthread_mutex_lock(&m->mu);
-	hit = e->key == key && memcmp(e->h, h, 32) == 0;
-	if (hit)
-		m->hits++;
-	else
-		m->misses++;
-	pthread_mutex_unlock(&m->mu);
-	return hit;
+	if (c == NULL)
+		return NULL;
+	memcpy(c, src, size);
+#define REBASED(p) ((const char *)c + ((const char *)(p) - (const char *)src))
+	c->iss = REBASED(src->iss);
+	c->sub = REBASED(src->sub);
+	c->jti = REBASED(src->jti);
+	c->aud = REBASED(src->aud);
+	roles = (const char **)(c + 1);
+	for (i = 0; i < src->n_roles; i++)
+		roles[i] = REBASED(src->roles[i]);
+#undef REBASED
+	c->roles = roles;
+	return c;
 }
 
-static void memo_store(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32])
+/*
+ * Has the token hashed to h verified under `key` before? MEMO_CLAIMS when its claims
+ * are remembered too and `want_claims`: then *facts is set and *cl is a copy the
+ * caller owns (when `cl` is not NULL). A copy that cannot be made is MEMO_SIGNATURE.
+ */
+static enum memo_found memo_seen(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32],
+				 bool want_claims, struct claim_facts *facts, struct nhi_token_claims **cl)
 {
 	struct sig_memo_entry *e = memo_slot(m, h);
+	enum memo_found found = MEMO_MISS;
 
 	pthread_mutex_lock(&m->mu);
+	if (e->key == key && memcmp(e->h, h, 32) == 0) {
+		found = MEMO_SIGNATURE;
+		if (want_claims && e->cl != NULL && (cl == NULL || (*cl = claims_copy(e->cl, e->cl_size)) != NULL)) {
+			found = MEMO_CLAIMS;
+			facts->iat = e->cl->iat;
+			facts->nbf = e->cl->nbf;
+			facts->exp = e->cl->exp;
+			facts->has_nbf = e->has_nbf;
+			memcpy(facts->x5t, e->cl->cnf_x5t_s256, 32);
+			m->claims_hits++;
+		}
+		m->hits++;
+	} else {
+		m->misses++;
+	}
+	pthread_mutex_unlock(&m->mu);
+	return found;
+}
+
+/* Remember that the token hashed to h verified under `key`; with `cl` (checked
+ * claims of `cl_size` bytes, which the memo takes over), its claims too. */
+static void memo_store(struct sig_memo *m, const struct trusted_key *key, const uint8_t h[32],
+		       struct nhi_token_claims *cl, size_t cl_size, bool has_nbf)
+{
+	struct sig_memo_entry *e = memo_slot(m, h);
+	struct nhi_token_claims *old;
+
+	pthread_mutex_lock(&m->mu);
+	if (cl == NULL && e->key == key && memcmp(e->h, h, 32) == 0) {
+		pthread_mutex_unlock(&m->mu); /* already there, perhaps with its claims */
+		return;
+	}
+	old = e->cl;
 	memcpy(e->h, h, 32);
 	e->key = key;
+	e->cl = cl;
+	e->cl_size = cl_size;
+	e->has_nbf = has_nbf;
 	pthread_mutex_unlock(&m->mu);
+	free(old);
 }
 
 void nhi_token_verifier_memo_stats(const struct nhi_token_verifier *v, unsigned long long *hits,
-				   unsigned long long *misses)
+				   unsigned long long *misses, unsigned long long *claims_hits)
 {
-	*hits = *misses = 0;
+	*hits = *misses = *claims_hits = 0;
 	if (v == NULL || v->memo == NULL)
 		return;
 	pthread_mutex_lock(&v->memo->mu);
 	*hits = v->memo->hits;
 	*misses = v->memo->misses;
+	*claims_hits = v->memo->claims_hits;
 	pthread_mutex_unlock(&v->memo->mu);
 }
 
@@ -511,7 +583,7 @@ static const char *put(char **p, const char *s)
 
 /* Copy the verified claims into one allocation. */
 static nhi_err build_claims(json_t *c, const char *aud, const char *kid, const int64_t t[3], const uint8_t x5t[32],
-			    struct nhi_token_claims **out)
+			    struct nhi_token_claims **out, size_t *size)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	const char *iss = json_string_value(json_object_get(c, "iss"));
@@ -545,6 +617,7 @@ static nhi_err build_claims(json_t *c, const char *aud, const char *kid, const i
 	memcpy(cl->cnf_x5t_s256, x5t, 32);
 	memcpy(cl->kid, kid, 44);
 	*out = cl;
+	*size = head + strings;
 	rv = NHI_OK;
 out:
 	return rv;
@@ -553,6 +626,52 @@ out:
 void nhi_token_claims_free(struct nhi_token_claims *c)
 {
 	free(c);
+}
+
+/* The checks of a token's times and binding that depend on the call: its clock
+ * (RFC 7519 §4.1.4, §4.1.5; iat not in the future) and the presented certificate. */
+static nhi_err check_window(const struct nhi_token_verifier *v, int64_t now, int64_t exp, bool has_nbf, int64_t nbf,
+			    enum nhi_token_error *why)
+{
+	int64_t leeway = v->leeway_s;
+	nhi_err rv = NHI_OK;
+
+	/* RFC 7519 §4.1.4: the current time must be before exp (plus the leeway) */
+	if (now >= exp + leeway)
+		rv = reject(why, NHI_TOKEN_E_EXPIRED, "expired %lld s ago (leeway %lld s)", (long long)(now - exp),
+			    (long long)leeway);
+	/* RFC 7519 §4.1.5 */
+	else if (has_nbf && now + leeway < nbf)
+		rv = reject(why, NHI_TOKEN_E_NBF, "valid only in %lld s (leeway %lld s): check the clocks",
+			    (long long)(nbf - now), (long long)leeway);
+	return rv;
+}
+
+static nhi_err check_issued(const struct nhi_token_verifier *v, int64_t now, int64_t iat, enum nhi_token_error *why)
+{
+	int64_t leeway = v->leeway_s;
+	nhi_err rv = NHI_OK;
+
+	if (iat > now + leeway)
+		rv = reject(why, NHI_TOKEN_E_IAT, "issued %lld s in the future (leeway %lld s): check the clocks",
+			    (long long)(iat - now), (long long)leeway);
+	return rv;
+}
+
+/* RFC 8705 §3.1: the certificate the agent presents is the one the token is bound to */
+static nhi_err check_binding(const struct nhi_token_check *chk, const uint8_t x5t[32], enum nhi_token_error *why)
+{
+	nhi_err rv = NHI_OK;
+	uint8_t presented[32];
+
+	if (chk->cert_der == NULL)
+		goto out;
+	NHI_TRY(nhi_sha256(chk->cert_der, chk->cert_der_len, presented));
+	if (!nhi_ct_equal(presented, x5t, 32))
+		rv = reject(why, NHI_TOKEN_E_CNF_MISMATCH,
+			    "the presented certificate is not the one the token is bound to (cnf.x5t#S256)");
+out:
+	return rv;
 }
 
 /* Checks the claims of a token whose signature verified. */
@@ -564,8 +683,7 @@ static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi
 	struct nhi_buf bin = {0};
 	json_t *m, *cnf, *r;
 	bool has_iat, has_nbf, has_exp;
-	int64_t iat = 0, nbf = 0, exp = 0, leeway = v->leeway_s;
-	uint8_t presented[32];
+	int64_t iat = 0, nbf = 0, exp = 0;
 	const char *aud;
 	char shown_buf[48];
 	size_t i;
@@ -590,27 +708,12 @@ static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi
 		rv = reject(why, NHI_TOKEN_E_EXP_MISSING, "the token has no exp: every token must expire");
 		goto out;
 	}
-	/* RFC 7519 §4.1.4: the current time must be before exp (plus the leeway) */
-	if (now >= exp + leeway) {
-		rv = reject(why, NHI_TOKEN_E_EXPIRED, "expired %lld s ago (leeway %lld s)", (long long)(now - exp),
-			    (long long)leeway);
-		goto out;
-	}
-	/* RFC 7519 §4.1.5 */
-	if (has_nbf && now + leeway < nbf) {
-		rv = reject(why, NHI_TOKEN_E_NBF, "valid only in %lld s (leeway %lld s): check the clocks",
-			    (long long)(nbf - now), (long long)leeway);
-		goto out;
-	}
+	NHI_TRY(check_window(v, now, exp, has_nbf, nbf, why));
 	if (!has_iat) {
 		rv = reject(why, NHI_TOKEN_E_IAT, "the token has no iat (needed for the lifetime cap)");
 		goto out;
 	}
-	if (iat > now + leeway) {
-		rv = reject(why, NHI_TOKEN_E_IAT, "issued %lld s in the future (leeway %lld s): check the clocks",
-			    (long long)(iat - now), (long long)leeway);
-		goto out;
-	}
+	NHI_TRY(check_issued(v, now, iat, why));
 	if (exp <= iat || exp - iat > (int64_t)v->lifetime_max_s) {
 		rv = reject(why, NHI_TOKEN_E_LIFETIME, "lifetime %lld s is not within 1..%u s", (long long)(exp - iat),
 			    v->lifetime_max_s);
@@ -650,14 +753,7 @@ static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi
 		goto out;
 	}
 	memcpy(x5t, bin.data, 32);
-	if (chk->cert_der != NULL) {
-		NHI_TRY(nhi_sha256(chk->cert_der, chk->cert_der_len, presented));
-		if (!nhi_ct_equal(presented, x5t, 32)) {
-			rv = reject(why, NHI_TOKEN_E_CNF_MISMATCH,
-				    "the presented certificate is not the one the token is bound to (cnf.x5t#S256)");
-			goto out;
-		}
-	}
+	NHI_TRY(check_binding(chk, x5t, why));
 	*aud_out = aud;
 	t[0] = iat;
 	t[1] = has_nbf ? nbf : iat;
@@ -750,8 +846,11 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	struct nhi_buf pay = {0}, sig = {0};
 	json_t *c = NULL;
 	struct trusted_key *key = NULL;
+	struct nhi_token_claims *kept;
+	struct claim_facts facts;
+	enum memo_found found;
 	const char *d1, *d2, *end, *aud = NULL;
-	size_t hlen, plen, slen;
+	size_t hlen, plen, slen, size = 0;
 	int64_t now, t[3] = {0};
 	uint8_t x5t[32] = {0}, h[32];
 	bool hashed;
@@ -804,7 +903,18 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 		goto out;
 	}
 	hashed = v->memo != NULL && memo_hash(v->memo, token, len, h);
-	if (!hashed || !memo_seen(v->memo, key, h)) {
+	/* memoised claims passed against the verifier's own audiences: not for a call naming its own */
+	found = hashed ? memo_seen(v->memo, key, h, chk->audience == NULL, &facts, out) : MEMO_MISS;
+	if (found == MEMO_CLAIMS) {
+		/* every check of these bytes that does not depend on the call passed when
+		 * they were remembered; what does depend on it is checked again, in order */
+		NHI_TRY(check_window(v, now, facts.exp, facts.has_nbf, facts.nbf, &why));
+		NHI_TRY(check_issued(v, now, facts.iat, &why));
+		NHI_TRY(check_binding(chk, facts.x5t, &why));
+		rv = NHI_OK;
+		goto out;
+	}
+	if (found == MEMO_MISS) {
 		rv = nhi_es256_verify(&key->es, (const uint8_t *)token, (size_t)(d2 - token), sig.data);
 		if (rv == NHI_ERR_VERIFY) {
 			rv = reject(&why, NHI_TOKEN_E_SIG, "signature does not verify with key %s", key->kid);
@@ -812,7 +922,7 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 		}
 		NHI_TRY(rv);
 		if (hashed)
-			memo_store(v->memo, key, h);
+			memo_store(v->memo, key, h, NULL, 0, false);
 	}
 
 	/* the payload is decoded and parsed only once it is known to come from a trusted key */
@@ -823,10 +933,19 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	/* claims: only now is the payload parsed */
 	NHI_TRY(parse_object(&pay, "claims", &c, &why));
 	NHI_TRY(check_claims(v, chk, c, now, &why, &aud, t, x5t));
-	if (out != NULL)
-		NHI_TRY(build_claims(c, aud, key->kid, t, x5t, out));
+	if (out != NULL) {
+		NHI_TRY(build_claims(c, aud, key->kid, t, x5t, out, &size));
+		/* a copy for the memo (none if memory is short: the next call parses again) */
+		if (hashed && chk->audience == NULL && size <= NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES &&
+		    (kept = claims_copy(*out, size)) != NULL)
+			memo_store(v->memo, key, h, kept, size, json_object_get(c, "nbf") != NULL);
+	}
 	rv = NHI_OK;
 out:
+	if (rv != NHI_OK && out != NULL) {
+		nhi_token_claims_free(*out);
+		*out = NULL;
+	}
 	if (why_out != NULL)
 		*why_out = why;
 	json_decref(c);

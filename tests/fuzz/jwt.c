@@ -9,7 +9,9 @@
  * stopping at the signature. Seeds: tests/fuzz/corpus/jwt/, written from the unit
  * attack table (NHI_WRITE_JWT_CORPUS, see tests/unit/test_tokens.c). Every token is
  * also verified twice by a verifier with a signature memo (the second time a hit when
- * the signature was good): all three answers must be the same.
+ * the signature was good, with the claims the first call kept when they passed): all
+ * three answers must be the same, claims included. A token that passed is verified
+ * once more by both at another time and with another certificate, and they must agree.
  */
 #include "../../common/pkey.h"
 #include "../../tokens/tokens_internal.h"
@@ -82,12 +84,42 @@ static void init(void)
 		abort();
 }
 
+static bool same_claims(const struct nhi_token_claims *a, const struct nhi_token_claims *b)
+{
+	size_t i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	if (strcmp(a->iss, b->iss) != 0 || strcmp(a->sub, b->sub) != 0 || strcmp(a->jti, b->jti) != 0 ||
+	    strcmp(a->aud, b->aud) != 0 || a->n_roles != b->n_roles || a->iat != b->iat || a->nbf != b->nbf ||
+	    a->exp != b->exp || memcmp(a->cnf_x5t_s256, b->cnf_x5t_s256, 32) != 0 || strcmp(a->kid, b->kid) != 0)
+		return false;
+	for (i = 0; i < a->n_roles; i++)
+		if (strcmp(a->roles[i], b->roles[i]) != 0)
+			return false;
+	return true;
+}
+
+/* the memo verifier answers as the plain one: same error, reason and claims */
+static void same_answer(const char *tok, size_t len, const struct nhi_token_check *chk, nhi_err e,
+			enum nhi_token_error why, const struct nhi_token_claims *claims)
+{
+	struct nhi_token_claims *again = NULL;
+	enum nhi_token_error why2 = NHI_TOKEN_OK;
+	nhi_err e2 = nhi_token_verify(memo_verifier, tok, len, chk, &again, &why2);
+
+	if (e2 != e || why2 != why || !same_claims(claims, again))
+		abort();
+	nhi_token_claims_free(again);
+}
+
 static void verify(const char *tok, size_t len)
 {
+	static const uint8_t other[] = "another certificate";
 	struct nhi_token_check chk = {.now = NOW, .cert_der = cert, .cert_der_len = sizeof(cert)};
-	struct nhi_token_claims *claims = NULL, *again = NULL;
-	enum nhi_token_error why = NHI_TOKEN_OK, why2;
-	nhi_err e = nhi_token_verify(verifier, tok, len, &chk, &claims, &why), e2;
+	struct nhi_token_claims *claims = NULL;
+	enum nhi_token_error why = NHI_TOKEN_OK;
+	nhi_err e = nhi_token_verify(verifier, tok, len, &chk, &claims, &why);
 	int i;
 
 	/* the contract: OK with claims, or VERIFY with one reason */
@@ -95,17 +127,21 @@ static void verify(const char *tok, size_t len)
 		abort();
 	if (claims != NULL && (claims->sub[0] == '\0' || claims->exp <= claims->iat))
 		abort();
-	/* the memo changes no answer, on a miss or on a hit */
-	for (i = 0; i < 2; i++) {
-		why2 = NHI_TOKEN_OK;
-		e2 = nhi_token_verify(memo_verifier, tok, len, &chk, &again, &why2);
-		if (e2 != e || why2 != why || (again != NULL) != (claims != NULL) ||
-		    (again != NULL && (strcmp(again->sub, claims->sub) != 0 || again->exp != claims->exp)))
-			abort();
-		nhi_token_claims_free(again);
-		again = NULL;
-	}
+	/* the memo changes no answer, on a miss or on a hit (with the claims kept by the miss) */
+	for (i = 0; i < 2; i++)
+		same_answer(tok, len, &chk, e, why, claims);
 	nhi_token_claims_free(claims);
+	/* nor for a call at another time with another certificate, which a hit checks again */
+	if (e == NHI_OK) {
+		chk.now = NOW + (len % 2 ? 400 : -41);
+		chk.cert_der = len % 3 ? cert : other;
+		chk.cert_der_len = len % 3 ? sizeof(cert) : sizeof(other);
+		claims = NULL;
+		why = NHI_TOKEN_OK;
+		e = nhi_token_verify(verifier, tok, len, &chk, &claims, &why);
+		same_answer(tok, len, &chk, e, why, claims);
+		nhi_token_claims_free(claims);
+	}
 }
 
 /* b64(header).b64(claims).ES256 by the trusted key, then verify */

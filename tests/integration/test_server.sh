@@ -81,6 +81,9 @@ check "the same token presented by demo-agent passes the binding check" \
 # the token was resolved before: its signature comes from the memo, everything else is checked again
 check "repeated resolves of one token are answered from the signature memo (hits > 0, misses counted)" bash -c \
 	"curl_as demo-agent /v1/metrics | awk '/^nhid_token_signature_memo_total{result=\"hit\"}/ {h=\$2} /^nhid_token_signature_memo_total{result=\"miss\"}/ {m=\$2} END {exit !(h > 0 && m > 0)}'"
+# and, after its first resolve, its checked claims too (the binding refusal above was one of those hits)
+check "repeated resolves of one token take its remembered claims (claims hits > 0, at most the hits)" bash -c \
+	"curl_as demo-agent /v1/metrics | awk '/^nhid_token_signature_memo_total{result=\"hit\"}/ {h=\$2} /^nhid_token_claims_memo_hits_total / {c=\$2} END {exit !(c > 0 && c <= h)}'"
 
 # --- HTTP errors ---
 check_fails "unknown path is 404 JSON" '"error":"not_found"' curl_as_fail demo-agent /v1/nope

@@ -1333,11 +1333,20 @@ static struct nhi_token_verifier *memo_verifier(size_t entries, EVP_PKEY *truste
 	return v;
 }
 
+static unsigned long long claims_hits(const struct nhi_token_verifier *v)
+{
+	unsigned long long h, m, c;
+
+	nhi_token_verifier_memo_stats(v, &h, &m, &c);
+	assert_true(c <= h);
+	return c;
+}
+
 static void assert_memo(const struct nhi_token_verifier *v, unsigned long long hits, unsigned long long misses)
 {
-	unsigned long long h, m;
+	unsigned long long h, m, c;
 
-	nhi_token_verifier_memo_stats(v, &h, &m);
+	nhi_token_verifier_memo_stats(v, &h, &m, &c);
 	assert_int_equal(h, hits);
 	assert_int_equal(m, misses);
 }
@@ -1345,6 +1354,7 @@ static void assert_memo(const struct nhi_token_verifier *v, unsigned long long h
 struct memo_worker {
 	const struct nhi_token_verifier *v;
 	const struct nhi_buf *tok;
+	const char *sub; /* the sub each verify must hand back */
 	int ok;
 };
 
@@ -1352,15 +1362,20 @@ static void *memo_worker_run(void *arg)
 {
 	struct memo_worker *w = arg;
 	struct nhi_token_check chk = {.now = NOW, .cert_der = test_cert, .cert_der_len = sizeof(test_cert)};
+	struct nhi_token_claims *c;
 	int i;
 
-	for (i = 0; i < 200; i++)
-		if (nhi_token_verify(w->v, (const char *)w->tok->data, w->tok->len, &chk, NULL, NULL) == NHI_OK)
+	for (i = 0; i < 200; i++) {
+		c = NULL;
+		if (nhi_token_verify(w->v, (const char *)w->tok->data, w->tok->len, &chk, i % 2 ? &c : NULL, NULL) ==
+			    NHI_OK &&
+		    (c == NULL ? i % 2 == 0 : strcmp(c->sub, w->sub) == 0 && c->n_roles == 1))
 			w->ok++;
+		nhi_token_claims_free(c);
+	}
 	return NULL;
 }
 
-/* the signature memo skips the ECDSA check for bytes it verified, and nothing else */
 static void test_signature_memo(void **state)
 {
 	struct nhi_token_verifier *v = memo_verifier(64, g.soft), *other = NULL, *one = NULL, *big = NULL;
@@ -1384,7 +1399,7 @@ static void test_signature_memo(void **state)
 	assert_memo(v, 0, 1);
 	assert_int_equal(verify_at(v, &a, NOW, test_cert, sizeof(test_cert), &c), NHI_TOKEN_OK);
 	assert_memo(v, 1, 1);
-	assert_string_equal(c->sub, "agent-7"); /* a hit still parses the claims */
+	assert_string_equal(c->sub, "agent-7"); /* the first hit asking for claims parses them, and keeps them */
 	nhi_token_claims_free(c);
 
 	/* a hit re-checks everything but the signature: time, binding, audience */
@@ -1427,7 +1442,7 @@ static void test_signature_memo(void **state)
 
 	/* threads share it */
 	for (i = 0; i < 4; i++) {
-		w[i] = (struct memo_worker){.v = v, .tok = i % 2 ? &a : &b};
+		w[i] = (struct memo_worker){.v = v, .tok = i % 2 ? &a : &b, .sub = i % 2 ? "agent-7" : "agent-8"};
 		assert_int_equal(pthread_create(&t[i], NULL, memo_worker_run, &w[i]), 0);
 	}
 	for (i = 0; i < 4; i++) {
@@ -1453,6 +1468,140 @@ static void test_signature_memo(void **state)
 	nhi_token_verifier_free(v);
 	nhi_token_verifier_free(other);
 	nhi_token_verifier_free(one);
+}
+
+/* Claims of a token that passed every check not depending on the call are kept in its
+ * memo slot; a hit hands back a copy of its own, and checks the rest again. */
+static void test_claims_memo(void **state)
+{
+	struct nhi_token_verifier *v = memo_verifier(64, g.soft), *one = memo_verifier(1, g.soft);
+	struct nhi_buf a = {0}, b = {0}, no_nbf = {0}, big = {0}, roles = {0};
+	struct nhi_token_claims *first = NULL, *c = NULL;
+	struct nhi_token_check chk = {.now = NOW};
+	enum nhi_token_error why;
+	int i;
+
+	(void)state;
+	craft(STD_HEADER, STD_CLAIMS, g.soft, g.soft_kid, &a);
+	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-8\",\"aud\":\"" AUD "\",\"iat\":1799999990,"
+			  "\"nbf\":1799999990,\"exp\":1800000290,\"jti\":\"zzzzzzzzzzzzzzzzzzzzzz\",\"roles\":[\"infer\"],"
+			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
+	      g.soft, g.soft_kid, &b);
+	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-9\",\"aud\":[\"other\",\"updates\"],"
+			  "\"iat\":1799999990,\"exp\":1800000290,\"jti\":\"nonbfnonbfnonbfnonbfno\","
+			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
+	      g.soft, g.soft_kid, &no_nbf);
+	/* claims above NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES: 32 roles of 40 bytes */
+	for (i = 0; i < 32; i++)
+		assert_int_equal(nhi_buf_printf(&roles, "%s\"role-%02d-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"", i ? "," : "", i),
+				 NHI_OK);
+	assert_int_equal(nhi_buf_append(&roles, "", 1), NHI_OK);
+	{
+		struct nhi_buf tmpl = {0};
+
+		assert_int_equal(nhi_buf_printf(&tmpl,
+						"{\"iss\":\"" ISS "\",\"sub\":\"agent-big\",\"aud\":\"" AUD
+						"\",\"iat\":1799999990,\"exp\":1800000290,\"jti\":\"bigbigbigbigbigbigbigb\","
+						"\"roles\":[%s],\"cnf\":{\"x5t#S256\":\"%%X\"}}",
+						(const char *)roles.data),
+				 NHI_OK);
+		assert_int_equal(nhi_buf_append(&tmpl, "", 1), NHI_OK);
+		craft(STD_HEADER, (const char *)tmpl.data, g.soft, g.soft_kid, &big);
+		nhi_buf_free(&tmpl);
+	}
+
+	/* a miss parses and keeps the claims; the hit's copy is the caller's own: the
+	 * first is freed before the second is read, and the second outlives the verifier */
+	assert_int_equal(verify_at(v, &a, NOW, test_cert, sizeof(test_cert), &first), NHI_TOKEN_OK);
+	assert_int_equal(claims_hits(v), 0);
+	assert_int_equal(verify_at(v, &a, NOW, test_cert, sizeof(test_cert), &c), NHI_TOKEN_OK);
+	assert_int_equal(claims_hits(v), 1);
+	assert_string_equal(c->iss, first->iss);
+	assert_string_equal(c->sub, "agent-7");
+	assert_string_equal(c->jti, "q1w2e3r4t5y6u7i8o9p0aa");
+	assert_string_equal(c->aud, AUD);
+	assert_int_equal(c->n_roles, 1);
+	assert_string_equal(c->roles[0], "infer");
+	assert_int_equal(c->iat, first->iat);
+	assert_int_equal(c->nbf, first->nbf);
+	assert_int_equal(c->exp, first->exp);
+	assert_memory_equal(c->cnf_x5t_s256, first->cnf_x5t_s256, 32);
+	assert_string_equal(c->kid, g.soft_kid);
+	assert_ptr_not_equal(c->sub, first->sub);
+	nhi_token_claims_free(first);
+	first = NULL;
+	assert_string_equal(c->roles[0], "infer");
+
+	/* a hit with claims checks the call's clock and certificate again, with the reasons
+	 * the full path gives, and hands back nothing when they fail */
+	assert_int_equal(verify_at(v, &a, NOW + 300 + 30, NULL, 0, &first), NHI_TOKEN_E_EXPIRED);
+	assert_null(first);
+	assert_int_equal(verify_at(v, &a, NOW - 41, NULL, 0, &first), NHI_TOKEN_E_NBF);
+	assert_int_equal(verify_at(v, &a, NOW, other_cert, sizeof(other_cert), &first), NHI_TOKEN_E_CNF_MISMATCH);
+	assert_null(first);
+	assert_int_equal(verify_at(v, &a, NOW, NULL, 0, NULL), NHI_TOKEN_OK); /* no claims asked: still a hit */
+	assert_int_equal(claims_hits(v), 5);
+	/* without nbf, a token used before its iat is refused for iat, as when parsed */
+	assert_int_equal(verify_at(v, &no_nbf, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+	assert_string_equal(first->aud, "updates");
+	assert_int_equal(first->nbf, first->iat);
+	nhi_token_claims_free(first);
+	first = NULL;
+	assert_int_equal(verify_at(v, &no_nbf, NOW - 41, NULL, 0, &first), NHI_TOKEN_E_IAT);
+	assert_int_equal(verify_at(v, &no_nbf, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+	assert_int_equal(claims_hits(v), 7);
+	assert_string_equal(first->sub, "agent-9");
+	nhi_token_claims_free(first);
+	first = NULL;
+
+	/* a call naming its own audience never takes the remembered claims */
+	chk.audience = "updates";
+	assert_int_equal(nhi_token_verify(v, (const char *)a.data, a.len, &chk, &first, &why), NHI_ERR_VERIFY);
+	assert_int_equal(why, NHI_TOKEN_E_AUD);
+	assert_null(first);
+	chk.audience = AUD;
+	assert_int_equal(nhi_token_verify(v, (const char *)a.data, a.len, &chk, &first, &why), NHI_OK);
+	assert_string_equal(first->aud, AUD);
+	nhi_token_claims_free(first);
+	first = NULL;
+	assert_int_equal(claims_hits(v), 7);
+
+	/* claims too large to keep are parsed every time */
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(verify_at(v, &big, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+		assert_int_equal(first->n_roles, 32);
+		assert_string_equal(first->roles[31], "role-31-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+		nhi_token_claims_free(first);
+		first = NULL;
+	}
+	assert_int_equal(claims_hits(v), 7);
+
+	/* one slot: two tokens evict each other, claims and all, and each gets its own */
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(verify_at(one, &a, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+		assert_string_equal(first->sub, "agent-7");
+		nhi_token_claims_free(first);
+		assert_int_equal(verify_at(one, &b, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+		assert_string_equal(first->sub, "agent-8");
+		assert_string_equal(first->jti, "zzzzzzzzzzzzzzzzzzzzzz");
+		nhi_token_claims_free(first);
+		first = NULL;
+	}
+	assert_int_equal(claims_hits(one), 0);
+	assert_int_equal(verify_at(one, &b, NOW, NULL, 0, &first), NHI_TOKEN_OK);
+	assert_int_equal(claims_hits(one), 1);
+	assert_string_equal(first->sub, "agent-8");
+	nhi_token_claims_free(first);
+
+	nhi_token_verifier_free(v);
+	nhi_token_verifier_free(one);
+	assert_string_equal(c->sub, "agent-7"); /* the copy is not the memo's */
+	nhi_token_claims_free(c);
+	nhi_buf_free(&a);
+	nhi_buf_free(&b);
+	nhi_buf_free(&no_nbf);
+	nhi_buf_free(&big);
+	nhi_buf_free(&roles);
 }
 
 static void test_threads(void **state)
@@ -1492,6 +1641,7 @@ int main(void)
 		cmocka_unit_test(test_high_s),
 		cmocka_unit_test(test_verifier_config),
 		cmocka_unit_test(test_signature_memo),
+		cmocka_unit_test(test_claims_memo),
 		cmocka_unit_test(test_threads),
 	};
 	enum { N_FIXED = sizeof(fixed) / sizeof(fixed[0]), N_ATTACKS = sizeof(attacks) / sizeof(attacks[0]) };
