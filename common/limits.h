@@ -84,7 +84,7 @@
 #define NHI_SERVER_DRAIN_GRACE_S 2                     /* SIGTERM: longest wait for open connections */
 #define NHI_SERVER_DRAIN_POLL_MS 50                    /* ... checked this often; none open: stop */
 #define NHI_SERVER_ACCEPT_RETRY_MS 100                 /* a listener that failed to switch on: tried again */
-#define NHI_SERVER_VERIFY_MEMO_DEFAULT 65536           /* token signature memo slots (2.5 MiB) */
+#define NHI_SERVER_VERIFY_MEMO_DEFAULT 65536           /* token memo slots (4 MiB, plus the claims kept) */
 #define NHI_SERVER_TLS_RECORD_BYTES 16384              /* a reply up to this size is sent as one TLS record */
 #define NHI_SERVER_TLS_SESSIONS_DEFAULT 4096           /* resumable TLS sessions kept (1 h; ~7 KiB each) */
 #define NHI_SERVER_TLS_SESSIONS_MAX 200000

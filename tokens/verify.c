@@ -133,11 +133,13 @@ void nhi_token_verify_cfg_init(struct nhi_token_verify_cfg *cfg)
 
 static void memo_free(struct sig_memo *m)
 {
+	size_t i;
+
 	if (m == NULL)
 		return;
 	pthread_mutex_destroy(&m->mu);
 	EVP_MD_free(m->sha256);
-	for (size_t i = 0; m->e != NULL && i < m->n; i++)
+	for (i = 0; m->e != NULL && i < m->n; i++)
 		free(m->e[i].cl);
 	free(m->e);
 	free(m);
@@ -187,6 +189,12 @@ static bool memo_hash(const struct sig_memo *m, const char *token, size_t len, u
 	return false;
 }
 
+/* `p`, a pointer into the claims at `from`, moved to the same place in the copy at `to` */
+static const char *rebased(const char *p, const struct nhi_token_claims *from, const struct nhi_token_claims *to)
+{
+	return (const char *)to + (p - (const char *)from);
+}
+
 /* Copy claims of `size` bytes (one allocation, build_claims) and point the copy's
  * strings into itself. NULL: out of memory. */
 static struct nhi_token_claims *claims_copy(const struct nhi_token_claims *src, size_t size)
@@ -195,19 +203,17 @@ static struct nhi_token_claims *claims_copy(const struct nhi_token_claims *src, 
 	const char **roles;
 	size_t i;
 
-	if (c == NULL)
-		return NULL;
-	memcpy(c, src, size);
-#define REBASED(p) ((const char *)c + ((const char *)(p) - (const char *)src))
-	c->iss = REBASED(src->iss);
-	c->sub = REBASED(src->sub);
-	c->jti = REBASED(src->jti);
-	c->aud = REBASED(src->aud);
-	roles = (const char **)(c + 1);
-	for (i = 0; i < src->n_roles; i++)
-		roles[i] = REBASED(src->roles[i]);
-#undef REBASED
-	c->roles = roles;
+	if (c != NULL) {
+		memcpy(c, src, size);
+		c->iss = rebased(src->iss, src, c);
+		c->sub = rebased(src->sub, src, c);
+		c->jti = rebased(src->jti, src, c);
+		c->aud = rebased(src->aud, src, c);
+		roles = (const char **)(c + 1);
+		for (i = 0; i < src->n_roles; i++)
+			roles[i] = rebased(src->roles[i], src, c);
+		c->roles = roles;
+	}
 	return c;
 }
 
@@ -248,19 +254,18 @@ static void memo_store(struct sig_memo *m, const struct trusted_key *key, const 
 		       struct nhi_token_claims *cl, size_t cl_size, bool has_nbf)
 {
 	struct sig_memo_entry *e = memo_slot(m, h);
-	struct nhi_token_claims *old;
+	struct nhi_token_claims *old = NULL;
 
 	pthread_mutex_lock(&m->mu);
-	if (cl == NULL && e->key == key && memcmp(e->h, h, 32) == 0) {
-		pthread_mutex_unlock(&m->mu); /* already there, perhaps with its claims */
-		return;
+	/* without claims, an entry already there stays as it is (perhaps with its claims) */
+	if (cl != NULL || e->key != key || memcmp(e->h, h, 32) != 0) {
+		old = e->cl;
+		memcpy(e->h, h, 32);
+		e->key = key;
+		e->cl = cl;
+		e->cl_size = cl_size;
+		e->has_nbf = has_nbf;
 	}
-	old = e->cl;
-	memcpy(e->h, h, 32);
-	e->key = key;
-	e->cl = cl;
-	e->cl_size = cl_size;
-	e->has_nbf = has_nbf;
 	pthread_mutex_unlock(&m->mu);
 	free(old);
 }
@@ -582,7 +587,7 @@ static const char *put(char **p, const char *s)
 }
 
 /* Copy the verified claims into one allocation. */
-static nhi_err build_claims(json_t *c, const char *aud, const char *kid, const int64_t t[3], const uint8_t x5t[32],
+static nhi_err build_claims(json_t *c, const char *aud, const char *kid, const struct claim_facts *f,
 			    struct nhi_token_claims **out, size_t *size)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -611,10 +616,10 @@ static nhi_err build_claims(json_t *c, const char *aud, const char *kid, const i
 		role_ptrs[i] = put(&p, json_string_value(r));
 	cl->roles = role_ptrs;
 	cl->n_roles = n_roles;
-	cl->iat = t[0];
-	cl->nbf = t[1];
-	cl->exp = t[2];
-	memcpy(cl->cnf_x5t_s256, x5t, 32);
+	cl->iat = f->iat;
+	cl->nbf = f->nbf;
+	cl->exp = f->exp;
+	memcpy(cl->cnf_x5t_s256, f->x5t, 32);
 	memcpy(cl->kid, kid, 44);
 	*out = cl;
 	*size = head + strings;
@@ -676,8 +681,7 @@ out:
 
 /* Checks the claims of a token whose signature verified. */
 static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi_token_check *chk, json_t *c,
-			    int64_t now, enum nhi_token_error *why, const char **aud_out, int64_t t[3],
-			    uint8_t x5t[32])
+			    int64_t now, enum nhi_token_error *why, const char **aud_out, struct claim_facts *f)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf bin = {0};
@@ -752,12 +756,13 @@ static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi
 		rv = reject(why, NHI_TOKEN_E_CNF_FORM, "cnf must be {\"x5t#S256\": base64url SHA-256 (43 chars)}");
 		goto out;
 	}
-	memcpy(x5t, bin.data, 32);
-	NHI_TRY(check_binding(chk, x5t, why));
+	memcpy(f->x5t, bin.data, 32);
+	NHI_TRY(check_binding(chk, f->x5t, why));
 	*aud_out = aud;
-	t[0] = iat;
-	t[1] = has_nbf ? nbf : iat;
-	t[2] = exp;
+	f->iat = iat;
+	f->nbf = has_nbf ? nbf : iat;
+	f->has_nbf = has_nbf;
+	f->exp = exp;
 	rv = NHI_OK;
 out:
 	nhi_buf_free(&bin);
@@ -846,13 +851,13 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	struct nhi_buf pay = {0}, sig = {0};
 	json_t *c = NULL;
 	struct trusted_key *key = NULL;
-	struct nhi_token_claims *kept;
-	struct claim_facts facts;
+	struct nhi_token_claims *hit = NULL, *kept;
+	struct claim_facts facts = {0};
 	enum memo_found found;
 	const char *d1, *d2, *end, *aud = NULL;
 	size_t hlen, plen, slen, size = 0;
-	int64_t now, t[3] = {0};
-	uint8_t x5t[32] = {0}, h[32];
+	int64_t now;
+	uint8_t h[32];
 	bool hashed;
 
 	if (out != NULL)
@@ -904,13 +909,18 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	}
 	hashed = v->memo != NULL && memo_hash(v->memo, token, len, h);
 	/* memoised claims passed against the verifier's own audiences: not for a call naming its own */
-	found = hashed ? memo_seen(v->memo, key, h, chk->audience == NULL, &facts, out) : MEMO_MISS;
+	found = hashed ? memo_seen(v->memo, key, h, chk->audience == NULL, &facts, out != NULL ? &hit : NULL)
+		       : MEMO_MISS;
 	if (found == MEMO_CLAIMS) {
 		/* every check of these bytes that does not depend on the call passed when
 		 * they were remembered; what does depend on it is checked again, in order */
 		NHI_TRY(check_window(v, now, facts.exp, facts.has_nbf, facts.nbf, &why));
 		NHI_TRY(check_issued(v, now, facts.iat, &why));
 		NHI_TRY(check_binding(chk, facts.x5t, &why));
+		if (out != NULL) {
+			*out = hit;
+			hit = NULL;
+		}
 		rv = NHI_OK;
 		goto out;
 	}
@@ -932,20 +942,17 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	}
 	/* claims: only now is the payload parsed */
 	NHI_TRY(parse_object(&pay, "claims", &c, &why));
-	NHI_TRY(check_claims(v, chk, c, now, &why, &aud, t, x5t));
+	NHI_TRY(check_claims(v, chk, c, now, &why, &aud, &facts));
 	if (out != NULL) {
-		NHI_TRY(build_claims(c, aud, key->kid, t, x5t, out, &size));
+		NHI_TRY(build_claims(c, aud, key->kid, &facts, out, &size));
 		/* a copy for the memo (none if memory is short: the next call parses again) */
 		if (hashed && chk->audience == NULL && size <= NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES &&
 		    (kept = claims_copy(*out, size)) != NULL)
-			memo_store(v->memo, key, h, kept, size, json_object_get(c, "nbf") != NULL);
+			memo_store(v->memo, key, h, kept, size, facts.has_nbf);
 	}
 	rv = NHI_OK;
 out:
-	if (rv != NHI_OK && out != NULL) {
-		nhi_token_claims_free(*out);
-		*out = NULL;
-	}
+	nhi_token_claims_free(hit);
 	if (why_out != NULL)
 		*why_out = why;
 	json_decref(c);

@@ -1402,7 +1402,7 @@ static void test_signature_memo(void **state)
 	assert_string_equal(c->sub, "agent-7"); /* the first hit asking for claims parses them, and keeps them */
 	nhi_token_claims_free(c);
 
-	/* a hit re-checks everything but the signature: time, binding, audience */
+	/* a hit re-checks time, binding and audience (from its kept claims, or parsed again) */
 	assert_int_equal(verify_at(v, &a, NOW + 300 + 30, NULL, 0, NULL), NHI_TOKEN_E_EXPIRED);
 	assert_int_equal(verify_at(v, &a, NOW - 41, NULL, 0, NULL), NHI_TOKEN_E_NBF);
 	assert_int_equal(verify_at(v, &a, NOW, other_cert, sizeof(other_cert), NULL), NHI_TOKEN_E_CNF_MISMATCH);
@@ -1475,7 +1475,7 @@ static void test_signature_memo(void **state)
 static void test_claims_memo(void **state)
 {
 	struct nhi_token_verifier *v = memo_verifier(64, g.soft), *one = memo_verifier(1, g.soft);
-	struct nhi_buf a = {0}, b = {0}, no_nbf = {0}, big = {0}, roles = {0};
+	struct nhi_buf a = {0}, b = {0}, no_nbf = {0}, other_aud = {0}, big = {0}, roles = {0};
 	struct nhi_token_claims *first = NULL, *c = NULL;
 	struct nhi_token_check chk = {.now = NOW};
 	enum nhi_token_error why;
@@ -1491,6 +1491,9 @@ static void test_claims_memo(void **state)
 			  "\"iat\":1799999990,\"exp\":1800000290,\"jti\":\"nonbfnonbfnonbfnonbfno\","
 			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
 	      g.soft, g.soft_kid, &no_nbf);
+	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-6\",\"aud\":\"other\",\"iat\":1799999990,"
+			  "\"exp\":1800000290,\"jti\":\"otherotherotherotherot\",\"cnf\":{\"x5t#S256\":\"%X\"}}",
+	      g.soft, g.soft_kid, &other_aud);
 	/* claims above NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES: 32 roles of 40 bytes */
 	for (i = 0; i < 32; i++)
 		assert_int_equal(nhi_buf_printf(&roles, "%s\"role-%02d-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"", i ? "," : "", i),
@@ -1537,6 +1540,7 @@ static void test_claims_memo(void **state)
 	assert_int_equal(verify_at(v, &a, NOW + 300 + 30, NULL, 0, &first), NHI_TOKEN_E_EXPIRED);
 	assert_null(first);
 	assert_int_equal(verify_at(v, &a, NOW - 41, NULL, 0, &first), NHI_TOKEN_E_NBF);
+	assert_null(first);
 	assert_int_equal(verify_at(v, &a, NOW, other_cert, sizeof(other_cert), &first), NHI_TOKEN_E_CNF_MISMATCH);
 	assert_null(first);
 	assert_int_equal(verify_at(v, &a, NOW, NULL, 0, NULL), NHI_TOKEN_OK); /* no claims asked: still a hit */
@@ -1564,6 +1568,19 @@ static void test_claims_memo(void **state)
 	assert_string_equal(first->aud, AUD);
 	nhi_token_claims_free(first);
 	first = NULL;
+	assert_int_equal(claims_hits(v), 7);
+	/* nor keeps the claims it checked against that audience: a token for "other" only
+	 * passes a call naming "other", and still fails the verifier's own audiences */
+	chk.audience = "other";
+	assert_int_equal(nhi_token_verify(v, (const char *)other_aud.data, other_aud.len, &chk, &first, &why), NHI_OK);
+	assert_string_equal(first->aud, "other");
+	nhi_token_claims_free(first);
+	first = NULL;
+	assert_int_equal(nhi_token_verify(v, (const char *)other_aud.data, other_aud.len, &chk, &first, &why), NHI_OK);
+	nhi_token_claims_free(first);
+	first = NULL;
+	assert_int_equal(verify_at(v, &other_aud, NOW, NULL, 0, &first), NHI_TOKEN_E_AUD);
+	assert_null(first);
 	assert_int_equal(claims_hits(v), 7);
 
 	/* claims too large to keep are parsed every time */
@@ -1595,11 +1612,17 @@ static void test_claims_memo(void **state)
 
 	nhi_token_verifier_free(v);
 	nhi_token_verifier_free(one);
-	assert_string_equal(c->sub, "agent-7"); /* the copy is not the memo's */
+	/* the copy is not the memo's */
+	assert_string_equal(c->iss, ISS);
+	assert_string_equal(c->sub, "agent-7");
+	assert_string_equal(c->jti, "q1w2e3r4t5y6u7i8o9p0aa");
+	assert_string_equal(c->aud, AUD);
+	assert_string_equal(c->roles[0], "infer");
 	nhi_token_claims_free(c);
 	nhi_buf_free(&a);
 	nhi_buf_free(&b);
 	nhi_buf_free(&no_nbf);
+	nhi_buf_free(&other_aud);
 	nhi_buf_free(&big);
 	nhi_buf_free(&roles);
 }
