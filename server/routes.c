@@ -465,14 +465,13 @@ char *nhi_routes_attributes_text(const char *stored)
  * replaced, strings escaped to ASCII as in the token reply; the attributes as
  * nhi_routes_attributes_text() gives them. On failure `out` is empty.
  */
-static nhi_err resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
+nhi_err nhi_routes_resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
 {
+	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_jsonw o;
 	char *attrs = nhi_routes_attributes_text(a->attributes);
-	nhi_err e;
 
-	if (attrs == NULL)
-		return nhi_err_set(NHI_ERR_NOMEM, "out of memory");
+	NHI_CHECK(attrs != NULL, NHI_ERR_NOMEM, "out of memory");
 	nhi_jsonw_begin(&o, out);
 	nhi_jsonw_open(&o, "agent", false);
 	nhi_jsonw_s(&o, "id", a->id);
@@ -495,10 +494,11 @@ static nhi_err resolve_text(const struct nhi_agent *a, const struct nhi_token_cl
 	jsonw_strings(&o, "roles", cl->roles, cl->n_roles);
 	nhi_jsonw_s(&o, "kid", cl->kid);
 	nhi_jsonw_close(&o, false);
-	free(attrs);
-	if ((e = nhi_jsonw_end(&o)) != NHI_OK)
+	if ((rv = nhi_jsonw_end(&o)) != NHI_OK)
 		nhi_buf_free(out);
-	return e;
+out:
+	free(attrs);
+	return rv;
 }
 
 static void h_resolve(struct ctx *c)
@@ -565,7 +565,7 @@ static void h_resolve(struct ctx *c)
 		const struct nhi_audit_kv rec[] = {{"caller", me->id, 0}, {"sub", cl->sub, 0}, {"jti", cl->jti, 0}};
 		struct nhi_buf text = {0};
 
-		if (resolve_text(subject, cl, &text) != NHI_OK) {
+		if (nhi_routes_resolve_text(subject, cl, &text) != NHI_OK) {
 			/* out of memory, or a string of the record that is not UTF-8 (the store
 			 * does not check an image's roles and audiences as nhictl does) */
 			fprintf(stderr, "nhid: resolve reply for agent %.64s: %s\n", subject->id, nhi_err_detail());

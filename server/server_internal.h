@@ -345,6 +345,14 @@ void nhi_server_balance(struct nhi_server *s, struct nhi_worker *self);
  * store's text is never put into a reply as it is. NULL when out of memory; free().
  */
 char *nhi_routes_attributes_text(const char *stored);
+/*
+ * The resolve reply {"agent":{...},"claims":{...}} for record `a` and verified claims
+ * `cl`, appended to `out` (routes.c). On error (out of memory; a string of the record
+ * that is not UTF-8, which the store does not check) `out` is freed and the detail
+ * names the member.
+ */
+nhi_err nhi_routes_resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl,
+				struct nhi_buf *out) NHI_MUST_CHECK;
 /* Route one request (routes.c). */
 void nhi_routes_handle(struct evhttp_request *req, void *arg);
 /* Record a security event; fields are stolen. Errors are logged, never fatal to the caller. */

@@ -411,6 +411,59 @@ static void test_attributes_reply(void **state)
 	check_attributes(NULL, "{}");
 }
 
+/* The whole resolve reply, and a record string that is not UTF-8: an error naming the
+ * member, and nothing written (the server answers 500 "the reply could not be encoded") */
+static void test_resolve_reply(void **state)
+{
+	static const char *const roles[] = {"agent", "resolver"}, *const auds[] = {"inference"};
+	static const char *const bad_roles[] = {"agent", "r\xff"}, *const croles[] = {"agent"};
+	struct nhi_agent a = {.id = "demo-agent",
+			      .status = NHI_AGENT_ACTIVE,
+			      .not_before = 1700000000,
+			      .not_after = 1900000000,
+			      .n_roles = 2,
+			      .roles = roles,
+			      .n_audiences = 1,
+			      .audiences = auds,
+			      .attributes = "{\"site\": \"b\"}",
+			      .backup_serial = 7};
+	struct nhi_token_claims cl = {.iss = "https://nhid.local",
+				      .sub = "demo-agent",
+				      .jti = "KxNY5n7PQLo2ofrevOxMCA",
+				      .aud = "inference",
+				      .roles = croles,
+				      .n_roles = 1,
+				      .iat = 1800000000,
+				      .nbf = 1800000000,
+				      .exp = 1800000300,
+				      .kid = "G9AtJH-VwEp0gbG4p7H4yb8nk8FXx3e2f_e6xlchaQQ"};
+	struct nhi_buf out = {0};
+
+	(void)state;
+	assert_int_equal(nhi_routes_resolve_text(&a, &cl, &out), NHI_OK);
+	assert_int_equal(nhi_buf_append(&out, "", 1), NHI_OK);
+	assert_string_equal((const char *)out.data,
+			    "{\"agent\":{\"id\":\"demo-agent\",\"status\":\"active\",\"roles\":[\"agent\",\"resolver\"],"
+			    "\"audiences\":[\"inference\"],\"not_before\":1700000000,\"not_after\":1900000000,"
+			    "\"attributes\":{\"site\":\"b\"},\"backup_serial\":7},\"claims\":{\"iss\":\"https://nhid.local\","
+			    "\"sub\":\"demo-agent\",\"aud\":\"inference\",\"iat\":1800000000,\"nbf\":1800000000,"
+			    "\"exp\":1800000300,\"jti\":\"KxNY5n7PQLo2ofrevOxMCA\",\"roles\":[\"agent\"],"
+			    "\"kid\":\"G9AtJH-VwEp0gbG4p7H4yb8nk8FXx3e2f_e6xlchaQQ\"}}");
+	nhi_buf_free(&out);
+
+	a.roles = bad_roles;
+	assert_int_not_equal(nhi_routes_resolve_text(&a, &cl, &out), NHI_OK);
+	assert_non_null(strstr(nhi_err_detail(), "not valid UTF-8"));
+	assert_non_null(strstr(nhi_err_detail(), "roles"));
+	assert_null(out.data);
+	assert_int_equal(out.len, 0);
+	a.roles = roles;
+	a.id = "demo-\xc3";
+	assert_int_not_equal(nhi_routes_resolve_text(&a, &cl, &out), NHI_OK);
+	assert_non_null(strstr(nhi_err_detail(), "'id'"));
+	assert_null(out.data);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -419,7 +472,7 @@ int main(void)
 		cmocka_unit_test(test_admin_hash),              cmocka_unit_test(test_trust_bundle_route),
 		cmocka_unit_test(test_signing_requests),	cmocka_unit_test(test_update_bodies),
 		cmocka_unit_test(test_resolve_bodies),          cmocka_unit_test(test_accept_plan),
-		cmocka_unit_test(test_attributes_reply),
+		cmocka_unit_test(test_attributes_reply),        cmocka_unit_test(test_resolve_reply),
 	};
 
 	return cmocka_run_group_tests_name("server", tests, NULL, NULL);
