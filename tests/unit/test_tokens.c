@@ -1333,6 +1333,16 @@ static struct nhi_token_verifier *memo_verifier(size_t entries, EVP_PKEY *truste
 	return v;
 }
 
+/* Two good tokens of the trusted key: a (agent-7, STD_CLAIMS) and b (agent-8). */
+static void memo_tokens(struct nhi_buf *a, struct nhi_buf *b)
+{
+	craft(STD_HEADER, STD_CLAIMS, g.soft, g.soft_kid, a);
+	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-8\",\"aud\":\"" AUD "\",\"iat\":1799999990,"
+			  "\"nbf\":1799999990,\"exp\":1800000290,\"jti\":\"zzzzzzzzzzzzzzzzzzzzzz\",\"roles\":[\"infer\"],"
+			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
+	      g.soft, g.soft_kid, b);
+}
+
 static unsigned long long claims_hits(const struct nhi_token_verifier *v)
 {
 	unsigned long long h, m, c;
@@ -1387,11 +1397,7 @@ static void test_signature_memo(void **state)
 	int i;
 
 	(void)state;
-	craft(STD_HEADER, STD_CLAIMS, g.soft, g.soft_kid, &a);
-	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-8\",\"aud\":\"" AUD "\",\"iat\":1799999990,"
-			  "\"nbf\":1799999990,\"exp\":1800000290,\"jti\":\"zzzzzzzzzzzzzzzzzzzzzz\",\"roles\":[\"infer\"],"
-			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
-	      g.soft, g.soft_kid, &b);
+	memo_tokens(&a, &b);
 	/* the same header and claims, signed by a key we do not trust */
 	craft(STD_HEADER, STD_CLAIMS, g.stranger, g.soft_kid, &forged);
 
@@ -1482,11 +1488,7 @@ static void test_claims_memo(void **state)
 	int i;
 
 	(void)state;
-	craft(STD_HEADER, STD_CLAIMS, g.soft, g.soft_kid, &a);
-	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-8\",\"aud\":\"" AUD "\",\"iat\":1799999990,"
-			  "\"nbf\":1799999990,\"exp\":1800000290,\"jti\":\"zzzzzzzzzzzzzzzzzzzzzz\",\"roles\":[\"infer\"],"
-			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
-	      g.soft, g.soft_kid, &b);
+	memo_tokens(&a, &b);
 	craft(STD_HEADER, "{\"iss\":\"" ISS "\",\"sub\":\"agent-9\",\"aud\":[\"other\",\"updates\"],"
 			  "\"iat\":1799999990,\"exp\":1800000290,\"jti\":\"nonbfnonbfnonbfnonbfno\","
 			  "\"cnf\":{\"x5t#S256\":\"%X\"}}",
