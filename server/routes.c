@@ -460,10 +460,9 @@ char *nhi_routes_attributes_text(const char *stored)
 }
 
 /*
- * The resolve reply, written (common/jsonw.h): {"agent":{the current record},"claims":
- * {the verified claims}}. Same members in the same order as the jansson tree this
- * replaced, strings escaped to ASCII as in the token reply; the attributes as
- * nhi_routes_attributes_text() gives them. On failure `out` is empty.
+ * Written with common/jsonw.h: the same members in the same order as the jansson tree
+ * this replaced, strings escaped to ASCII as in the token reply, the attributes as
+ * nhi_routes_attributes_text() gives them.
  */
 nhi_err nhi_routes_resolve_text(const struct nhi_agent *a, const struct nhi_token_claims *cl, struct nhi_buf *out)
 {

@@ -851,14 +851,14 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	struct nhi_buf pay = {0}, sig = {0};
 	json_t *c = NULL;
 	struct trusted_key *key = NULL;
-	struct nhi_token_claims *hit = NULL, *kept;
+	struct nhi_token_claims *hit = NULL, *kept = NULL;
 	struct claim_facts facts = {0};
 	enum memo_found found;
 	const char *d1, *d2, *end, *aud = NULL;
 	size_t hlen, plen, slen, size = 0;
 	int64_t now;
 	uint8_t h[32];
-	bool hashed;
+	bool hashed, verified = false;
 
 	if (out != NULL)
 		*out = NULL;
@@ -931,8 +931,7 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 			goto out;
 		}
 		NHI_TRY(rv);
-		if (hashed)
-			memo_store(v->memo, key, h, NULL, 0, false);
+		verified = hashed; /* remembered at the end, whatever the claims turn out to be */
 	}
 
 	/* the payload is decoded and parsed only once it is known to come from a trusted key */
@@ -946,12 +945,14 @@ nhi_err nhi_token_verify(const struct nhi_token_verifier *v, const char *token, 
 	if (out != NULL) {
 		NHI_TRY(build_claims(c, aud, key->kid, &facts, out, &size));
 		/* a copy for the memo (none if memory is short: the next call parses again) */
-		if (hashed && chk->audience == NULL && size <= NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES &&
-		    (kept = claims_copy(*out, size)) != NULL)
-			memo_store(v->memo, key, h, kept, size, facts.has_nbf);
+		if (hashed && chk->audience == NULL && size <= NHI_TOKEN_MEMO_CLAIMS_MAX_BYTES)
+			kept = claims_copy(*out, size);
 	}
 	rv = NHI_OK;
 out:
+	/* one store: a signature this call checked, with the claims when they are kept */
+	if (verified || kept != NULL)
+		memo_store(v->memo, key, h, kept, size, facts.has_nbf);
 	nhi_token_claims_free(hit);
 	if (why_out != NULL)
 		*why_out = why;
