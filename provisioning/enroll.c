@@ -169,7 +169,7 @@ int nhictl_enroll(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	struct enroll_opts o = {0};
-	char *end;
+	long long days;
 	nhi_err e;
 	int opt;
 
@@ -180,11 +180,9 @@ int nhictl_enroll(int argc, char **argv)
 		case 'r': o.csr = optarg; break;
 		case 'o': o.out_dir = optarg; break;
 		case 'd':
-			o.days = (int)strtol(optarg, &end, 10);
-			if (*end != '\0' || o.days < 1 || o.days > NHI_AGENT_DAYS_MAX) {
-				fprintf(stderr, "nhictl enroll: --days must be 1 to %d\n", NHI_AGENT_DAYS_MAX);
+			if (!nhictl_arg_ll("enroll", "days", optarg, 1, NHI_AGENT_DAYS_MAX, &days))
 				return 2;
-			}
+			o.days = (int)days;
 			break;
 #ifdef NHI_TEST_BUILD
 		case 'B': o.backdate_days = atoi(optarg); break;

@@ -94,6 +94,9 @@ check "agent certificate is not good for TLS servers" bash -c "! openssl verify 
 check "agent key matches its certificate" bash -c "[ \"\$(openssl pkey -in out/agents/demo-agent.key -pubout)\" = \"\$(openssl x509 -in out/agents/demo-agent.crt -noout -pubkey)\" ]"
 check_fails "enrolling the same name twice is refused" "already exists" "$NHICTL" enroll demo-agent --config good.conf --pin-file user.pin
 check_fails "an invalid agent name is refused" "is not valid" "$NHICTL" enroll "../evil" --config good.conf --pin-file user.pin
+# 4294967297 is 1 in a 32-bit int: it must be refused, not become a 1-day certificate
+check_fails "--days beyond the range is refused, not wrapped" "must be a whole number from 1 to" \
+	"$NHICTL" enroll wrap-agent --days 4294967297 --config good.conf --pin-file user.pin
 # an out_dir whose ca.crt is another root's: refused before anything is written
 mkdir -p foreign && cp other.crt foreign/ca.crt
 conf foreign.conf "$T/foreign"
