@@ -5,6 +5,8 @@
  */
 #include "identity_internal.h"
 
+#include "../common/jsonw.h"
+
 #include <jansson.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -29,9 +31,9 @@ bool nhi_agent_id_valid(const char *s, size_t len)
 }
 
 /* roles: [A-Za-z0-9._:-]; audiences: any printable ASCII but space (URIs, names) */
-static bool word_valid(const char *s, size_t max, bool audience)
+static bool word_valid_n(const char *s, size_t n, size_t max, bool audience)
 {
-	size_t i, n = strlen(s);
+	size_t i;
 
 	if (n == 0 || n > max)
 		return false;
@@ -47,6 +49,11 @@ static bool word_valid(const char *s, size_t max, bool audience)
 		}
 	}
 	return true;
+}
+
+static bool word_valid(const char *s, size_t max, bool audience)
+{
+	return word_valid_n(s, strlen(s), max, audience);
 }
 
 bool nhi_rfc3339_parse(const char *s, long long *out)
@@ -326,12 +333,79 @@ nhi_err nhi_agent_row_parse(const char *line, size_t len, const char *base_dir, 
 	} else {
 		NHI_CHECK(json_is_object(v), NHI_ERR_FORMAT, "\"attributes\" must be a JSON object");
 		n = json_dumpb(v, row->attributes, sizeof(row->attributes) - 1, JSON_COMPACT | JSON_SORT_KEYS);
-		NHI_CHECK(n > 0 && n < sizeof(row->attributes) - 1, NHI_ERR_LIMIT,
+		NHI_CHECK(n > 0 && n <= NHI_AGENT_ATTRIBUTES_MAX_BYTES, NHI_ERR_LIMIT,
 			  "\"attributes\" is over %d bytes as compact JSON", NHI_AGENT_ATTRIBUTES_MAX_BYTES);
 		row->attributes[n] = '\0';
 	}
 	rv = NHI_OK;
 out:
 	json_decref(o);
+	return rv;
+}
+
+/*
+ * A stored list (roles, audiences): what add_word writes, entries joined by one
+ * space, each valid, none twice, at most max_n, shorter than the row's buffer.
+ */
+static bool words_valid(const char *s, size_t len, size_t max_n, size_t max_len, bool audience, size_t cap)
+{
+	size_t i = 0, j, w, n = 0, start[NHI_AGENT_AUDIENCES_MAX > NHI_AGENT_ROLES_MAX ? NHI_AGENT_AUDIENCES_MAX
+											 : NHI_AGENT_ROLES_MAX];
+	size_t wlen[sizeof(start) / sizeof(start[0])];
+	bool ok = len < cap;
+
+	while (ok && i < len) {
+		w = 0;
+		while (i + w < len && s[i + w] != ' ')
+			w++;
+		ok = n < max_n && n < sizeof(start) / sizeof(start[0]) && word_valid_n(s + i, w, max_len, audience) &&
+		     (i + w == len || i + w + 1 < len); /* no trailing space */
+		for (j = 0; ok && j < n; j++)
+			ok = !(wlen[j] == w && memcmp(s + start[j], s + i, w) == 0);
+		if (ok) {
+			start[n] = i;
+			wlen[n++] = w;
+		}
+		i += w + 1;
+	}
+	return ok;
+}
+
+nhi_err nhi_agent_stored_check(const struct nhi_agent_stored *r)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_agent_row *row = NULL; /* only for the sizes of its buffers */
+	const char *id = r->id != NULL ? r->id : "";
+	int idn = r->id_len > 64 ? 64 : (int)r->id_len;
+
+	/* an invalid id is not printed: it may hold any byte */
+	NHI_CHECK(r->id != NULL && nhi_agent_id_valid(r->id, r->id_len), NHI_ERR_FORMAT,
+		  "an agent id (%zu bytes) is not valid: 1-%d of [A-Za-z0-9._-], starting with a letter or digit",
+		  r->id_len, NHI_AGENT_ID_MAX_BYTES);
+	NHI_CHECK(r->status != NULL &&
+			  ((r->status_len == 6 && memcmp(r->status, "active", 6) == 0) ||
+			   (r->status_len == 9 && memcmp(r->status, "suspended", 9) == 0) ||
+			   (r->status_len == 7 && memcmp(r->status, "revoked", 7) == 0)),
+		  NHI_ERR_FORMAT, "agent '%.*s': status is not active, suspended or revoked", idn, id);
+	NHI_CHECK(r->roles != NULL && words_valid(r->roles, r->roles_len, NHI_AGENT_ROLES_MAX, NHI_AGENT_ROLE_MAX_BYTES,
+						  false, sizeof(row->roles)),
+		  NHI_ERR_FORMAT, "agent '%.*s': roles are not a list of valid, distinct roles", idn, id);
+	NHI_CHECK(r->audiences != NULL && words_valid(r->audiences, r->audiences_len, NHI_AGENT_AUDIENCES_MAX,
+						      NHI_AGENT_AUDIENCE_MAX_BYTES, true, sizeof(row->audiences)),
+		  NHI_ERR_FORMAT, "agent '%.*s': audiences are not a list of valid, distinct audiences", idn, id);
+	NHI_CHECK(r->not_before >= 0 && r->not_before <= r->not_after && r->not_after <= NHI_AGENT_NOT_AFTER_MAX_S,
+		  NHI_ERR_FORMAT,
+		  "agent '%.*s': not_before %lld and not_after %lld are not 0 <= not_before <= not_after <= %lld",
+		  idn, id, r->not_before, r->not_after, NHI_AGENT_NOT_AFTER_MAX_S);
+	NHI_CHECK(r->certs_len > 0 && r->certs_len % 32 == 0 && r->certs_len <= 32 * NHI_AGENT_CERTS_MAX,
+		  NHI_ERR_FORMAT, "agent '%.*s': %zu bytes of certificate thumbprints, not 1-%d of 32 bytes", idn, id,
+		  r->certs_len, NHI_AGENT_CERTS_MAX);
+	NHI_CHECK(r->attributes != NULL && r->attributes_len <= NHI_AGENT_ATTRIBUTES_MAX_BYTES, NHI_ERR_FORMAT,
+		  "agent '%.*s': attributes are missing or over %d bytes", idn, id, NHI_AGENT_ATTRIBUTES_MAX_BYTES);
+	NHI_CHECK(r->attributes_object && memchr(r->attributes, '\0', r->attributes_len) == NULL &&
+			  nhi_jsonw_utf8_valid(r->attributes, r->attributes_len),
+		  NHI_ERR_FORMAT, "agent '%.*s': attributes are not a JSON object in UTF-8", idn, id);
+	rv = NHI_OK;
+out:
 	return rv;
 }

@@ -128,11 +128,29 @@ nhi_err nhi_store_new(struct nhi_store **out) NHI_MUST_CHECK;
 /* Frees the store; the caller guarantees no lookup or import is running. NULL is a no-op. */
 void nhi_store_free(struct nhi_store *s);
 
+struct nhi_store_import_result;
+struct nhi_store_info;
+
 struct nhi_store_import_opts {
 	const char *sign_key_label; /* key whose public half verifies the signature; NULL: default */
 	const char *wrap_key_label; /* NULL: the (signed) header's label; else it must match */
 	uint64_t min_serial;        /* persisted high-water mark: a lower serial is a rollback */
-	bool force;                 /* accept a rollback (the caller must audit it) */
+	/*
+	 * The last backup this server accepted, as its caller persisted it (serial,
+	 * digest, created_at; `loaded` set); NULL or not loaded: none. While the store
+	 * has nothing loaded (a restart, a scratch store) it stands in for the loaded
+	 * backup, so every rollback rule holds across restarts, not only the serial's.
+	 */
+	const struct nhi_store_info *accepted;
+	/*
+	 * Called once every check has passed, just before the swap, with the import
+	 * lock held (res: info, outcome, previous_*, the timings so far); an error
+	 * cancels the swap and is the import's error. What must be on disk before
+	 * the new identities serve (the high-water mark, the audit record) goes here.
+	 */
+	nhi_err (*commit)(void *arg, const struct nhi_store_import_result *res);
+	void *commit_arg;
+	bool force; /* accept a rollback (the caller must audit it; nhid never sets it) */
 };
 
 enum nhi_import_outcome {
@@ -157,11 +175,14 @@ struct nhi_store_import_result {
 /*
  * Import a backup and swap it in. In order: framing checks; the signature against
  * the public key of the signing key in the token (the header's signer fingerprint
- * must match it); the data key unwrapped inside the token; chunked AES-GCM
- * decrypted inside the token into wiped, non-dumpable memory; sqlite3_deserialize
- * read-only; integrity check; the schema must be exactly ours (no trigger, view or
- * extra object); header and image must agree (schema version, serial, created_at,
- * agent count); rollback check (NHI_ERR_ROLLBACK unless o->force); swap.
+ * must match it); the rollback check against the loaded backup, or o->accepted
+ * when none is, and o->min_serial (NHI_ERR_ROLLBACK unless o->force); the data key
+ * unwrapped inside the token; chunked AES-GCM decrypted inside the token into
+ * wiped, non-dumpable memory; sqlite3_deserialize read-only; integrity check; the
+ * schema must be exactly ours (no trigger, view or extra object); header and image
+ * must agree (schema version, serial, created_at, agent count); every agent and
+ * certificate row obeys the rules of the agents JSONL (docs/formats.md);
+ * o->commit; swap.
  * Every failure leaves the loaded store untouched and names the cause.
  * `o` may be NULL (defaults); `res` may be NULL. Imports are serialised.
  */

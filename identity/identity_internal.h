@@ -64,6 +64,20 @@ struct nhi_agent_row {
  */
 nhi_err nhi_agent_row_parse(const char *line, size_t len, const char *base_dir, struct nhi_agent_row *row) NHI_MUST_CHECK;
 bool nhi_agent_id_valid(const char *s, size_t len);
+
+/* One agents row of an image as stored (column bytes, not NUL-terminated strings). */
+struct nhi_agent_stored {
+	const char *id, *status, *roles, *audiences, *attributes;
+	size_t id_len, status_len, roles_len, audiences_len, attributes_len, certs_len;
+	long long not_before, not_after;
+	bool attributes_object; /* the caller's strict JSON check: a JSON object */
+};
+/*
+ * The rules of nhi_agent_row_parse, on a row as the image holds it: an image signed
+ * by a broken or hostile tool must not serve what the JSONL would have refused.
+ * NHI_ERR_FORMAT naming the agent and the field.
+ */
+nhi_err nhi_agent_stored_check(const struct nhi_agent_stored *r) NHI_MUST_CHECK;
 /* Strict "YYYY-MM-DDTHH:MM:SSZ" -> unix seconds. */
 bool nhi_rfc3339_parse(const char *s, long long *out);
 
@@ -96,11 +110,14 @@ struct nhi_image_meta {
 };
 /*
  * Check an image opened by nhi_image_open: schema exactly ours (no other table,
- * index, trigger or view), application_id/user_version, PRAGMA integrity_check,
- * meta rows, agent count. When `expect` is not NULL the meta rows must also
- * agree with the (verified) header.
+ * index, trigger or view), application_id, page size, user_version, PRAGMA
+ * integrity_check, meta rows, agent count, every row (check_rows). When `expect`
+ * is not NULL the meta rows must also agree with the (verified) header. rows_db,
+ * when not NULL, is a second connection to the same image: the rows are checked
+ * on it in a thread of their own, beside the integrity check.
  */
-nhi_err nhi_image_check(sqlite3 *db, const struct nhi_backup_info *expect, struct nhi_image_meta *meta) NHI_MUST_CHECK;
+nhi_err nhi_image_check(sqlite3 *db, sqlite3 *rows_db, const struct nhi_backup_info *expect,
+			struct nhi_image_meta *meta) NHI_MUST_CHECK;
 
 /* ---- seal / open ----------------------------------------------------------------- */
 

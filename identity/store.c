@@ -127,7 +127,7 @@ static struct snapshot *snap_get(struct nhi_store *s)
 	return sn;
 }
 
-/* Takes the image (moved out of *image); checks it fully on the first connection. */
+/* Takes the image (moved out of *image); checks it fully on the first two connections. */
 static nhi_err snap_new(struct nhi_buf *image, const struct nhi_backup_info *info, struct snapshot **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -144,8 +144,10 @@ static nhi_err snap_new(struct nhi_buf *image, const struct nhi_backup_info *inf
 	sn->image = *image;
 	memset(image, 0, sizeof(*image));
 	NHI_TRY(nhi_image_open(sn->image.data, sn->image.len, &sn->readers[0].db));
-	NHI_TRY(nhi_image_check(sn->readers[0].db, info, &meta));
+	NHI_TRY(nhi_image_open(sn->image.data, sn->image.len, &sn->readers[1].db));
+	NHI_TRY(nhi_image_check(sn->readers[0].db, sn->readers[1].db, info, &meta));
 	NHI_TRY(reader_prepare(&sn->readers[0]));
+	NHI_TRY(reader_prepare(&sn->readers[1]));
 	sn->info.loaded = true;
 	sn->info.serial = info->serial;
 	sn->info.created_at = info->created_at;
@@ -202,6 +204,7 @@ void nhi_store_get_info(struct nhi_store *s, struct nhi_store_info *out)
 struct rollback_ctx {
 	const struct nhi_store_import_opts *o;
 	struct nhi_store_info prev;
+	const char *prev_name; /* "loaded", or "last accepted" when prev is o->accepted */
 	enum nhi_import_outcome outcome;
 };
 
@@ -224,18 +227,20 @@ static nhi_err check_rollback(void *vctx, const struct nhi_backup_info *in)
 	else if (in->serial == c->prev.serial && strcmp(in->digest_sha256, c->prev.digest_sha256) == 0)
 		c->outcome = NHI_IMPORT_SAME;
 	else if (in->serial < c->prev.serial)
-		snprintf(why, sizeof(why), "its serial %llu (created %s) is below the loaded backup's %llu (created %s)",
-			 (unsigned long long)in->serial, t_new, (unsigned long long)c->prev.serial, t_old);
+		snprintf(why, sizeof(why), "its serial %llu (created %s) is below the %s backup's %llu (created %s)",
+			 (unsigned long long)in->serial, t_new, c->prev_name, (unsigned long long)c->prev.serial, t_old);
 	else if (in->serial == c->prev.serial)
-		snprintf(why, sizeof(why), "it reuses the loaded serial %llu with different content",
+		snprintf(why, sizeof(why), "it reuses the %s serial %llu with different content", c->prev_name,
 			 (unsigned long long)in->serial);
 	else if (in->created_at < c->prev.created_at)
-		snprintf(why, sizeof(why), "it was created %s, before the loaded backup (%s)", t_new, t_old);
+		snprintf(why, sizeof(why), "it was created %s, before the %s backup (%s)", t_new, c->prev_name, t_old);
 	else
 		c->outcome = NHI_IMPORT_NEWER;
 	if (why[0] != '\0') {
 		NHI_CHECK(force, NHI_ERR_ROLLBACK,
-			  "refusing an identity backup rollback: %s; if this is intended, force it (it is audited)", why);
+			  "refusing an identity backup rollback: %s; to serve older identities again, make a new "
+			  "backup of them with a higher serial (nhictl backup --serial)",
+			  why);
 		c->outcome = NHI_IMPORT_ROLLBACK_FORCED;
 	}
 	rv = NHI_OK;
@@ -248,27 +253,33 @@ static nhi_err import_common(struct nhi_store *s, struct nhi_hsm *h, const uint8
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_backup_opened *op = NULL;
-	struct rollback_ctx rc = {.o = o};
+	struct rollback_ctx rc = {.o = o, .prev_name = "loaded"};
 	struct snapshot *sn = NULL, *old = NULL;
+	struct nhi_store_import_result r;
 	double t1;
 
+	memset(&r, 0, sizeof(r));
 	op = calloc(1, sizeof(*op));
 	NHI_CHECK(op != NULL, NHI_ERR_NOMEM, "out of memory");
 	nhi_store_get_info(s, &rc.prev);
+	if (!rc.prev.loaded && o != NULL && o->accepted != NULL && o->accepted->loaded) {
+		rc.prev = *o->accepted; /* a restart or a scratch store: the last accepted backup */
+		rc.prev_name = "last accepted";
+	}
 	NHI_TRY(nhi_backup_open(h, data, len, o, discard, check_rollback, &rc, op));
 	t1 = nhi_now_s();
 	NHI_TRY(snap_new(&op->image, &op->hdr.info, &sn));
-	if (res != NULL) {
-		memset(res, 0, sizeof(*res));
-		res->info = op->hdr.info;
-		res->outcome = rc.outcome;
-		res->previous_serial = rc.prev.serial;
-		res->previous_created_at = rc.prev.created_at;
-		res->verify_s = t1 - t0 - op->decrypt_s; /* read + parse + SHA-256 + ECDSA */
-		res->decrypt_s = op->decrypt_s;
-		res->check_s = nhi_now_s() - t1;
-		res->image_bytes = sn->image.len;
-	}
+	r.info = op->hdr.info;
+	r.outcome = rc.outcome;
+	r.previous_serial = rc.prev.serial;
+	r.previous_created_at = rc.prev.created_at;
+	r.verify_s = t1 - t0 - op->decrypt_s; /* read + parse + SHA-256 + ECDSA */
+	r.decrypt_s = op->decrypt_s;
+	r.check_s = nhi_now_s() - t1;
+	r.image_bytes = sn->image.len;
+	r.total_s = nhi_now_s() - t0;
+	if (o != NULL && o->commit != NULL)
+		NHI_TRY(o->commit(o->commit_arg, &r));
 	/* the swap: readers that started before keep the old snapshot until they finish */
 	pthread_mutex_lock(&s->mu);
 	old = s->cur;
@@ -276,8 +287,9 @@ static nhi_err import_common(struct nhi_store *s, struct nhi_hsm *h, const uint8
 	atomic_store(&s->generation, sn->generation);
 	pthread_mutex_unlock(&s->mu);
 	sn = NULL;
+	r.total_s = nhi_now_s() - t0;
 	if (res != NULL)
-		res->total_s = nhi_now_s() - t0;
+		*res = r;
 	rv = NHI_OK;
 out:
 	snap_put(old);
@@ -500,6 +512,16 @@ out:
 	return rv;
 }
 
+static bool has_thumbprint(const struct nhi_agent *a, const uint8_t tp[32])
+{
+	size_t i;
+	bool found = false;
+
+	for (i = 0; !found && i < a->n_thumbprints; i++)
+		found = memcmp(a->thumbprints[i], tp, 32) == 0;
+	return found;
+}
+
 static nhi_err lookup(struct nhi_store *s, bool by_tp, const void *key, size_t key_len, struct nhi_agent **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -524,6 +546,13 @@ static nhi_err lookup(struct nhi_store *s, bool by_tp, const void *key, size_t k
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		NHI_TRY(decode_row(st, sn, out));
+		/* the index must name an agent that lists the certificate (import counts them only) */
+		if (by_tp && !has_thumbprint(*out, key)) {
+			nhi_agent_free(*out);
+			*out = NULL;
+			NHI_FAIL(NHI_ERR_FORMAT,
+				 "identity store: the certificate index names an agent that does not list the certificate");
+		}
 	} else if (rc == SQLITE_DONE) {
 		if (by_tp) {
 			nhi_hex(key, 32, hex);

@@ -30,7 +30,7 @@ static void *signal_thread(void *arg)
 			continue;
 		if (sig == SIGHUP) {
 			if (nhi_server_reload(c->srv, "SIGHUP") != NHI_OK)
-				fprintf(stderr, "nhid: reload failed, still serving the previous state: %s\n", nhi_err_detail());
+				fprintf(stderr, "nhid: reload failed: %s\n", nhi_err_detail());
 			else
 				fprintf(stderr, "nhid: reloaded identity backup and certificates\n");
 			continue;

@@ -325,18 +325,94 @@ out:
 	return rv;
 }
 
-uint64_t nhi_server_backup_high_water(const struct nhi_server *s)
-{
-	char path[600];
-	struct nhi_buf hw = {0};
-	uint64_t v = 0;
+/* the end of every reload failure's message: it is all or nothing */
+#define RELOAD_NOTHING_CHANGED " (nothing was changed: the previous identities and certificates stay in service)"
 
+/* digits only, no sign, no leading '+', within uint64 / long long: the mark's fields */
+static bool mark_number(const char *s, size_t n, bool negative_ok, unsigned long long *u, long long *ll)
+{
+	char tmp[24];
+	char *end = NULL;
+	bool ok = n > 0 && n < sizeof(tmp);
+	size_t i;
+
+	for (i = 0; ok && i < n; i++)
+		ok = (s[i] >= '0' && s[i] <= '9') || (negative_ok && i == 0 && s[i] == '-' && n > 1);
+	if (ok) {
+		memcpy(tmp, s, n);
+		tmp[n] = '\0';
+		errno = 0;
+		if (u != NULL)
+			*u = strtoull(tmp, &end, 10);
+		else
+			*ll = strtoll(tmp, &end, 10);
+		ok = errno == 0 && *end == '\0';
+	}
+	return ok;
+}
+
+/*
+ * state_dir/backup.serial: "SERIAL SHA256 CREATED_AT\n", the last identity backup
+ * this server accepted (its serial is the high-water mark, and all three stand in
+ * for the loaded backup after a restart); "SERIAL\n" as written before, serial only.
+ */
+nhi_err nhi_server_backup_mark(const struct nhi_server *s, struct nhi_store_info *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char path[600];
+	struct nhi_buf b = {0};
+	const char *t, *sp1, *sp2;
+	unsigned long long serial = 0;
+	long long created = 0;
+	size_t n, i;
+	bool ok, hex = true;
+
+	memset(out, 0, sizeof(*out));
 	snprintf(path, sizeof(path), "%s/backup.serial", s->cfg.state_dir);
-	if (nhi_file_read(path, 32, &hw) == NHI_OK)
-		v = strtoull((const char *)hw.data, NULL, 10);
-	nhi_buf_free(&hw);
-	nhi_err_clear();
-	return v;
+	rv = nhi_file_read(path, 128, &b);
+	if (rv == NHI_ERR_NOT_FOUND) { /* nothing accepted yet */
+		nhi_err_clear();
+		rv = NHI_OK;
+		goto out;
+	}
+	if (rv != NHI_OK) {
+		rv = nhi_err_wrap(rv, "the identity backup high-water mark");
+		goto out;
+	}
+	t = (const char *)b.data;
+	n = b.len;
+	ok = n > 1 && t[n - 1] == '\n' && memchr(t, '\0', n) == NULL;
+	n -= ok ? 1 : 0;
+	sp1 = ok ? memchr(t, ' ', n) : NULL;
+	if (ok && sp1 == NULL) {
+		ok = mark_number(t, n, false, &serial, NULL) && serial > 0;
+	} else if (ok) {
+		sp2 = memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - t));
+		ok = sp2 != NULL && sp2 - sp1 - 1 == 64 &&
+		     mark_number(t, (size_t)(sp1 - t), false, &serial, NULL) && serial > 0 &&
+		     mark_number(sp2 + 1, n - (size_t)(sp2 + 1 - t), true, NULL, &created);
+		for (i = 0; ok && i < 64; i++)
+			hex = hex && ((sp1[1 + i] >= '0' && sp1[1 + i] <= '9') || (sp1[1 + i] >= 'a' && sp1[1 + i] <= 'f'));
+		ok = ok && hex;
+		if (ok) {
+			memcpy(out->digest_sha256, sp1 + 1, 64);
+			out->digest_sha256[64] = '\0';
+			out->created_at = created;
+			out->loaded = true;
+		}
+	}
+	NHI_CHECK(ok, NHI_ERR_FORMAT,
+		  "%s is not the high-water mark nhid writes (\"SERIAL SHA256 CREATED_AT\", one line): restore it "
+		  "from this server's backups of state_dir; nhid will not guess, since it guards against identity "
+		  "rollbacks",
+		  path);
+	out->serial = serial;
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		memset(out, 0, sizeof(*out));
+	nhi_buf_free(&b);
+	return rv;
 }
 
 /*
@@ -366,38 +442,68 @@ static void backup_source(struct nhi_server *s, char *path, size_t n, const char
 	nhi_err_clear();
 }
 
+struct load_ctx {
+	struct nhi_server *s;
+	const char *who, *path, *source;
+	const struct nhi_store_info *mark;
+};
+
+/*
+ * The import's commit step, before the swap: the mark first, so that no identities
+ * serve unless a restart would hold the same rules; then the audit record, durable.
+ */
+static nhi_err backup_commit(void *arg, const struct nhi_store_import_result *res)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct load_ctx *c = arg;
+	char serial_path[600], buf[128];
+
+	snprintf(serial_path, sizeof(serial_path), "%s/backup.serial", c->s->cfg.state_dir);
+	snprintf(buf, sizeof(buf), "%llu %s %lld\n", (unsigned long long)res->info.serial, res->info.digest_sha256,
+		 res->info.created_at);
+	if (!c->mark->loaded || c->mark->serial != res->info.serial ||
+	    strcmp(c->mark->digest_sha256, res->info.digest_sha256) != 0 || c->mark->created_at != res->info.created_at)
+		NHI_TRY(nhi_file_write_atomic(serial_path, buf, strlen(buf), 0600));
+	NHI_TRY(nhi_server_audit(c->s, "backup_loaded",
+				 json_pack("{s:s, s:s, s:s, s:I, s:I, s:f}", "by", c->who, "file", c->path, "source",
+					   c->source, "serial", (json_int_t)res->info.serial, "agents",
+					   (json_int_t)res->info.record_count, "seconds", res->total_s)));
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* Import and swap in the backup to load; nothing changes unless all of it succeeds. */
 static nhi_err load_backup(struct nhi_server *s, const char *who, bool startup)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_store_import_result res;
-	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
-	char serial_path[600], buf[32], path[4096];
-	const char *source = "config";
+	struct nhi_store_info mark;
+	struct load_ctx lc = {s, who, "", "config", &mark};
+	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key,
+					  .accepted = &mark,
+					  .commit = backup_commit,
+					  .commit_arg = &lc};
+	char path[4096], detail[NHI_ERR_DETAIL_MAX];
 
-	/* rollback protection across restarts: the highest serial ever loaded */
-	snprintf(serial_path, sizeof(serial_path), "%s/backup.serial", s->cfg.state_dir);
-	o.min_serial = nhi_server_backup_high_water(s);
-	backup_source(s, path, sizeof(path), &source);
-	rv = nhi_store_import_file(s->store, s->hsm, path, &o, &res);
+	snprintf(path, sizeof(path), "%s", s->cfg.backup);
+	lc.path = path;
+	/* rollback protection across restarts: the last backup ever accepted */
+	rv = nhi_server_backup_mark(s, &mark);
+	if (rv == NHI_OK) {
+		o.min_serial = mark.serial;
+		backup_source(s, path, sizeof(path), &lc.source);
+		rv = nhi_store_import_file(s->store, s->hsm, path, &o, &res);
+	}
 	if (rv != NHI_OK) {
-		char detail[NHI_ERR_DETAIL_MAX];
-
 		snprintf(detail, sizeof(detail), "%s", nhi_err_detail());
 		if (nhi_server_audit(s, "backup_import_failed",
-				     json_pack("{s:s, s:s, s:s, s:s}", "by", who, "file", path, "source", source, "reason",
-					       detail)) != NHI_OK)
+				     json_pack("{s:s, s:s, s:s, s:s}", "by", who, "file", path, "source", lc.source,
+					       "reason", detail)) != NHI_OK)
 			fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
-		nhi_err_set(rv, "identity backup %s: %s%s", path, detail,
-			    startup ? "" : " (the loaded identities stay in service)");
+		nhi_err_set(rv, "identity backup %s: %s%s", path, detail, startup ? "" : RELOAD_NOTHING_CHANGED);
 		goto out;
 	}
-	snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)res.info.serial);
-	if (res.info.serial > o.min_serial)
-		NHI_TRY(nhi_file_write_atomic(serial_path, buf, strlen(buf), 0600));
-	NHI_TRY(nhi_server_audit(s, "backup_loaded",
-				 json_pack("{s:s, s:s, s:s, s:I, s:I, s:f}", "by", who, "file", path, "source", source,
-					   "serial", (json_int_t)res.info.serial, "agents", (json_int_t)res.info.record_count,
-					   "seconds", res.total_s)));
 	rv = NHI_OK;
 out:
 	return rv;
@@ -414,27 +520,48 @@ static nhi_err current_chain(struct nhi_server *s, struct nhi_buf *out, const ch
 	return nhi_file_read(s->cfg.cert_file, (size_t)NHI_CERT_MAX_BYTES * NHI_SERVER_CHAIN_CERTS_MAX, out);
 }
 
+/*
+ * All or nothing: the certificates are read and the new TLS context built first
+ * (nothing in service changes), then the backup is imported (its mark and record
+ * are durable before its swap), and only then is the context swapped in, which
+ * cannot fail. A failure is audited and changes nothing in service.
+ */
 nhi_err nhi_server_reload(struct nhi_server *s, const char *who)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	SSL_CTX *fresh = NULL, *old;
 	struct nhi_buf chain = {0};
 	const char *what = "";
+	char detail[NHI_ERR_DETAIL_MAX];
 
 	pthread_mutex_lock(&s->reload_mu);
-	rv = load_backup(s, who, false);
+	rv = current_chain(s, &chain, &what);
+	if (rv == NHI_OK)
+		rv = nhi_tls_ctx_new(s, chain.data, chain.len, what, s->tls_pkey, &fresh);
+	if (rv != NHI_OK) {
+		snprintf(detail, sizeof(detail), "%s", nhi_err_detail());
+		if (nhi_server_audit(s, "reload_failed",
+				     json_pack("{s:s, s:s, s:s}", "by", who, "step", "certificates", "reason", detail)) !=
+		    NHI_OK)
+			fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
+		nhi_err_set(rv, "%s%s", detail, RELOAD_NOTHING_CHANGED);
+		goto out;
+	}
+	rv = load_backup(s, who, false); /* audits its own failure */
 	if (rv != NHI_OK)
 		goto out;
-	NHI_TRY(current_chain(s, &chain, &what));
-	NHI_TRY(nhi_tls_ctx_new(s, chain.data, chain.len, what, s->tls_pkey, &fresh));
 	pthread_mutex_lock(&s->ctx_mu);
 	old = s->ssl_ctx;
 	s->ssl_ctx = fresh;
 	pthread_mutex_unlock(&s->ctx_mu);
 	SSL_CTX_free(old); /* open connections hold their own reference */
 	fresh = NULL;
-	NHI_TRY(nhi_server_audit(s, "reload", json_pack("{s:s, s:s, s:s}", "by", who, "cert", what, "tls_key",
-							 s->tls_label)));
+	rv = nhi_server_audit(s, "reload", json_pack("{s:s, s:s, s:s}", "by", who, "cert", what, "tls_key", s->tls_label));
+	if (rv != NHI_OK) {
+		rv = nhi_err_wrap(rv, "the reload is in service (identities and certificates), but its audit record "
+				      "could not be written");
+		goto out;
+	}
 	atomic_fetch_add(&s->metrics.reloads, 1);
 	rv = NHI_OK;
 out:

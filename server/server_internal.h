@@ -319,8 +319,13 @@ nhi_err nhi_api_parse_manifest_req(const char *body, size_t len, size_t max_byte
 				   struct nhi_api_manifest_req *out) NHI_MUST_CHECK;
 void nhi_api_manifest_req_free(struct nhi_api_manifest_req *r);
 
-/* The highest identity-backup serial ever loaded (state_dir/backup.serial; 0: none). */
-uint64_t nhi_server_backup_high_water(const struct nhi_server *s);
+/*
+ * The last identity backup this server accepted (state_dir/backup.serial): its
+ * serial is the high-water mark; `loaded` when the file also holds its digest and
+ * created_at (a mark written before those were kept has the serial only). All zero
+ * when there is none yet; an unreadable or malformed file is an error naming it.
+ */
+nhi_err nhi_server_backup_mark(const struct nhi_server *s, struct nhi_store_info *out) NHI_MUST_CHECK;
 
 /* Name of a network filesystem for a statfs f_type, NULL for a local one (config.c). */
 const char *nhi_server_network_fs_name(long type);

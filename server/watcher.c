@@ -659,8 +659,8 @@ out:
 /*
  * The body is an identity backup (docs/identity.md). Before the commit it is fully
  * imported into a scratch store: signature by backup_sign_key, data key unwrapped
- * and decrypted in the token, integrity, schema, and a serial at or above every
- * backup loaded so far. The package version must be the backup's serial, so the
+ * and decrypted in the token, integrity, schema, rows, and the rollback rules of a
+ * reload (against the loaded backup, or the last accepted one). The package version must be the backup's serial, so the
  * update rollback rule and the backup's agree. After the commit nhid re-imports it
  * into service (nhi_server_reload picks the newest of `backup` and this body).
  */
@@ -670,6 +670,7 @@ static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_up
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_backup_info bi;
 	struct nhi_store *scratch = NULL;
+	struct nhi_store_info mark, loaded;
 	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
 
 	rv = nhi_backup_inspect(body, len, &bi);
@@ -681,7 +682,15 @@ static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_up
 		  "identity-backup: the package version (%llu) must be the backup's serial (%llu): make the package "
 		  "with --version %llu",
 		  (unsigned long long)info->version, (unsigned long long)bi.serial, (unsigned long long)bi.serial);
-	o.min_serial = nhi_server_backup_high_water(s);
+	/* the rules of a reload: against the loaded backup, the last accepted one, its serial */
+	rv = nhi_server_backup_mark(s, &mark);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "identity-backup");
+		goto out;
+	}
+	nhi_store_get_info(s->store, &loaded);
+	o.min_serial = mark.serial;
+	o.accepted = loaded.loaded ? &loaded : &mark;
 	NHI_TRY(nhi_store_new(&scratch));
 	rv = nhi_store_import(scratch, s->hsm, body, len, &o, NULL);
 	if (rv != NHI_OK)

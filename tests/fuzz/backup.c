@@ -29,7 +29,7 @@ static void as_image(const uint8_t *data, size_t size)
 		return;
 	memcpy(copy, data, size);
 	if (nhi_image_open(copy, size, &db) == NHI_OK) {
-		(void)!nhi_image_check(db, NULL, &meta);
+		(void)!nhi_image_check(db, NULL, NULL, &meta);
 		sqlite3_close(db);
 	}
 	nhi_secret_free(copy);

@@ -796,6 +796,32 @@ static void test_hostile_images(void **state)
 	b.len = 0;
 	sealed_image(NULL, 71, 2, 0, &b);
 	expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, "identity schema version 2", "unknown schema");
+	/* another page size: VACUUM can change it only in a database file */
+	{
+		char path[400], l[200];
+		const char *lines[] = {l};
+		uint8_t *img = NULL;
+		size_t len = 0;
+		uint64_t count = 0;
+		sqlite3 *db = NULL;
+		struct nhi_buf file = {0};
+
+		snprintf(l, sizeof(l), "{\"id\":\"demo-agent\",\"cert_sha256\":\"%s\"}", tp_hex("demo"));
+		build_image(lines, 1, 74, T0 + 74, NULL, &img, &len, &count);
+		tmp_path(path, sizeof(path), "page.db");
+		write_text(path, ""); /* created, then overwritten with the image */
+		assert_int_equal(nhi_file_write_atomic(path, img, len, 0600), NHI_OK);
+		assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+		assert_int_equal(sqlite3_exec(db, "PRAGMA page_size=8192; VACUUM", NULL, NULL, NULL), SQLITE_OK);
+		sqlite3_close(db);
+		assert_int_equal(nhi_file_read(path, 1 << 20, &file), NHI_OK);
+		b.len = 0;
+		seal(file.data, file.len, 74, T0 + 74, count, 0, 0, NULL, NULL, &b);
+		expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, "page size 8192, format version 1 has 4096", "page size");
+		nhi_buf_free(&file);
+		nhi_wipe(img, len);
+		sqlite3_free(img);
+	}
 	/* not a database at all, and a corrupted one */
 	{
 		uint8_t junk[8192];
@@ -818,6 +844,88 @@ static void test_hostile_images(void **state)
 		nhi_wipe(img, len);
 		sqlite3_free(img);
 	}
+	nhi_buf_free(&b);
+	nhi_store_free(s);
+}
+
+/*
+ * Rows a broken or hostile signing host could put in a signed image, each against a
+ * rule the agents JSONL enforces: refused at import, never found at lookup time.
+ * The one agent of sealed_image is demo-agent with one certificate.
+ */
+static void test_hostile_rows(void **state)
+{
+	static const struct {
+		const char *sql;
+		const char *why;
+	} cases[] = {
+		{"UPDATE agents SET status='bogus'", "status is not active, suspended or revoked"},
+		{"UPDATE agents SET status=CAST(x'61637469766500' AS TEXT)", "status is not active"},
+		{"UPDATE agents SET id=CAST(x'61646d696e0078' AS TEXT); UPDATE agent_certs SET agent_id=CAST(x'61646d696e0078' "
+		 "AS TEXT)",
+		 "an agent id (7 bytes) is not valid"},
+		{"UPDATE agents SET id='a b/c'; UPDATE agent_certs SET agent_id='a b/c'", "an agent id (5 bytes) is not valid"},
+		{"UPDATE agents SET roles=CAST(x'61646d696e2020ff' AS TEXT)", "roles are not a list"},
+		{"UPDATE agents SET roles='admin '", "roles are not a list"},
+		{"UPDATE agents SET roles=' admin'", "roles are not a list"},
+		{"UPDATE agents SET roles='admin admin'", "roles are not a list"},
+		{"UPDATE agents SET roles='a/b'", "roles are not a list"},
+		{"UPDATE agents SET audiences='x'||char(9)", "audiences are not a list"},
+		{"UPDATE agents SET certs=x''", "0 bytes of certificate thumbprints"},
+		{"UPDATE agents SET certs=CAST(certs||x'00' AS BLOB)", "33 bytes of certificate thumbprints"},
+		{"UPDATE agents SET not_before=2, not_after=1", "are not 0 <= not_before <= not_after"},
+		{"UPDATE agents SET not_before=-1", "are not 0 <= not_before"},
+		{"UPDATE agents SET not_after=253402300800", "are not 0 <= not_before"},
+		{"UPDATE agents SET attributes='not json {'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes='[1]'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes='{\"a\":1,}'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes='{\"a\":\"'||CAST(x'ff' AS TEXT)||'\"}'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes=CAST(x'7b7d00' AS TEXT)", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes='{\"a\":\"'||printf('%.4095c', 'x')||'\"}'", "attributes are missing or over"},
+		{"UPDATE agent_certs SET thumbprint=x'010203'", "1 certificate index rows are not 32-byte thumbprints"},
+		{"INSERT INTO agent_certs VALUES(zeroblob(32), 'ghost')", "2 certificate index rows for 1 enrolled"},
+		{"INSERT INTO agent_certs VALUES(zeroblob(32), 'demo-agent')", "2 certificate index rows for 1 enrolled"},
+		{"DELETE FROM agent_certs", "0 certificate index rows for 1 enrolled certificates"},
+		{"UPDATE agents SET certs=CAST(certs||certs AS BLOB)", "1 certificate index rows for 2 enrolled certificates"},
+	};
+	struct nhi_store *s = loaded_store(10);
+	struct nhi_buf b = {0};
+	size_t i;
+	char what[64];
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		b.len = 0;
+		sealed_image(cases[i].sql, 100 + i, 0, 0, &b);
+		snprintf(what, sizeof(what), "hostile row %zu (%s)", i, cases[i].sql);
+		expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, cases[i].why, what);
+	}
+	/*
+	 * Counts that agree, an index row that names the wrong certificate: imported (the
+	 * import counts, the lookup checks), and refused where it is used, never served.
+	 */
+	b.len = 0;
+	sealed_image("UPDATE agent_certs SET thumbprint=zeroblob(32)", 139, 0, 0, &b);
+	{
+		struct nhi_store *s2 = NULL;
+		struct nhi_agent *a = NULL;
+		uint8_t zero[32] = {0}, tp[32];
+
+		assert_int_equal(nhi_store_new(&s2), NHI_OK);
+		assert_int_equal(nhi_store_import(s2, hsm, b.data, b.len, NULL, NULL), NHI_OK);
+		assert_int_equal(nhi_store_find_thumbprint(s2, zero, &a), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "names an agent that does not list the certificate"));
+		assert_null(a);
+		tp_of("demo", tp);
+		assert_int_equal(nhi_store_find_thumbprint(s2, tp, &a), NHI_ERR_NOT_FOUND);
+		nhi_store_free(s2);
+	}
+	/* the control: an image changed within the rules imports */
+	b.len = 0;
+	sealed_image("UPDATE agents SET roles='admin resolver', audiences='inference https://upd.lan', "
+		     "attributes='{\"k\":[1,{\"x\":null}]}', status='suspended'",
+		     140, 0, 0, &b);
+	assert_int_equal(nhi_store_import(s, hsm, b.data, b.len, NULL, NULL), NHI_OK);
 	nhi_buf_free(&b);
 	nhi_store_free(s);
 }
@@ -927,13 +1035,113 @@ static void test_rollback(void **state)
 	assert_non_null(strstr(nhi_err_detail(), "highest serial this server accepted"));
 	assert_int_equal(nhi_store_import(s2, hsm, b15.data, b15.len, &hw, &r), NHI_OK); /* equal: a restart */
 	assert_int_equal(r.outcome, NHI_IMPORT_FIRST);
-
 	nhi_store_free(s2);
+	s2 = NULL;
+
+	/*
+	 * A fresh store given the last accepted backup (what nhid persists): every rule
+	 * holds as if it were loaded, so a restart cannot take what a reload refuses.
+	 */
+	{
+		struct nhi_store_info acc;
+		struct nhi_store_import_opts ao = {.min_serial = 20, .accepted = &acc};
+
+		struct nhi_store *s3 = NULL;
+
+		/* what a server that loaded b20 would have persisted */
+		assert_int_equal(nhi_store_new(&s3), NHI_OK);
+		assert_int_equal(nhi_store_import(s3, hsm, b20.data, b20.len, NULL, NULL), NHI_OK);
+		nhi_store_get_info(s3, &acc);
+		nhi_store_free(s3);
+		assert_true(acc.loaded);
+		assert_int_equal(nhi_store_new(&s2), NHI_OK);
+		assert_int_equal(nhi_store_import(s2, hsm, b20x.data, b20x.len, &ao, &r), NHI_ERR_ROLLBACK);
+		assert_non_null(strstr(nhi_err_detail(), "reuses the last accepted serial 20"));
+		assert_non_null(strstr(nhi_err_detail(), "make a new backup of them with a higher serial"));
+		assert_int_equal(nhi_store_import(s2, hsm, b25old.data, b25old.len, &ao, &r), NHI_ERR_ROLLBACK);
+		assert_non_null(strstr(nhi_err_detail(), "before the last accepted backup"));
+		assert_int_equal(nhi_store_generation(s2), 0); /* nothing was swapped in */
+		assert_int_equal(nhi_store_import(s2, hsm, b20.data, b20.len, &ao, &r), NHI_OK);
+		assert_int_equal(r.outcome, NHI_IMPORT_SAME);
+		assert_int_equal(r.previous_serial, 20);
+		/* once something is loaded, the loaded backup is the one compared */
+		acc.serial = 1;
+		assert_int_equal(nhi_store_import(s2, hsm, b20x.data, b20x.len, &ao, &r), NHI_ERR_ROLLBACK);
+		assert_non_null(strstr(nhi_err_detail(), "reuses the loaded serial 20"));
+		nhi_store_free(s2);
+	}
+
 	nhi_buf_free(&b10);
 	nhi_buf_free(&b20);
 	nhi_buf_free(&b20x);
 	nhi_buf_free(&b15);
 	nhi_buf_free(&b25old);
+	nhi_store_free(s);
+}
+
+/* ---- the commit step ---------------------------------------------------------------- */
+
+struct commit_probe {
+	int calls;
+	uint64_t saw_serial, served_serial;
+	enum nhi_import_outcome saw_outcome;
+	struct nhi_store *s;
+	nhi_err answer;
+};
+
+static nhi_err probe_commit(void *arg, const struct nhi_store_import_result *res)
+{
+	struct commit_probe *p = arg;
+	struct nhi_store_info si;
+
+	p->calls++;
+	p->saw_serial = res->info.serial;
+	p->saw_outcome = res->outcome;
+	nhi_store_get_info(p->s, &si); /* still the old backup: the swap comes after */
+	p->served_serial = si.serial;
+	return p->answer == NHI_OK ? NHI_OK : nhi_err_set(p->answer, "the mark could not be written (test)");
+}
+
+/*
+ * o->commit runs once, after every check and before the swap: an error is the
+ * import's and nothing is swapped in (what nhid relies on for its high-water mark
+ * and audit record); an import refused earlier never reaches it.
+ */
+static void test_import_commit(void **state)
+{
+	struct nhi_store *s = loaded_store(10);
+	struct nhi_buf b11 = {0}, b5 = {0};
+	struct commit_probe p = {.s = s, .answer = NHI_ERR_IO};
+	struct nhi_store_import_opts o = {.commit = probe_commit, .commit_arg = &p};
+	uint64_t g = nhi_store_generation(s);
+
+	(void)state;
+	create_standard(11, T0 + 11, NULL, &b11);
+	create_standard(5, T0 + 5, NULL, &b5);
+	assert_int_equal(nhi_store_import(s, hsm, b11.data, b11.len, &o, NULL), NHI_ERR_IO);
+	assert_non_null(strstr(nhi_err_detail(), "the mark could not be written"));
+	assert_int_equal(p.calls, 1);
+	assert_int_equal(p.saw_serial, 11);
+	assert_int_equal(p.saw_outcome, NHI_IMPORT_NEWER);
+	assert_int_equal(p.served_serial, 10);
+	assert_int_equal(nhi_store_generation(s), g);
+	assert_untouched(s, 10);
+	/* refused before the commit step: not called */
+	assert_int_equal(nhi_store_import(s, hsm, b5.data, b5.len, &o, NULL), NHI_ERR_ROLLBACK);
+	assert_int_equal(p.calls, 1);
+	/* accepted by the commit step: swapped in */
+	p.answer = NHI_OK;
+	assert_int_equal(nhi_store_import(s, hsm, b11.data, b11.len, &o, NULL), NHI_OK);
+	assert_int_equal(p.calls, 2);
+	assert_int_equal(p.served_serial, 10);
+	{
+		struct nhi_store_info si;
+
+		nhi_store_get_info(s, &si);
+		assert_int_equal(si.serial, 11);
+	}
+	nhi_buf_free(&b11);
+	nhi_buf_free(&b5);
 	nhi_store_free(s);
 }
 
@@ -1139,6 +1347,8 @@ int main(void)
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_wrong_wrap_key),
 		cmocka_unit_test(test_hostile_images),
+		cmocka_unit_test(test_hostile_rows),
+		cmocka_unit_test(test_import_commit),
 		cmocka_unit_test(test_chunks_defense_in_depth),
 		cmocka_unit_test(test_rollback),
 		cmocka_unit_test(test_store_generation),
