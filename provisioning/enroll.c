@@ -25,6 +25,7 @@ struct enroll_opts {
 	const char *name, *config, *pin_file, *csr, *out_dir;
 	int days;
 	int backdate_days; /* test builds only: an already expired certificate */
+	int valid_seconds; /* test builds only: a certificate that expires this many seconds from now */
 };
 
 static nhi_err load_csr_key(const char *path, EVP_PKEY **out)
@@ -119,7 +120,7 @@ static nhi_err enroll(const struct enroll_opts *o)
 	req = (struct nhi_cert_request){.profile = "agent", .cn = o->name, .org = cfg.organization,
 					.subject_key = agent, .issuer = ca, .issuer_key = root_hsm,
 					.days = o->days ? o->days : cfg.agent_days, .san = (char *)san.data, .hsm = h,
-					.backdate_days = o->backdate_days};
+					.backdate_days = o->backdate_days, .valid_seconds = o->valid_seconds};
 	NHI_TRY(nhi_cert_issue(prof, &req, &cert));
 	NHI_TRY(nhi_cert_pem(cert, &cert_pem));
 	NHI_TRY(nhi_cert_fingerprint(cert, fp));
@@ -165,6 +166,7 @@ int nhictl_enroll(int argc, char **argv)
 		{"days", required_argument, NULL, 'd'},   {"help", no_argument, NULL, 'h'},
 #ifdef NHI_TEST_BUILD
 		{"testing-backdate-days", required_argument, NULL, 'B'},
+		{"testing-valid-seconds", required_argument, NULL, 'S'},
 #endif
 		{NULL, 0, NULL, 0},
 	};
@@ -186,6 +188,7 @@ int nhictl_enroll(int argc, char **argv)
 			break;
 #ifdef NHI_TEST_BUILD
 		case 'B': o.backdate_days = atoi(optarg); break;
+		case 'S': o.valid_seconds = atoi(optarg); break;
 #endif
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

@@ -93,6 +93,7 @@ struct nhi_cert_request {
 	const char *san;         /* OpenSSL SAN syntax built from validated parts, or NULL */
 	struct nhi_hsm *hsm;     /* source of the random serial */
 	int backdate_days;       /* tests only (NHI_TEST_BUILD): validity ends this many days ago */
+	int valid_seconds;       /* tests only (NHI_TEST_BUILD): > 0: validity ends this many seconds from now */
 };
 /* Issue a certificate; the validity is refused above the profile's max_days. */
 nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_request *req, X509 **out) NHI_MUST_CHECK;

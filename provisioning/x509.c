@@ -111,8 +111,9 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 	/* a minute of slack for clocks that disagree a little; never more */
 	NHI_CHECK_SSL(X509_time_adj_ex(X509_getm_notBefore(x), -req->backdate_days - req->days * !!req->backdate_days,
 				       -60, NULL) != NULL &&
-			      X509_time_adj_ex(X509_getm_notAfter(x), req->backdate_days ? -req->backdate_days : req->days,
-					       0, NULL) != NULL,
+			      X509_time_adj_ex(X509_getm_notAfter(x),
+					       req->valid_seconds > 0 ? 0 : req->backdate_days ? -req->backdate_days : req->days,
+					       req->valid_seconds > 0 ? req->valid_seconds : 0, NULL) != NULL,
 		      NHI_ERR_CRYPTO, "setting the validity");
 	NHI_CHECK_SSL(X509_set_pubkey(x, req->subject_key) == 1, NHI_ERR_CRYPTO, "X509_set_pubkey");
 	X509V3_set_ctx(&ctx, req->issuer ? req->issuer : x, x, NULL, NULL, 0);

@@ -277,6 +277,22 @@ static const struct nhi_agent *caller(struct ctx *c)
 		reply_error(c, 403, "unknown_agent", conn->identity_detail);
 		return NULL;
 	}
+	/* the handshake checked these once; a resumed session or a kept-alive connection would not */
+	if (now > conn->cert_not_after || now < conn->cert_not_before) {
+		char t[32];
+
+		nhi_time_rfc3339(now > conn->cert_not_after ? conn->cert_not_after : conn->cert_not_before, t, sizeof(t));
+		nhi_hex(conn->cert_sha256, 32, hex);
+		nhi_err_set(NHI_ERR_DENIED, "the client certificate %s %s: connect again with a valid one",
+			    now > conn->cert_not_after ? "expired at" : "is not valid before", t);
+		reply_audited(c, "agent_refused",
+			      json_pack("{s:s, s:s, s:s, s:s}", "agent", conn->agent_id, "cert_sha256", hex, "route",
+					evhttp_request_get_uri(c->req), "reason", nhi_err_detail()),
+			      403,
+			      error_body(now > conn->cert_not_after ? "certificate_expired" : "certificate_not_yet_valid",
+					 nhi_err_detail()));
+		return NULL;
+	}
 	if (conn->caller != NULL && conn->caller->store_generation == nhi_store_generation(c->s->store)) {
 		e = nhi_agent_check(conn->caller, now);
 	} else {

@@ -63,6 +63,10 @@ struct nhi_conn {
 	uint8_t cert_sha256[32];
 	uint8_t *cert_der;
 	size_t cert_der_len;
+	/* the client certificate's validity (unix s): checked on every request, since a
+	 * resumed session or a kept-alive connection never verifies the certificate again */
+	long long cert_not_before, cert_not_after;
+	bool handshake_done; /* alerts after it are not refused handshakes */
 	/* the caller's record as the store gave it (routes.c caller()); kept while the
 	 * store's generation is the same, freed with the connection */
 	struct nhi_agent *caller;

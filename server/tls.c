@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int conn_idx = -1;
 
@@ -147,6 +148,17 @@ struct nhi_conn *nhi_tls_conn(SSL *ssl)
 }
 
 /* RFC 5280 URI SAN "spiffe://<trust domain>/agent/<name>": the one identity an agent has */
+/* an ASN1_TIME as unix seconds */
+static bool cert_time(const ASN1_TIME *t, long long *out)
+{
+	struct tm tm;
+	bool ok = t != NULL && ASN1_TIME_to_tm(t, &tm) == 1;
+
+	if (ok)
+		*out = (long long)timegm(&tm);
+	return ok;
+}
+
 void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain)
 {
 	X509 *peer = SSL_get0_peer_certificate(ssl);
@@ -175,6 +187,11 @@ void nhi_tls_identify(struct nhi_conn *c, SSL *ssl, const char *trust_domain)
 		c->cert_der_len = (size_t)der_len;
 	}
 	OPENSSL_free(der);
+	if (!cert_time(X509_get0_notBefore(peer), &c->cert_not_before) ||
+	    !cert_time(X509_get0_notAfter(peer), &c->cert_not_after)) {
+		snprintf(c->identity_detail, sizeof(c->identity_detail), "client certificate validity cannot be read");
+		return;
+	}
 	snprintf(prefix, sizeof(prefix), "spiffe://%s/agent/", trust_domain);
 	sans = X509_get_ext_d2i(peer, NID_subject_alt_name, NULL, NULL);
 	n = sans ? sk_GENERAL_NAME_num(sans) : 0;
@@ -213,21 +230,38 @@ static void audit_queued(void *arg, nhi_err rv, const char *detail)
 		fprintf(stderr, "nhid: audit: handshake_rejected not recorded: %s\n", detail ? detail : "");
 }
 
-/* a fatal alert we send during a handshake = a refused handshake: audit it */
+/* OpenSSL 3.0 has no name for TLS 1.3's certificate_required (116) */
+static const char *alert_name(int ret)
+{
+	return (ret & 0xff) == 116 ? "certificate required" : SSL_alert_desc_string_long(ret);
+}
+
+/*
+ * A fatal alert we send during a handshake = a refused handshake: audit it. Once a
+ * handshake is done, a later fatal alert is not one (OpenSSL 3 sends decode_error,
+ * with its state back "in init", when a served client closes without close_notify).
+ * Connections over max_connections are refused at the ClientHello and counted in
+ * nhid_connections_refused_total, not audited one by one (a flood would fill the log).
+ */
 static void info_cb(const SSL *ssl, int where, int ret)
 {
 	struct nhi_conn *c;
 	long vr;
 	json_t *f;
 
+	if (where & SSL_CB_HANDSHAKE_DONE) {
+		if ((c = nhi_tls_conn((SSL *)ssl)) != NULL)
+			c->handshake_done = true;
+		return;
+	}
 	if (!(where & SSL_CB_WRITE_ALERT) || (ret >> 8) != SSL3_AL_FATAL || SSL_is_init_finished(ssl))
 		return;
 	c = nhi_tls_conn((SSL *)ssl);
-	if (c == NULL || c->over_limit)
+	if (c == NULL || c->over_limit || c->handshake_done)
 		return;
 	atomic_fetch_add(&c->srv->metrics.handshakes_rejected, 1);
 	vr = SSL_get_verify_result(ssl);
-	f = json_pack("{s:s, s:s}", "alert", SSL_alert_desc_string_long(ret), "verify",
+	f = json_pack("{s:s, s:i, s:s}", "alert", alert_name(ret), "alert_code", ret & 0xff, "verify",
 		      vr == X509_V_OK ? (SSL_get0_peer_certificate(ssl) ? "ok" : "no client certificate")
 				      : X509_verify_cert_error_string(vr));
 	/* no response waits on this record: queue it, never block the loop on an fsync */

@@ -182,6 +182,44 @@ check "resolve returns the agent's attributes as imported: nested, non-ASCII, es
 	bash -c "curl_as inference-gw /v1/resolve -d '{\"token\":\"$ATTR_TOKEN\"}' | python3 attrs.py check"
 backup_as 7 "$D/test-agents.jsonl"
 
+# --- a client certificate that expires while its keep-alive connection and its TLS 1.3
+# session live: the handshake verified it once, every request checks its validity ---
+"$NHICTL" enroll short-agent --testing-valid-seconds 12 --config "$D/ceremony.conf" --pin-file "$D/user.pin" >/dev/null || exit 1
+{ cat "$D/test-agents.jsonl"; echo "{\"id\":\"short-agent\",\"roles\":[\"agent\"],\"audiences\":[\"inference\"],\"cert_pem_file\":\"$D/agents/short-agent.crt\"}"; } >short.jsonl
+backup_as 8 short.jsonl || not_ok "the backup with short-agent was not loaded"
+SHORT_ENDS=$(date -u -d "$(openssl x509 -enddate -noout -in "$D/agents/short-agent.crt" | cut -d= -f2)" +%s)
+past_short() { local w=$((SHORT_ENDS - $(date -u +%s) + 2)); [ "$w" -le 0 ] || sleep "$w"; }
+export -f past_short; export SHORT_ENDS
+openssl s_client -tls1_3 -ign_eof -sess_out short.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
+	-cert "$D/agents/short-agent.crt" -key "$D/agents/short-agent.key" <health.req >short1.out 2>/dev/null
+check "short-agent (certificate valid 12 s) is served, over a keep-alive connection that outlives the certificate" \
+	timeout 60 python3 "$NHI_ROOT/tests/integration/keepalive.py" "$PORT" "$D/ca.crt" "$D/agents/short-agent.crt" \
+	"$D/agents/short-agent.key" 'req:POST:/v1/tokens:200:{"aud":"inference"}' "sh:past_short" \
+	'req:POST:/v1/tokens:403:{"aud":"inference"}'
+cp "$T/last.out" short-keepalive.out
+check "... the request after the certificate's notAfter is refused as certificate_expired" \
+	grep -q certificate_expired short-keepalive.out
+check "a TLS 1.3 session resumed after the certificate expired is refused at the request (403 certificate_expired)" \
+	bash -c "grep -q '^New, TLSv1.3' short1.out && openssl s_client -tls1_3 -ign_eof -sess_in short.sess -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' <tokens.req >short2.out 2>/dev/null; grep -q '^Reused, TLSv1.3' short2.out && grep -q '\"error\":\"certificate_expired\"' short2.out && ! grep -q '\"token\"' short2.out"
+check "... and audited as agent_refused naming the expiry" \
+	grep -q '"event":"agent_refused".*short-agent.*the client certificate expired at' "$D/state/audit.jsonl"
+
+# --- a served client that closes without close_notify is not a refused handshake ---
+rejected() { curl_as admin /v1/metrics | awk '/^nhid_handshakes_rejected_total /{print $2}'; }
+R0=$(rejected)
+python3 - "$PORT" "$D/ca.crt" "$D/agents/demo-agent.crt" "$D/agents/demo-agent.key" <<'PY'
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.load_cert_chain(sys.argv[3], sys.argv[4]); ctx.check_hostname = False
+for _ in range(3):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="127.0.0.1")
+    s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200 OK" in s.recv(4096)
+    s.close()  # no close_notify
+PY
+sleep 0.5
+check "3 served clients closing without close_notify: nhid_handshakes_rejected_total unchanged ($R0 -> $(rejected))" \
+	test "$(rejected)" = "$R0"
+
 # --- connections spread evenly over the worker loops (server.c nhi_server_balance; the
 # kernel's SO_REUSEPORT hash used to leave 15 on one loop and 36 on the other) ---
 check "40 connections opened at once, as ab does: at most one more on one worker loop than on another" \
