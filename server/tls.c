@@ -347,7 +347,7 @@ nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t l
 							    "TLS_CHACHA20_POLY1305_SHA256") == 1,
 		      NHI_ERR_CRYPTO, "setting cipher suites");
 	NHI_CHECK_SSL(SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1, NHI_ERR_CRYPTO, "setting groups");
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION | SSL_OP_CLEANSE_PLAINTEXT);
 	NHI_CHECK_SSL(SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_set1_chain(ctx, rest) == 1, NHI_ERR_CONFIG,
 		      "loading the server certificate chain %s", what);
 	/* the private key stays in the token: every handshake signature is made there */

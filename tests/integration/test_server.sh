@@ -126,6 +126,15 @@ check_fails "admin reload by a non-admin agent is refused" "forbidden" \
 	curl_as_fail demo-agent /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET"
 check "admin reload with role and bearer token succeeds" \
 	bash -c "curl_as admin /v1/admin/reload -X POST -H 'Authorization: Bearer $ADMIN_SECRET' | grep -q reloaded"
+# secrets wiped after use: libevent's freed buffers and header strings (server.c), OpenSSL's
+# plaintext (SSL_OP_CLEANSE_PLAINTEXT); without either, /proc/PID/mem still held 2-3 copies
+for _ in 1 2; do curl_as admin /v1/admin/reload -X POST -H "Authorization: Bearer $ADMIN_SECRET" >/dev/null; done
+SCAN_TOKEN=$(curl_as demo-agent /v1/tokens -d '{"aud":"inference"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+sleep 0.5
+check "after 3 admin reloads, the bearer token is nowhere in nhid's memory" \
+	python3 "$NHI_ROOT/tests/integration/memscan.py" "$NHID_PID" "$ADMIN_SECRET"
+check "after its reply was sent, an issued token is nowhere in nhid's memory" \
+	python3 "$NHI_ROOT/tests/integration/memscan.py" "$NHID_PID" "${SCAN_TOKEN: -43}"
 
 # --- the caller's record on a keep-alive connection (kept while the store's snapshot is
 # the same, routes.c caller()): a reload that suspends the agent, and an agent whose
