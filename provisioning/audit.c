@@ -60,6 +60,27 @@ static void print_counts(const struct nhi_audit_report *r)
 		printf("  time range   %s .. %s\n", r->first_time, r->last_time);
 }
 
+/* after a failure: only what the log still proves (nhi_audit_verify sets records to it) */
+static void print_proven(const struct nhi_audit_report *r)
+{
+	if (r->bad_line <= 1)
+		return;
+	if (r->records == 0) {
+		fprintf(stderr, "  nothing is proven: lines 1-%llu may have been altered too\n", r->bad_line - 1);
+		return;
+	}
+	fprintf(stderr, "  lines 1-%llu verified", r->records);
+	if (r->checkpoints == 0)
+		fprintf(stderr, " (chained only: no checkpoint signs them)");
+	else if (r->last_checkpoint_line == r->records)
+		fprintf(stderr, " (signed: %llu checkpoint(s), the last at line %llu)", r->checkpoints,
+			r->last_checkpoint_line);
+	else
+		fprintf(stderr, " (lines 1-%llu signed by %llu checkpoint(s), lines %llu-%llu chained only)",
+			r->last_checkpoint_line, r->checkpoints, r->last_checkpoint_line + 1, r->records);
+	fprintf(stderr, "; from line %llu on nothing is proven\n", r->records + 1);
+}
+
 static int verify(const char *file, const char *pubkey_path)
 {
 	nhi_err e;
@@ -83,9 +104,7 @@ static int verify(const char *file, const char *pubkey_path)
 	e = nhi_audit_verify(data, len, pub, &rep);
 	if (e != NHI_OK) {
 		rc = nhictl_fail("audit verify", file, e);
-		if (rep.bad_line > 1)
-			fprintf(stderr, "  the %llu line(s) before line %llu verified (%llu checkpoint(s))\n",
-				rep.bad_line - 1, rep.bad_line, rep.checkpoints);
+		print_proven(&rep);
 		goto out;
 	}
 	if (nhi_pkey_fingerprint(pub, fp) != NHI_OK)

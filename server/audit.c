@@ -1472,12 +1472,13 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 	const uint8_t *p = data, *end = data + len, *nl;
 	uint8_t prev[32];
 	char prev_hex[HASH_HEX_BYTES + 1];
-	unsigned long long n = 0;
+	unsigned long long n = 0, vouched = 0, cp_before = 0;
 	size_t line_len;
 	json_t *rec = NULL, *jseq, *torn;
 	json_error_t jerr;
 	const char *s, *event, *ts;
 	long long seq;
+	bool signed_before;
 
 	memset(rep, 0, sizeof(*rep));
 	memcpy(prev_hex, zero_hash_hex, sizeof(zero_hash_hex));
@@ -1493,6 +1494,7 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 	NHI_CHECK(len > 0, NHI_ERR_FORMAT, "the log is empty: an audit log starts with an audit_open record");
 	while (p < end) {
 		n++;
+		vouched = n - 1; /* a bad line by itself leaves the lines before it intact */
 		nl = memchr(p, '\n', (size_t)(end - p));
 		NHI_CHECK(nl != NULL, NHI_ERR_FORMAT,
 			  "line %llu: truncated: the log ends without a newline (a crash during a write leaves this, and "
@@ -1515,14 +1517,25 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 			  n, seq, n - 1);
 		s = json_string_value(json_object_get(rec, "prev"));
 		NHI_CHECK(valid_hex64(s), NHI_ERR_FORMAT, "line %llu: prev is not a 64-digit hex SHA-256", n);
+		/* a wrong prev means line n-1 may be the altered one; a checkpoint there
+		 * whose signature verified cannot be, so the edit is on this line */
+		signed_before = rep->signatures_checked && n >= 2 && rep->last_checkpoint_line == n - 1;
+		if (n >= 2 && !signed_before)
+			vouched = n - 2;
 		if (n == 1)
 			NHI_CHECK(strcmp(s, zero_hash_hex) == 0, NHI_ERR_VERIFY,
 				  "line 1: prev is not 64 zeros: this is not the start of a log (was its beginning cut?)");
+		else if (signed_before)
+			NHI_CHECK(CRYPTO_memcmp(s, prev_hex, HASH_HEX_BYTES) == 0, NHI_ERR_VERIFY,
+				  "line %llu: prev does not match the SHA-256 of line %llu, a checkpoint whose signature "
+				  "verified: line %llu was altered, or lines were removed or inserted after line %llu",
+				  n, n - 1, n, n - 1);
 		else
 			NHI_CHECK(CRYPTO_memcmp(s, prev_hex, HASH_HEX_BYTES) == 0, NHI_ERR_VERIFY,
 				  "line %llu: prev does not match the SHA-256 of line %llu: line %llu was altered, or "
 				  "lines were removed, inserted or reordered there",
 				  n, n - 1, n - 1);
+		vouched = n - 1;
 		ts = json_string_value(json_object_get(rec, "time"));
 		NHI_CHECK(valid_time(ts), NHI_ERR_FORMAT,
 			  "line %llu: time is not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SS.mmmZ)", n);
@@ -1531,8 +1544,12 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 		NHI_CHECK(n > 1 || strcmp(event, "audit_open") == 0, NHI_ERR_VERIFY,
 			  "line 1: event is '%s': a log starts with audit_open", event);
 		if (strcmp(event, EVENT_CHECKPOINT) == 0) {
+			/* a checkpoint that does not verify leaves the records since the one
+			 * before unsigned: they may have been rewritten with fresh hashes */
+			vouched = rep->last_checkpoint_line;
 			NHI_TRY(check_checkpoint(&v, rec, p, line_len, n, seq, prev_hex));
 			rep->checkpoints++;
+			cp_before = rep->last_checkpoint_line;
 			rep->last_checkpoint_line = n;
 			rep->unsigned_tail = 0;
 		} else {
@@ -1556,8 +1573,16 @@ nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct 
 	}
 	rv = NHI_OK;
 out:
-	if (rv != NHI_OK)
+	if (rv != NHI_OK) {
 		rep->bad_line = n;
+		/* the report vouches only for lines 1..vouched (docs/audit.md) */
+		if (rep->last_checkpoint_line > vouched) { /* an unchecked checkpoint on the suspect line */
+			rep->checkpoints--;
+			rep->last_checkpoint_line = cp_before;
+		}
+		rep->records = vouched;
+		rep->unsigned_tail = vouched - rep->last_checkpoint_line;
+	}
 	json_decref(rec);
 	EVP_MD_CTX_free(v.md);
 	return rv;

@@ -156,7 +156,7 @@ void nhi_audit_get_stats(struct nhi_audit *a, struct nhi_audit_stats *out);
 /* ---- verification (pure: bytes in, verdict out; also the fuzz target) ---------- */
 
 struct nhi_audit_report {
-	unsigned long long records;         /* lines that verified, checkpoints included */
+	unsigned long long records;         /* lines that verified, checkpoints included (on failure: see below) */
 	unsigned long long checkpoints;     /* checkpoints that verified */
 	unsigned long long last_checkpoint_line; /* 1-based; 0 = none */
 	unsigned long long unsigned_tail;   /* records after the last checkpoint */
@@ -175,9 +175,16 @@ struct nhi_audit_report {
  * before it and carries a valid ES256 signature by `pub` (EC P-256) over its own
  * bytes. With `pub` NULL checkpoint signatures are not checked
  * (rep->signatures_checked false). On failure rep->bad_line names the first bad
- * line and the error detail says "line N: <cause>"; the counts in rep cover the
- * lines before it. A last line without a newline is an error (a crash during a
- * write leaves one; nhid cuts it at its next start).
+ * line and the error detail says "line N: <cause>"; rep->records then counts only
+ * the lines the log still vouches for (lines 1..records): N-2 when line N's prev
+ * does not match (line N-1 may be the altered one; N-1 when that line is a
+ * checkpoint whose signature verified), the last verified checkpoint's line when
+ * line N is a checkpoint that fails (the records since the one before may have
+ * been rewritten with fresh hashes), N-1 otherwise. checkpoints,
+ * last_checkpoint_line and unsigned_tail describe those lines; opens, torn_repairs,
+ * time_regressions and the times cover all lines before N. A last line without a
+ * newline is an error (a crash during a write leaves one; nhid cuts it at its next
+ * start).
  */
 nhi_err nhi_audit_verify(const uint8_t *data, size_t len, EVP_PKEY *pub, struct nhi_audit_report *rep) NHI_MUST_CHECK;
 

@@ -67,6 +67,8 @@ check "the edited copy differs" bash -c "! cmp -s good.jsonl t-edit.jsonl"
 check_fails "an edited record is named through its successor" "line 5: prev does not match the SHA-256 of line 4" \
 	"$NHICTL" audit verify t-edit.jsonl --pubkey audit.pub.pem
 check "tampering exits 1" exit_is 1 "$NHICTL" audit verify t-edit.jsonl --pubkey audit.pub.pem
+check_fails "the summary does not vouch for the edited line" "lines 1-3 verified (chained only" \
+	"$NHICTL" audit verify t-edit.jsonl --pubkey audit.pub.pem
 sed '10d' good.jsonl >t-del.jsonl
 check_fails "a deleted record is named" "line 10: seq is 10, expected 9" "$NHICTL" audit verify t-del.jsonl --pubkey audit.pub.pem
 awk 'NR == 20 { held = $0; next } NR == 21 { print; print held; next } { print }' good.jsonl >t-swap.jsonl
@@ -101,6 +103,29 @@ open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 PY
 check_fails "a rewritten and re-hashed chain fails at the next checkpoint" "line $cp: checkpoint signature does not verify" \
 	"$NHICTL" audit verify t-rechain.jsonl --pubkey audit.pub.pem
+# the same after the first checkpoint: only the lines it signs are proven, not those up to the next one
+cp2=$(grep -n '"event":"checkpoint"' good.jsonl | sed -n 2p | cut -d: -f1)
+python3 - good.jsonl t-rechain2.jsonl "$cp" <<'PY'
+import hashlib, sys
+lines = open(sys.argv[1]).read().split("\n")[:-1]
+n = int(sys.argv[3]) + 7  # a record after the first checkpoint (0-based index: line n + 1)
+assert lines[n].endswith("}") and '"event":"checkpoint"' not in lines[n]
+lines[n] = lines[n][:-1] + ',"note":"rewritten"}'
+for i in range(n + 1, len(lines)):
+    h = hashlib.sha256(lines[i - 1].encode()).hexdigest()
+    j = lines[i].index('"prev":"') + 8
+    lines[i] = lines[i][:j] + h + lines[i][j + 64:]
+    if '"event":"checkpoint"' in lines[i]:
+        k = lines[i].index('"head":"') + 8
+        lines[i] = lines[i][:k] + h + lines[i][k + 64:]
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+PY
+"$NHICTL" audit verify t-rechain2.jsonl --pubkey audit.pub.pem >t-rechain2.out 2>&1
+check "a chain re-hashed after the first checkpoint fails at the second" \
+	grep -qF "line $cp2: checkpoint signature does not verify" t-rechain2.out
+check "its summary vouches only for the lines the first checkpoint signs" \
+	grep -qF "lines 1-$cp verified (signed: 1 checkpoint(s), the last at line $cp); from line $((cp + 1)) on nothing" \
+	t-rechain2.out
 head -c -30 good.jsonl >t-trunc.jsonl
 check_fails "a truncated log is named" "truncated" "$NHICTL" audit verify t-trunc.jsonl --pubkey audit.pub.pem
 sed '7s/^{/{"seq":6,/' good.jsonl >t-dup.jsonl

@@ -218,9 +218,9 @@ static json_t *line_json(const char *line)
 	return j;
 }
 
-/* expect verification to fail at `line` with `cause` in the detail */
-static void expect_bad(const struct lines *ls, bool no_final_nl, EVP_PKEY *pub, unsigned long long line,
-		       const char *cause)
+/* expect verification to fail at `line` with `cause` in the detail; *rep is its report */
+static void expect_bad_rep(const struct lines *ls, bool no_final_nl, EVP_PKEY *pub, unsigned long long line,
+			   const char *cause, struct nhi_audit_report *rep_out)
 {
 	struct nhi_buf b = {0};
 	struct nhi_audit_report rep;
@@ -233,6 +233,14 @@ static void expect_bad(const struct lines *ls, bool no_final_nl, EVP_PKEY *pub, 
 	if (rep.bad_line != line || strstr(nhi_err_detail(), cause) == NULL)
 		fail_msg("expected line %llu '%s', got line %llu: %s", line, cause, rep.bad_line, nhi_err_detail());
 	nhi_buf_free(&b);
+	if (rep_out != NULL)
+		*rep_out = rep;
+}
+
+static void expect_bad(const struct lines *ls, bool no_final_nl, EVP_PKEY *pub, unsigned long long line,
+		       const char *cause)
+{
+	expect_bad_rep(ls, no_final_nl, pub, line, cause, NULL);
 }
 
 /* ---- chain and checkpoints ------------------------------------------------------------- */
@@ -875,6 +883,76 @@ static void test_tamper_detected(void **state)
 	}
 }
 
+/* after a failure the report vouches only for what the log still proves */
+static void test_tamper_report(void **state)
+{
+	char path[400];
+	struct lines ls = {0};
+	struct nhi_audit_report rep;
+	size_t cp, cp2;
+	char *pv;
+
+	(void)state;
+	make_base("tamper-report.jsonl", path, sizeof(path));
+
+	/* line 3 edited: line 4's prev names it, so only lines 1-2 stand */
+	lines_load(path, &ls);
+	replace_in(&ls.l[2], "\"i\":1,", "\"i\":7,");
+	expect_bad_rep(&ls, false, audit_pub, 4, "line 3 was altered", &rep);
+	assert_int_equal(rep.records, 2);
+	assert_int_equal(rep.checkpoints, 0);
+	assert_int_equal(rep.unsigned_tail, 2);
+	lines_free(&ls);
+
+	/* a record after the first checkpoint rewritten, the chain and heads recomputed:
+	 * the next checkpoint fails, and only the lines up to the first one are proven */
+	lines_load(path, &ls);
+	cp = first_checkpoint(&ls, 1);
+	replace_in(&ls.l[cp + 1], "\"i\":", "\"i\":9");
+	rechain(&ls, cp + 3);
+	cp2 = first_checkpoint(&ls, cp + 1);
+	expect_bad_rep(&ls, false, audit_pub, cp2, "signature does not verify", &rep);
+	assert_int_equal(rep.records, cp);
+	assert_int_equal(rep.checkpoints, 1);
+	assert_int_equal(rep.last_checkpoint_line, cp);
+	assert_int_equal(rep.unsigned_tail, 0);
+	lines_free(&ls);
+
+	/* the first checkpoint's signature forged: nothing is signed */
+	lines_load(path, &ls);
+	cp = first_checkpoint(&ls, 1);
+	replace_in(&ls.l[cp - 1], "\"sig\":\"", "\"sig\":\"AAAA");
+	expect_bad_rep(&ls, false, audit_pub, cp, "checkpoint", &rep);
+	assert_int_equal(rep.records, 0);
+	assert_int_equal(rep.checkpoints, 0);
+	lines_free(&ls);
+
+	/* the line after a checkpoint edited where its prev is: the checkpoint's signature
+	 * proves the checkpoint intact, so the lines up to it stand; without the key it
+	 * could be the altered line */
+	lines_load(path, &ls);
+	cp = first_checkpoint(&ls, 1);
+	pv = strstr(ls.l[cp], "\"prev\":\"") + 8;
+	pv[0] = pv[0] == '0' ? '1' : '0';
+	expect_bad_rep(&ls, false, audit_pub, cp + 1, "prev does not match", &rep);
+	assert_int_equal(rep.records, cp);
+	assert_int_equal(rep.checkpoints, 1);
+	assert_int_equal(rep.last_checkpoint_line, cp);
+	expect_bad_rep(&ls, false, NULL, cp + 1, "prev does not match", &rep);
+	assert_int_equal(rep.records, cp - 1);
+	assert_int_equal(rep.checkpoints, 0);
+	assert_int_equal(rep.last_checkpoint_line, 0);
+	assert_int_equal(rep.unsigned_tail, cp - 1);
+	lines_free(&ls);
+
+	/* a bad line by itself (not JSON) leaves every line before it standing */
+	lines_load(path, &ls);
+	replace_in(&ls.l[4], "{", "[");
+	expect_bad_rep(&ls, false, audit_pub, 5, "not JSON", &rep);
+	assert_int_equal(rep.records, 4);
+	lines_free(&ls);
+}
+
 /* ---- reopen, torn tails, corrupt tails ------------------------------------------------------- */
 
 static void test_reopen_continues(void **state)
@@ -1468,6 +1546,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_async_submit),
 		cmocka_unit_test(test_submit_kv),
 		cmocka_unit_test(test_tamper_detected),
+		cmocka_unit_test(test_tamper_report),
 		cmocka_unit_test(test_reopen_continues),
 		cmocka_unit_test(test_torn_tail_repaired),
 		cmocka_unit_test(test_corrupt_tail_refused),
