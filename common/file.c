@@ -149,6 +149,8 @@ nhi_err nhi_file_write_excl(const char *path, const void *data, size_t len, unsi
 	rv = write_all(fd, path, data, len);
 	if (close(fd) != 0 && rv == NHI_OK)
 		rv = nhi_err_set(NHI_ERR_IO, "closing %s: %s", path, strerror(errno));
+	if (rv == NHI_OK) /* the new name too, or a crash can lose the whole file */
+		rv = nhi_fsync_dir_of(path);
 	if (rv != NHI_OK)
 		unlink(path);
 out:

@@ -157,7 +157,8 @@ nhi_err nhi_private_file_check(const char *what, const char *path, const struct 
 
 /*
  * Create `path` exclusively (O_EXCL: an existing file is NHI_ERR_EXISTS), write,
- * fsync, close. On any failure the partial file is removed.
+ * fsync, close, fsync its directory: on NHI_OK the file, bytes and name, survives a
+ * crash. On any failure the partial file is removed.
  */
 nhi_err nhi_file_write_excl(const char *path, const void *data, size_t len, unsigned mode) NHI_MUST_CHECK;
 

@@ -1248,7 +1248,10 @@ static nhi_err load_tail(struct nhi_audit *a, const char *path, off_t size, stru
 	if (torn > 0) {
 		/* a crash during a write: these bytes were never acknowledged (that
 		 * needs the fdatasync after the whole batch). Keep a copy for the
-		 * forensic record, then cut them so the chain goes on cleanly. */
+		 * forensic record, then cut them so the chain goes on cleanly. The
+		 * copy, bytes and name, is durable before the cut is (write_excl
+		 * fsyncs the file and its directory): a second crash cannot keep the
+		 * cut and lose what was cut. */
 		NHI_TRY(nhi_sha256(buf + end, torn, digest));
 		nhi_hex(digest, 32, ti->torn_sha256);
 		ti->torn_bytes = torn;

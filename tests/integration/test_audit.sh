@@ -60,6 +60,27 @@ check "the next writer run cuts the torn line and goes on" "$GEN" --audit-write 
 check "the repaired log verifies and reports the cut" \
 	bash -c "'$NHICTL' audit verify torn.jsonl --pubkey audit.pub.pem | grep -q '1 partial line(s) cut after a crash'"
 check "the cut bytes were kept beside the log" bash -c "grep -qx '{\"seq\":32,\"time\":\"2026-11-2' torn.jsonl.torn-32-*"
+# the copy must be durable (file and directory entry fsynced) before the cut is:
+# otherwise a second crash keeps the cut and the record naming the copy, but not the copy
+if command -v strace >/dev/null 2>&1 && strace -o /dev/null true 2>/dev/null; then
+	cp crashed.jsonl torn2.jsonl
+	printf '{"seq":32,"time":"2026-11-2' >>torn2.jsonl
+	check "a torn tail is cut under strace" \
+		env ASAN_OPTIONS=detect_leaks=0 strace -f -y -e trace=fsync,fdatasync,ftruncate -o torn2.strace "$GEN" --audit-write torn2.jsonl aud user.pin 1
+	check "the copy and its directory are fsynced before the log is cut" python3 - torn2.strace "$(pwd -P)" <<'PY'
+import re, sys
+ev = [m.groups() for m in (re.search(r"\b(fsync|fdatasync|ftruncate)\(\d+<([^>]*)>", l) for l in open(sys.argv[1])) if m]
+d = sys.argv[2]
+cut = [i for i, (c, p) in enumerate(ev) if c == "ftruncate" and p == d + "/torn2.jsonl"]
+copy = [i for i, (c, p) in enumerate(ev) if c == "fsync" and p.startswith(d + "/torn2.jsonl.torn-")]
+dirs = [i for i, (c, p) in enumerate(ev) if c == "fsync" and p == d]
+assert len(cut) == 1, "one cut: %r" % ev
+assert copy and copy[0] < cut[0], "the copy is fsynced before the cut: %r" % ev
+assert any(copy[0] < i < cut[0] for i in dirs), "its directory is fsynced before the cut: %r" % ev
+PY
+else
+	ok "the torn copy is durable before the cut # SKIP strace not usable here"
+fi
 
 # --- tampered logs: exit 1, first bad line and cause named ---
 sed '4s/"reason":"expired"/"reason":"ok"/' good.jsonl >t-edit.jsonl
