@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <pthread.h>
@@ -1166,17 +1167,36 @@ out:
 	return rv;
 }
 
+/* what load_tail found; a partial line after the last complete one is cut by cut_tail */
 struct tail_info {
 	bool continued;
+	uint8_t *buf;             /* the end of the log as read; owned, freed by tail_info_free */
+	size_t torn_at;           /* offset in buf of the partial line */
 	unsigned long long torn_bytes;
 	char torn_sha256[HASH_HEX_BYTES + 1];
-	char torn_copy[600];
+	char torn_copy[NHI_AUDIT_VALUE_MAX_BYTES + 1]; /* check_config makes every name fit */
 };
+
+static void tail_info_free(struct tail_info *ti)
+{
+	free(ti->buf);
+	ti->buf = NULL;
+}
+
+/* the name of the copy of a torn tail at seq `seq`, cut at `t`; false if it does not fit */
+static bool torn_copy_name(char out[NHI_AUDIT_VALUE_MAX_BYTES + 1], const char *path, unsigned long long seq,
+			   long long t)
+{
+	int n = snprintf(out, NHI_AUDIT_VALUE_MAX_BYTES + 1, "%s.torn-%llu-%lld", path, seq, t);
+
+	return n >= 0 && n <= NHI_AUDIT_VALUE_MAX_BYTES;
+}
 
 /*
  * Continue an existing log: check its last two complete lines (they parse, their
  * seqs are consecutive, the last links to the one before), set seq and prev from
- * the last, and cut off a partial line after it (copied aside first).
+ * the last, and name the copy of a partial line after it. Changes nothing on disk:
+ * cut_tail does, once the record that reports the cut is ready.
  */
 static nhi_err load_tail(struct nhi_audit *a, const char *path, off_t size, struct tail_info *ti)
 {
@@ -1246,29 +1266,45 @@ static nhi_err load_tail(struct nhi_audit *a, const char *path, off_t size, stru
 		ti->continued = true;
 	}
 	if (torn > 0) {
-		/* a crash during a write: these bytes were never acknowledged (that
-		 * needs the fdatasync after the whole batch). Keep a copy for the
-		 * forensic record, then cut them so the chain goes on cleanly. The
-		 * copy, bytes and name, is durable before the cut is (write_excl
-		 * fsyncs the file and its directory): a second crash cannot keep the
-		 * cut and lose what was cut. */
 		NHI_TRY(nhi_sha256(buf + end, torn, digest));
 		nhi_hex(digest, 32, ti->torn_sha256);
 		ti->torn_bytes = torn;
-		snprintf(ti->torn_copy, sizeof(ti->torn_copy), "%s.torn-%llu-%lld", path, a->seq, (long long)time(NULL));
-		rv = nhi_file_write_excl(ti->torn_copy, buf + end, torn, 0600);
-		if (rv != NHI_OK) {
-			nhi_err_wrap(rv, "saving the partial last line of audit log %s before cutting it", path);
-			goto out;
-		}
-		NHI_CHECK(ftruncate(a->fd, size - (off_t)torn) == 0 && fdatasync(a->fd) == 0, NHI_ERR_IO,
-			  "cutting the partial last line of audit log %s: %s", path, strerror(errno));
-		if (!ti->continued)
-			NHI_TRY(nhi_fsync_dir_of(path));
+		ti->torn_at = end;
+		NHI_CHECK(torn_copy_name(ti->torn_copy, path, a->seq, (long long)time(NULL)), NHI_ERR_INTERNAL,
+			  "the name of the copy of the partial last line of audit log %s does not fit", path);
 	}
+	ti->buf = buf;
+	buf = NULL;
 	rv = NHI_OK;
 out:
 	free(buf);
+	return rv;
+}
+
+/*
+ * A crash during a write left a partial line: these bytes were never acknowledged
+ * (that needs the fdatasync after the whole batch). Keep a copy for the forensic
+ * record, then cut them so the chain goes on cleanly. The copy, bytes and name, is
+ * durable before the cut is (nhi_file_write_excl fsyncs the file and its
+ * directory): a second crash cannot keep the cut and lose what was cut.
+ */
+static nhi_err cut_tail(struct nhi_audit *a, const char *path, off_t size, const struct tail_info *ti)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	if (ti->torn_bytes == 0)
+		return NHI_OK;
+	rv = nhi_file_write_excl(ti->torn_copy, ti->buf + ti->torn_at, ti->torn_bytes, 0600);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "saving the partial last line of audit log %s before cutting it", path);
+		goto out;
+	}
+	NHI_CHECK(ftruncate(a->fd, size - (off_t)ti->torn_bytes) == 0 && fdatasync(a->fd) == 0, NHI_ERR_IO,
+		  "cutting the partial last line of audit log %s: %s", path, strerror(errno));
+	if (!ti->continued)
+		NHI_TRY(nhi_fsync_dir_of(path));
+	rv = NHI_OK;
+out:
 	return rv;
 }
 
@@ -1276,7 +1312,8 @@ static nhi_err check_config(const struct nhi_audit_config *cfg)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	const char *label = cfg->key_label ? cfg->key_label : NHI_AUDIT_KEY_LABEL_DEFAULT;
-	size_t i;
+	char copy[NHI_AUDIT_VALUE_MAX_BYTES + 1];
+	size_t i, suffix, cut = 0;
 
 	NHI_CHECK(cfg->path != NULL && cfg->path[0] != '\0', NHI_ERR_CONFIG, "no audit log path configured");
 	NHI_CHECK(cfg->hsm != NULL, NHI_ERR_ARG, "the audit log needs the token holding its checkpoint key");
@@ -1292,6 +1329,21 @@ static nhi_err check_config(const struct nhi_audit_config *cfg)
 	for (i = 0; label[i] != '\0'; i++)
 		NHI_CHECK(b64url_char(label[i]) || label[i] == '.', NHI_ERR_CONFIG,
 			  "audit key label '%s' may hold only [A-Za-z0-9._-]", label);
+	/* a start after a crash names the copy of the cut tail, <path>.torn-<seq>-<time>,
+	 * in its audit_open record: refuse now, not after a crash, a path whose copy's
+	 * name could not go into that record whole */
+	NHI_CHECK(nhi_jsonw_utf8_valid(cfg->path, strlen(cfg->path)), NHI_ERR_CONFIG,
+		  "audit log path %s is not valid UTF-8: the log names files beside it in its JSON records; choose "
+		  "a UTF-8 path", cfg->path);
+	suffix = (size_t)snprintf(NULL, 0, ".torn-%llu-%lld", ULLONG_MAX, LLONG_MIN);
+	NHI_CHECK(strlen(cfg->path) + suffix <= NHI_AUDIT_VALUE_MAX_BYTES &&
+			  torn_copy_name(copy, cfg->path, ULLONG_MAX, LLONG_MIN),
+		  NHI_ERR_CONFIG, "audit log path %.64s... is %zu bytes, over %zu: the name of the copy a crash leaves "
+		  "beside it must fit in an audit record; choose a shorter path", cfg->path, strlen(cfg->path),
+		  NHI_AUDIT_VALUE_MAX_BYTES - suffix);
+	NHI_CHECK(string_verdict(copy, strlen(copy), &cut) == KEEP, NHI_ERR_CONFIG,
+		  "audit log path %s looks like a JWT or PEM to the audit log's secret filter, which would redact it "
+		  "in its own records: choose another path", cfg->path);
 	rv = NHI_OK;
 out:
 	return rv;
@@ -1303,8 +1355,11 @@ nhi_err nhi_audit_open(const struct nhi_audit_config *cfg, struct nhi_audit **ou
 	struct nhi_audit *a = NULL;
 	pthread_condattr_t ca;
 	EVP_PKEY *pub = NULL;
-	struct tail_info ti;
+	struct tail_info ti = {0};
+	struct clean_counts cc = {0};
+	struct audit_item it = {.kind = ITEM_RECORD, .event = "audit_open"};
 	json_t *f = NULL;
+	char *text = NULL;
 	off_t size = 0;
 
 	*out = NULL;
@@ -1337,10 +1392,10 @@ nhi_err nhi_audit_open(const struct nhi_audit_config *cfg, struct nhi_audit **ou
 	NHI_TRY(load_tail(a, cfg->path, size, &ti));
 	a->stats.next_seq = a->seq;
 
-	NHI_CHECK(pthread_create(&a->writer, NULL, writer_main, a) == 0, NHI_ERR_INTERNAL,
-		  "cannot start the audit writer thread");
-	a->writer_started = true;
-
+	/* everything that can fail is done before a torn tail is cut, so that a cut
+	 * is always in the signed history: the audit_open record, checked and
+	 * serialised (a torn copy's name is UTF-8 and fits: check_config), and the
+	 * writer thread (it writes nothing until a record is queued) */
 	f = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i}", "log", ti.continued ? "continued" : "created", "key_label",
 		      a->key_label, "key_fp", a->key_fp, "checkpoint_records", (int)a->cp_records, "checkpoint_seconds",
 		      (int)a->cp_seconds, "pid", (int)getpid());
@@ -1349,15 +1404,27 @@ nhi_err nhi_audit_open(const struct nhi_audit_config *cfg, struct nhi_audit **ou
 		NHI_CHECK(json_object_set_new(f, "torn_tail_bytes", json_integer((json_int_t)ti.torn_bytes)) == 0 &&
 				  json_object_set_new(f, "torn_tail_sha256", json_string(ti.torn_sha256)) == 0 &&
 				  json_object_set_new(f, "torn_tail_copy", json_string(ti.torn_copy)) == 0,
-			  NHI_ERR_NOMEM, "out of memory");
-	rv = record_internal(a, "audit_open", f);
+			  NHI_ERR_NOMEM, "out of memory, or the name %s is not UTF-8", ti.torn_copy);
+	rv = prepare("audit_open", f, &text, &cc);
 	f = NULL;
 	NHI_TRY(rv);
+	NHI_CHECK(cc.redacted == 0 && cc.truncated == 0, NHI_ERR_INTERNAL,
+		  "the audit_open record of %s would not keep its fields whole", cfg->path);
+	NHI_CHECK(pthread_create(&a->writer, NULL, writer_main, a) == 0, NHI_ERR_INTERNAL,
+		  "cannot start the audit writer thread");
+	a->writer_started = true;
+
+	NHI_TRY(cut_tail(a, cfg->path, size, &ti));
+	it.fields = text;
+	it.fields_len = strlen(text);
+	NHI_TRY(submit(a, &it, &cc));
 	*out = a;
 	a = NULL;
 	rv = NHI_OK;
 out:
 	json_decref(f);
+	free(text);
+	tail_info_free(&ti);
 	EVP_PKEY_free(pub);
 	if (a != NULL)
 		destroy(a);

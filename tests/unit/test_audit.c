@@ -20,6 +20,7 @@
 #include "fixture.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1150,6 +1151,64 @@ static void test_open_refusals(void **state)
 	assert_null(a);
 }
 
+/* a log path whose torn-tail copy could not be named whole in the audit_open record is
+ * refused at open, before the file is touched: not after a crash, once the tail is cut */
+static void test_open_path_refusals(void **state)
+{
+	static const char partial[] = "{\"seq\":99,\"time\":\"2026-11-2";
+	char path[400], src[400], pat[420], big[1024];
+	struct nhi_audit_config c = {.hsm = hsm};
+	struct nhi_audit *a = NULL;
+	struct nhi_buf before = {0}, after = {0};
+	size_t dir_len, rest;
+	glob_t g;
+
+	(void)state;
+	/* not UTF-8 (config paths are not checked for it): a crash left a partial line */
+	make_base("utf8-src.jsonl", src, sizeof(src));
+	slurp(src, &before);
+	path_of(path, sizeof(path), "caf\xe9.jsonl");
+	nhi_fixture_write(path, (const char *)before.data, 0600);
+	append_raw(path, partial, strlen(partial));
+	slurp(path, &before);
+	c.path = path;
+	assert_int_equal(nhi_audit_open(&c, &a), NHI_ERR_CONFIG);
+	assert_null(a);
+	assert_non_null(strstr(nhi_err_detail(), "not valid UTF-8"));
+	slurp(path, &after); /* not cut, no copy made */
+	assert_int_equal(after.len, before.len);
+	assert_memory_equal(after.data, before.data, before.len);
+	snprintf(pat, sizeof(pat), "%s.torn-*", path);
+	assert_int_equal(glob(pat, 0, NULL, &g), GLOB_NOMATCH);
+	globfree(&g);
+
+	/* too long for the copy's name to fit in a record: refused up to the byte */
+	path_of(big, sizeof(big), "");
+	dir_len = strlen(big);
+	memset(big + dir_len, 'd', 200);
+	big[dir_len + 200] = '/';
+	rest = (size_t)(NHI_AUDIT_VALUE_MAX_BYTES - strlen(".torn-18446744073709551615--9223372036854775808")) -
+	       (dir_len + 201);
+	assert_true(rest > 10 && rest < 250);
+	memset(big + dir_len + 201, 'f', rest);
+	big[dir_len + 201 + rest] = '\0';
+	c.path = big;
+	assert_int_equal(nhi_audit_open(&c, &a), NHI_ERR_NOT_FOUND); /* the longest allowed: no such directory */
+	big[dir_len + 201 + rest] = 'f';
+	big[dir_len + 202 + rest] = '\0';
+	assert_int_equal(nhi_audit_open(&c, &a), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "choose a shorter path"));
+
+	/* a name the secret filter would redact in the record */
+	path_of(path, sizeof(path), "eyJhbGci.eyJzdWIi.jsonl");
+	c.path = path;
+	assert_int_equal(nhi_audit_open(&c, &a), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "looks like a JWT"));
+	assert_null(a);
+	nhi_buf_free(&before);
+	nhi_buf_free(&after);
+}
+
 /* ---- secrets ---------------------------------------------------------------------------------- */
 
 static char *b64(const char *s)
@@ -1551,6 +1610,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_torn_tail_repaired),
 		cmocka_unit_test(test_corrupt_tail_refused),
 		cmocka_unit_test(test_open_refusals),
+		cmocka_unit_test(test_open_path_refusals),
 		cmocka_unit_test(test_no_secrets),
 		cmocka_unit_test(test_checkpoint_failure),
 		cmocka_unit_test(test_kill9_durability),
