@@ -24,7 +24,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: nhictl token verify --jwks FILE --iss ISSUER --aud AUDIENCE [--aud ...] [--cert FILE]\n"
-		"                           [--leeway S] [--max-lifetime S] [--now UNIX] TOKEN|-\n"
+		"                           [--leeway S] [--max-lifetime S] [--now UNIX] (- | --token-file FILE)\n"
 		"       nhictl token issue  --hsm-token LABEL|URI --pin-file FILE [--module PATH] [--key LABEL]\n"
 		"                           --iss ISSUER --sub AGENT --aud AUDIENCE [--role R ...] --cert FILE\n"
 		"                           [--ttl S] [--ttl-max S] [--now UNIX]\n"
@@ -33,8 +33,9 @@ static void usage(FILE *f)
 		"\n"
 		"  verify  strict ES256 verification (RFC 8725 profile, docs/tokens.md) against the keys of\n"
 		"          a JWK Set; prints the claims as JSON and exits 0, or names the one reason the token\n"
-		"          was rejected and exits 1. TOKEN '-' reads it from stdin: prefer that, since argv\n"
-		"          is visible to every user of the host. --cert checks the RFC 8705 binding.\n"
+		"          was rejected and exits 1. The token is read from stdin ('-') or from FILE (mode\n"
+		"          0600, like a PIN file), never from argv, which every user of the host can read.\n"
+		"          --cert checks the RFC 8705 binding.\n"
 		"  issue   sign a token with KEY (default nhid-token-1) inside the token; --cert is the\n"
 		"          agent's client certificate (PEM or DER) the token is bound to.\n"
 		"  jwks    print the JWK Set of the given keys; the first is the current signer.\n");
@@ -73,14 +74,20 @@ out:
 	return rv;
 }
 
-/* The token from argv, or from stdin for "-" (one trailing newline dropped). */
-static nhi_err read_token(const char *arg, struct nhi_buf *tok)
+/*
+ * The token from `path` (a private file, as a PIN file), or from stdin when path is
+ * NULL; one trailing newline dropped. Never from argv: a bearer token there is
+ * readable by every user of the host (ps, /proc/PID/cmdline).
+ */
+static nhi_err read_token(const char *path, struct nhi_buf *tok)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	size_t n;
 
-	if (strcmp(arg, "-") != 0) {
-		NHI_TRY(nhi_buf_append_str(tok, arg));
+	tok->secret = true;
+	if (path != NULL) {
+		/* one byte past the cap so that the verifier reports too_large */
+		NHI_TRY(nhi_secret_file_read(path, NHI_TOKEN_MAX_BYTES + 1, tok));
 		rv = NHI_OK;
 		goto out;
 	}
@@ -130,10 +137,10 @@ static int cmd_verify(int argc, char **argv)
 		{"jwks", required_argument, NULL, 'j'},	     {"iss", required_argument, NULL, 'i'},
 		{"aud", required_argument, NULL, 'a'},	     {"cert", required_argument, NULL, 'c'},
 		{"leeway", required_argument, NULL, 'l'},    {"max-lifetime", required_argument, NULL, 'm'},
-		{"now", required_argument, NULL, 'n'},	     {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{"now", required_argument, NULL, 'n'},	     {"token-file", required_argument, NULL, 'f'},
+		{"help", no_argument, NULL, 'h'},	     {NULL, 0, NULL, 0},
 	};
-	const char *jwks_path = NULL, *cert_path = NULL, *auds[NHI_TOKEN_AUD_MAX];
+	const char *jwks_path = NULL, *cert_path = NULL, *token_path = NULL, *auds[NHI_TOKEN_AUD_MAX];
 	struct nhi_token_verify_cfg cfg;
 	struct nhi_token_verifier *v = NULL;
 	struct nhi_token_claims *claims = NULL;
@@ -142,7 +149,7 @@ static int cmd_verify(int argc, char **argv)
 	enum nhi_token_error why = NHI_TOKEN_OK;
 	long long num;
 	size_t n_aud = 0;
-	int c, status = 1;
+	int c, i, status = 1;
 	nhi_err e;
 
 	nhi_token_verify_cfg_init(&cfg);
@@ -159,6 +166,7 @@ static int cmd_verify(int argc, char **argv)
 			auds[n_aud++] = optarg;
 			break;
 		case 'c': cert_path = optarg; break;
+		case 'f': token_path = optarg; break;
 		case 'l':
 			if (!nhictl_arg_ll("token verify", "leeway", optarg, 0, NHI_TOKEN_LEEWAY_MAX_S, &num))
 				return 2;
@@ -178,8 +186,18 @@ static int cmd_verify(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (jwks_path == NULL || cfg.issuer == NULL || n_aud == 0 || optind != argc - 1) {
-		fprintf(stderr, "nhictl token verify: --jwks, --iss, --aud and one TOKEN (or -) are required\n");
+	/* a bearer token in argv is already exposed: say so, without echoing it */
+	for (i = optind; i < argc; i++) {
+		if (strcmp(argv[i], "-") == 0)
+			continue;
+		fprintf(stderr, "nhictl token verify: a token on the command line is readable by every user of the host "
+				"(ps, /proc): pass it on stdin as '-' (nhictl token verify ... - <FILE) or with "
+				"--token-file FILE\n");
+		return 2;
+	}
+	if (jwks_path == NULL || cfg.issuer == NULL || n_aud == 0 || argc - optind != (token_path == NULL ? 1 : 0)) {
+		fprintf(stderr, "nhictl token verify: --jwks, --iss, --aud and the token, either '-' (stdin) or "
+				"--token-file FILE (not both), are required\n");
 		usage(stderr);
 		return 2;
 	}
@@ -206,9 +224,9 @@ static int cmd_verify(int argc, char **argv)
 		chk.cert_der = cert.data;
 		chk.cert_der_len = cert.len;
 	}
-	e = read_token(argv[optind], &tok);
+	e = read_token(token_path, &tok);
 	if (e != NHI_OK) {
-		status = nhictl_fail("token verify", "token", e);
+		status = nhictl_fail("token verify", token_path != NULL ? token_path : "token", e);
 		goto out;
 	}
 	e = nhi_token_verify(v, (const char *)tok.data, tok.len, &chk, &claims, &why);

@@ -79,8 +79,9 @@ T2=$(new_token)
 check "a token of the old key still resolves" bash -c "resolve '$T1' | grep -q '\"sub\":\"demo-agent\"'"
 check "a token of the new key resolves" bash -c "resolve '$T2' | grep -q '\"sub\":\"demo-agent\"'"
 curl_as demo-agent /v1/jwks >jwks2.json
+(umask 077; printf '%s\n' "$T2" >t2.tok)
 check "nhictl token verify (offline, the served JWKS) accepts the new token" \
-	"$NHICTL" token verify --jwks jwks2.json --iss https://nhid.local --aud inference "$T2"
+	"$NHICTL" token verify --jwks jwks2.json --iss https://nhid.local --aud inference --token-file t2.tok
 
 # --- revoking the key that signs is refused ---
 printf '{"kids":["%s"]}' "$K2" >rev.body

@@ -61,10 +61,13 @@ verify() { # jwks token-file [extra args...]
 	local jwks=$1 tok=$2; shift 2
 	"$NHICTL" token verify --jwks "$jwks" --iss "$ISS" --aud gateway "$@" - <"$tok"
 }
+verify_file() { # token-file: the same with --token-file
+	"$NHICTL" token verify --jwks "$T/both.jwks" --iss "$ISS" --aud gateway --token-file "$1"
+}
 check "verify: current key" verify "$T/both.jwks" "$T/new.tok" --cert "$T/agent.pem"
 check "verify: retired-but-trusted key" verify "$T/both.jwks" "$T/old.tok" --cert "$T/agent.pem"
 check "verify prints the claims" bash -c "'$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway \
-	'$(cat "$T/new.tok")' | $PY -c 'import json,sys; c=json.load(sys.stdin); assert c[\"sub\"]==\"agent-7\" and c[\"roles\"]==[\"infer\",\"resolve\"] and c[\"cnf\"][\"x5t#S256\"]==\"$X5T\", c'"
+	- <'$T/new.tok' | $PY -c 'import json,sys; c=json.load(sys.stdin); assert c[\"sub\"]==\"agent-7\" and c[\"roles\"]==[\"infer\",\"resolve\"] and c[\"cnf\"][\"x5t#S256\"]==\"$X5T\", c'"
 check_fails "verify: removed key" "(kid_unknown)" verify "$T/new.jwks" "$T/old.tok"
 check_fails "verify: cnf mismatch with another agent's cert" "(cnf_mismatch)" verify "$T/both.jwks" "$T/new.tok" \
 	--cert "$T/other.pem"
@@ -86,9 +89,28 @@ check_fails "verify: payload tampered" "(signature)" bash -c "
 	printf '%s.%s.%s\n' \"\$h\" \"\$p2\" \"\$s\" | '$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway -"
 check_fails "verify: 1 MB token on stdin" "(too_large)" bash -c "
 	head -c 1048576 /dev/zero | tr '\\0' A | '$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway -"
-check_fails "verify: extra segment" "(segments)" "$NHICTL" token verify --jwks "$T/both.jwks" --iss "$ISS" --aud gateway \
-	"$(cat "$T/new.tok").e30"
-check_fails "verify: usage without --jwks" "required" "$NHICTL" token verify --iss "$ISS" --aud gateway x
+check_fails "verify: extra segment" "(segments)" bash -c "
+	printf '%s.e30\n' \"\$(cat '$T/new.tok')\" | '$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway -"
+check_fails "verify: usage without --jwks" "required" "$NHICTL" token verify --iss "$ISS" --aud gateway -
+
+# a bearer token is never taken from argv (every user of the host can read it), and not echoed
+check_fails "verify: a token in argv is refused" "pass it on stdin as '-'" \
+	"$NHICTL" token verify --jwks "$T/both.jwks" --iss "$ISS" --aud gateway "$(cat "$T/new.tok")"
+check "... as a usage error (exit 2) that does not echo it" bash -c "
+	'$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway \"\$(cat '$T/new.tok')\" >'$T/argv.out' 2>&1
+	[ \$? -eq 2 ] && ! grep -qF \"\$(cat '$T/new.tok')\" '$T/argv.out'"
+(umask 077; cp "$T/new.tok" "$T/private.tok")
+check "verify: --token-file reads a private file" verify_file "$T/private.tok"
+cp "$T/new.tok" "$T/open.tok"; chmod 644 "$T/open.tok"
+check_fails "verify: --token-file refuses a file others can read" "chmod 600" verify_file "$T/open.tok"
+check_fails "verify: --token-file and - together are refused" "not both" bash -c "
+	'$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway --token-file '$T/private.tok' - <'$T/new.tok'"
+# the command docs/api.md gives offline verifiers works as written
+cmd=$(grep -o 'nhictl token verify --jwks FILE --iss ISSUER --aud AUDIENCE - <TOKEN_FILE' "$NHI_ROOT/docs/api.md" | head -1)
+check "docs/api.md names a verify command" test -n "$cmd"
+run=$(printf '%s' "$cmd" | sed "s|^nhictl|'$NHICTL'|; s|--jwks FILE|--jwks both.jwks|; s|--iss ISSUER|--iss '$ISS'|;
+	s|--aud AUDIENCE|--aud gateway|; s|<TOKEN_FILE|<new.tok|")
+check "... and it verifies a token" bash -c "cd '$T' && $run | grep -q '\"sub\": \"agent-7\"'"
 check_fails "verify: a JWKS carrying a private key is refused" "private key material" bash -c "
 	$PY -c \"import json; d=json.load(open('$T/both.jwks')); d['keys'][0]['d']=d['keys'][0]['x']; json.dump(d,open('$T/priv.jwks','w'))\"
 	'$NHICTL' token verify --jwks '$T/priv.jwks' --iss '$ISS' --aud gateway - <'$T/new.tok'"
