@@ -8,27 +8,108 @@
 #include <stdlib.h>
 #include <string.h>
 
-static nhi_err refuse_directives(const char *text, size_t len)
+/* the bytes OpenSSL's default NCONF syntax skips as whitespace inside a line (conf_def.h
+ * CONF_WS: space, tab and carriage return; checked against libcrypto 3.0) */
+static bool conf_ws(char c)
 {
-	size_t i = 0, line = 1;
+	return c == ' ' || c == '\t' || c == '\r';
+}
 
-	while (i < len) {
-		while (i < len && (text[i] == ' ' || text[i] == '\t'))
-			i++;
-		if (i < len && text[i] == '.')
-			return nhi_err_set(NHI_ERR_CONFIG,
-					   "line %zu: directives such as .include are not allowed: a config must be one "
-					   "reviewable file",
-					   line);
-		while (i < len && text[i] != '\n') {
-			if (text[i] == '\0')
-				return nhi_err_set(NHI_ERR_CONFIG, "line %zu: NUL byte in config", line);
-			i++;
+/* a section name we can compare byte for byte with what NCONF makes of it: NCONF runs
+ * section names through its value unescaping, so anything else is refused */
+static bool plain_name_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+static int known_index(const char *key, size_t klen, const char *const *known, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strlen(known[i]) == klen && memcmp(key, known[i], klen) == 0)
+			return (int)i;
+	return -1;
+}
+
+/*
+ * Everything NCONF would take from outside this file, or read differently from how a
+ * reviewer reads it, is refused before NCONF sees the text:
+ * - a line whose first non-whitespace byte is '.' (.include, .pragma), whitespace as NCONF
+ *   counts it (\r included);
+ * - a carriage return not followed by \n: NCONF reads lines in 510-byte chunks and takes a
+ *   chunk ending in \r as the end of a line, so a "line" could start mid-line;
+ * - '$' anywhere: NCONF expands $name, ${name} and $ENV::NAME, and the config digest does
+ *   not cover the environment;
+ * - a line ending in '\' (NCONF joins it with the next), ':' or '\' in a key name
+ *   (section::key puts a key into another section), section names other than [A-Za-z0-9_];
+ * - a known key given twice in `section` (NCONF keeps the last one silently).
+ * With those gone, NCONF's lines are this file's lines and its keys are the names below.
+ */
+static nhi_err scan_text(const char *text, size_t len, const char *section, const char *const *known,
+			 size_t n_known)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	size_t *first = calloc(n_known > 0 ? n_known : 1, sizeof(*first));
+	size_t i = 0, line = 1, eol, e, k;
+	bool in_section = false;
+	int idx;
+
+	NHI_CHECK(first != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (; i < len; i = eol + 1, line++) {
+		for (eol = i; eol < len && text[eol] != '\n'; eol++) {
+			NHI_CHECK(text[eol] != '\0', NHI_ERR_CONFIG, "line %zu: NUL byte in config", line);
+			NHI_CHECK(text[eol] != '\r' || (eol + 1 < len && text[eol + 1] == '\n'), NHI_ERR_CONFIG,
+				  "line %zu: carriage return not followed by a newline: end lines with \\n or \\r\\n only",
+				  line);
+			NHI_CHECK(text[eol] != '$', NHI_ERR_CONFIG,
+				  "line %zu: '$' is not allowed in a config: the parser would expand $name or $ENV::NAME "
+				  "from outside this file; write the value out",
+				  line);
 		}
-		i++;
-		line++;
+		e = eol;
+		while (e > i && text[e - 1] == '\r')
+			e--;
+		NHI_CHECK(e == i || text[e - 1] != '\\', NHI_ERR_CONFIG,
+			  "line %zu ends in '\\', which joins it with the next line: write each key on one line", line);
+		while (i < e && conf_ws(text[i]))
+			i++;
+		NHI_CHECK(i == e || text[i] != '.', NHI_ERR_CONFIG,
+			  "line %zu: directives such as .include are not allowed: a config must be one reviewable file",
+			  line);
+		if (i == e || text[i] == '#')
+			continue;
+		if (text[i] == '[') {
+			size_t s;
+
+			for (i++; i < e && conf_ws(text[i]); i++)
+				;
+			for (s = i; i < e && plain_name_char(text[i]); i++)
+				;
+			k = i - s;
+			for (; i < e && conf_ws(text[i]); i++)
+				;
+			NHI_CHECK(k > 0 && i < e && text[i] == ']', NHI_ERR_CONFIG,
+				  "line %zu: a section header must be [name] with letters, digits and '_' only", line);
+			in_section = strlen(section) == k && memcmp(text + s, section, k) == 0;
+			continue;
+		}
+		for (k = i; k < e && !conf_ws(text[k]) && text[k] != '=' && text[k] != '#'; k++)
+			NHI_CHECK(text[k] != ':' && text[k] != '\\', NHI_ERR_CONFIG,
+				  "line %zu: ':' and '\\' are not allowed in a key name (section::key would put the key "
+				  "into another section): write it under its [section]",
+				  line);
+		idx = in_section ? known_index(text + i, k - i, known, n_known) : -1;
+		if (idx < 0)
+			continue; /* unknown keys and keys outside the section are refused after parsing */
+		NHI_CHECK(first[idx] == 0, NHI_ERR_CONFIG,
+			  "config key '%s' is given twice (lines %zu and %zu): keep one", known[idx], first[idx], line);
+		first[idx] = line;
 	}
-	return NHI_OK;
+	rv = NHI_OK;
+out:
+	free(first);
+	return rv;
 }
 
 static bool is_known(const char *key, const char *const *known, size_t n)
@@ -54,7 +135,7 @@ nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const 
 	int i;
 
 	NHI_CHECK(len <= NHI_CONFIG_MAX_BYTES, NHI_ERR_LIMIT, "config is larger than %d bytes", NHI_CONFIG_MAX_BYTES);
-	NHI_TRY(refuse_directives(text, len));
+	NHI_TRY(scan_text(text, len, section, known_keys, n_known));
 	conf = NCONF_new(NULL);
 	bio = BIO_new_mem_buf(text, (int)len);
 	NHI_CHECK_SSL(conf != NULL && bio != NULL, NHI_ERR_NOMEM, "allocating the config parser");

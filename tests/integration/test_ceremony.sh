@@ -10,10 +10,15 @@ check "hsm-init creates a token from 0600 PIN files" "$NHICTL" hsm-init --label 
 check_fails "hsm-init refuses a second token with the same label" "already exists" \
 	"$NHICTL" hsm-init --label cer --so-pin-file so.pin --pin-file user.pin
 
-conf() { # conf FILE OUTDIR [extra lines]
-	local f=$1 o=$2; shift 2
-	{ printf '[ceremony]\ntoken = %s\nout_dir = %s\nprofiles = %s\ntrust_domain = nhid.test\n' "${TOKEN:-cer}" "$o" "${PROFILES:-$NHI_ROOT/openssl.cnf}"
-	  printf 'organization = Test\nroot_cn = test root\nserver_cn = nhid\nserver_dns = localhost\nserver_ip = 127.0.0.1\n'
+conf() { # conf FILE OUTDIR [extra lines]: an extra line replaces the default of its key (one key, one line)
+	local f=$1 o=$2 d l skip; shift 2
+	{ printf '[ceremony]\n'
+	  while IFS= read -r d; do
+		skip=; for l in "$@"; do [ "${l%% *}" = "${d%% *}" ] && skip=1; done
+		[ -n "$skip" ] || printf '%s\n' "$d"
+	  done < <(printf 'token = %s\nout_dir = %s\nprofiles = %s\ntrust_domain = nhid.test\n' "${TOKEN:-cer}" "$o" \
+			"${PROFILES:-$NHI_ROOT/openssl.cnf}"
+		   printf 'organization = Test\nroot_cn = test root\nserver_cn = nhid\nserver_dns = localhost\nserver_ip = 127.0.0.1\n')
 	  for l in "$@"; do printf '%s\n' "$l"; done; } >"$f"
 }
 objects() { pkcs11-tool --module $MOD --token-label "${1:-cer}" --login --pin 3141-5926 --list-objects 2>/dev/null; }

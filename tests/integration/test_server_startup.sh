@@ -33,6 +33,16 @@ sed 's/^tls_key .*/tls_key = nhid-root/' "$D/nhid.conf" >bad.conf
 check_fails "a certificate that does not match the TLS key is refused" "does not match key 'nhid-root'" run_nhid --config bad.conf
 printf 'colour = blue\n' >>bad.conf
 check_fails "an unknown config key is refused" "unknown config key 'colour'" run_nhid --config bad.conf
+# what the config parser would take from outside the reviewed file (common/conf.c scan_text)
+(umask 000; printf '[nhid]\nlisten = 0.0.0.0:18446\n' >inc.conf); chmod 666 inc.conf
+{ cat "$D/nhid.conf"; printf '\r.include %s\n' "$T/inc.conf"; } >bad.conf
+check_fails "a .include behind a carriage return is refused" "carriage return not followed by a newline" \
+	run_nhid --config bad.conf --check
+{ cat "$D/nhid.conf"; printf 'threads = 64\nthreads = 3\n'; } | grep -v '^threads .*= 2' >bad.conf
+check_fails "a key given twice is refused, naming both lines" "config key 'threads' is given twice (lines" \
+	run_nhid --config bad.conf --check
+sed 's|^issuer .*|issuer = $ENV::HOME|' "$D/nhid.conf" >bad.conf
+check_fails "\$ENV:: in a value is refused, not expanded" "'\$' is not allowed in a config" run_nhid --config bad.conf --check
 # the port held by another listener, one that allows sharing as nhid itself once did
 # (SO_REUSEPORT): nhid refuses instead of taking a share of that listener's connections
 python3 -c 'import socket, sys, time

@@ -348,6 +348,58 @@ static void test_conf_reader(void **state)
 	assert_int_equal(nhi_conf_list("k", "a,b,c,d,e", &items[0][0], 16, 4, &n, NULL, "an item"), NHI_ERR_CONFIG);
 }
 
+/* every way NCONF would read something other than the reviewed lines, and duplicates */
+static void test_conf_reader_strict(void **state)
+{
+	static const char *const keys[] = {"a", "b"};
+	static const struct {
+		const char *text, *why;
+	} bad[] = {
+		{"[sec]\n\r.include /x\n", "line 2: carriage return not followed"}, /* NCONF skips that \r */
+		{"[sec]\n \t .pragma dollarid:on\n", "directives such as .include"},
+		{"[sec]\na = 1\r.include /x\n", "carriage return not followed by a newline"},
+		{"[sec]\na = 1\rb = 2\n", "carriage return not followed by a newline"},
+		{"[sec]\na = 1\nb = 2\r", "carriage return not followed by a newline"},
+		{"[sec]\na = 1\na = 2\n", "config key 'a' is given twice (lines 2 and 3)"},
+		{"[sec]\na = 1\n[sec]\n a\t= 2\n", "config key 'a' is given twice (lines 2 and 4)"},
+		{"[sec]\na = 1\n[ sec ]\na= 2\n", "config key 'a' is given twice (lines 2 and 4)"},
+		{"[sec]\na = $ENV::HOME\n", "line 2: '$' is not allowed"},
+		{"[sec]\nb = x\na = ${b}\n", "line 3: '$' is not allowed"},
+		{"[sec]\na = \\$ENV::HOME\n", "line 2: '$' is not allowed"},
+		{"[sec]\na = 1 \\\nb = 2\n", "line 2 ends in '\\'"},
+		{"[sec]\na = 1 \\\\\r\n", "line 2 ends in '\\'"}, /* at a 510-byte chunk edge NCONF may join it */
+		{"[sec]\nsec::a = 1\n", "':' and '\\' are not allowed in a key name"},
+		{"a = 1\ndefault::a = 1\n[sec]\n", "':' and '\\' are not allowed in a key name"},
+		{"[sec]\na\\ = 1\n", "':' and '\\' are not allowed in a key name"},
+		{"[s\\ec]\na = 1\n", "a section header must be [name]"},
+		{"[se c]\na = 1\n", "a section header must be [name]"},
+		{"[sec\na = 1\n", "a section header must be [name]"},
+	};
+	static const char *const good[] = {
+		"[sec]\r\na = 1\r\nb = 2\r\n",      /* CRLF files */
+		"[sec]\na = 1 # a = 2\n# a = 3\nb = a.b\n",
+		"[sec]\na = x\\\\y\n", /* an escaped backslash inside a value */
+		"[other]\nb = 1\n[sec]\nb = 2\n", /* same name in another section: refused later, not as a twin */
+	};
+	struct seen s = {0};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (nhi_conf_parse(bad[i].text, strlen(bad[i].text), "sec", keys, 2, collect, &s) != NHI_ERR_CONFIG ||
+		    strstr(nhi_err_detail(), bad[i].why) == NULL)
+			fail_msg("case %zu: got '%s', want '%s'", i, nhi_err_detail(), bad[i].why);
+	}
+	for (i = 0; i < 3; i++) {
+		memset(&s, 0, sizeof(s));
+		if (nhi_conf_parse(good[i], strlen(good[i]), "sec", keys, 2, collect, &s) != NHI_OK)
+			fail_msg("good case %zu: %s", i, nhi_err_detail());
+	}
+	assert_string_equal(s.last, "a=x\\y");
+	assert_int_equal(nhi_conf_parse(good[3], strlen(good[3]), "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "unknown config section [other]"));
+}
+
 static void test_errors(void **state)
 {
 	(void)state;
@@ -524,6 +576,7 @@ int main(void)
 		cmocka_unit_test(test_buffers_and_secret_memory), cmocka_unit_test(test_secret_files),
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
+		cmocka_unit_test(test_conf_reader_strict),
 		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
 		cmocka_unit_test(test_pid_cache_fork),
 		cmocka_unit_test(test_jsonw),

@@ -19,11 +19,33 @@ static const char good[] = "[nhid]\n"
 			   "backup = /srv/nhid/identities.nhib\nstate_dir = /srv/nhid/state\n"
 			   "audit_log = /srv/nhid/state/audit.jsonl\n";
 
+/* true when a line of text sets key (key, then ' ' or '=') */
+static bool sets_key(const char *text, const char *key, size_t klen)
+{
+	const char *p;
+
+	for (p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, key, klen) == 0 && (p[klen] == ' ' || p[klen] == '='))
+			return true;
+	return false;
+}
+
+/* good with extra appended; a key extra sets is dropped from good (a key given twice is refused) */
 static nhi_err parse_with(const char *extra, struct nhi_server_config *c)
 {
 	char text[4096];
+	const char *line, *eol;
+	size_t n = 0, len;
 
-	snprintf(text, sizeof(text), "%s%s", good, extra);
+	for (line = good; *line != '\0'; line = eol + 1) {
+		eol = strchr(line, '\n');
+		len = (size_t)(eol - line) + 1;
+		if (!sets_key(extra, line, strcspn(line, " ="))) {
+			memcpy(text + n, line, len);
+			n += len;
+		}
+	}
+	snprintf(text + n, sizeof(text) - n, "%s", extra);
 	return nhi_server_config_parse(text, strlen(text), c);
 }
 
