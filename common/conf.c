@@ -175,6 +175,15 @@ nhi_err nhi_conf_read(const char *path, struct nhi_buf *out, uint8_t sha256[32])
 	return rv;
 }
 
+nhi_err nhi_conf_read_private(const char *path, struct nhi_buf *out, uint8_t sha256[32])
+{
+	nhi_err rv = nhi_private_file_read("config file", path, NHI_CONFIG_MAX_BYTES, out);
+
+	if (rv == NHI_OK)
+		rv = nhi_sha256(out->data, out->len, sha256);
+	return rv;
+}
+
 nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val)
 {
 	if (strlen(val) >= cap)

@@ -17,6 +17,9 @@ nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const 
 
 /* Read a config file (capped at NHI_CONFIG_MAX_BYTES) into out; sha256 = its digest. */
 nhi_err nhi_conf_read(const char *path, struct nhi_buf *out, uint8_t sha256[32]) NHI_MUST_CHECK;
+/* The same for a config that must be private to this uid (nhid's): the owner and mode are
+ * checked on the descriptor that is read (nhi_private_file_read), not on the path later. */
+nhi_err nhi_conf_read_private(const char *path, struct nhi_buf *out, uint8_t sha256[32]) NHI_MUST_CHECK;
 
 /* Value helpers: each error names `key`. */
 nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val) NHI_MUST_CHECK;

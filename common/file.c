@@ -89,29 +89,60 @@ nhi_err nhi_private_file_check(const char *what, const char *path, const struct 
 	return NHI_OK;
 }
 
-nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
+/* open without following a symlink, then judge the file that was opened (not the path,
+ * which may name another file by then) */
+static nhi_err private_open(const char *what, const char *path, int *fd_out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct stat st;
-	int fd = -1;
+	int fd;
 
-	out->secret = true;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO,
-		  "cannot open secret file %s: %s", path, strerror(errno));
+	*fd_out = -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "cannot open %s %s: %s%s", what, path,
+		  strerror(errno), errno == ELOOP ? " (a symlink: point the config at the file itself)" : "");
 	NHI_CHECK(fstat(fd, &st) == 0, NHI_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
-	NHI_TRY(nhi_private_file_check("secret file", path, &st));
-	NHI_TRY(read_fd(fd, path, max_bytes, out));
-	if (out->len > 0 && out->data[out->len - 1] == '\n')
-		out->len--;
-	if (out->len > 0 && out->data[out->len - 1] == '\r')
-		out->len--;
-	out->data[out->len] = '\0';
-	NHI_CHECK(out->len > 0, NHI_ERR_ARG, "secret file %s is empty", path);
+	NHI_TRY(nhi_private_file_check(what, path, &st));
+	*fd_out = fd;
+	fd = -1;
 	rv = NHI_OK;
 out:
 	if (fd >= 0)
 		close(fd);
+	return rv;
+}
+
+nhi_err nhi_private_file_read(const char *what, const char *path, size_t max_bytes, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	int fd = -1;
+
+	NHI_TRY(private_open(what, path, &fd));
+	NHI_TRY(read_fd(fd, path, max_bytes, out));
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (rv != NHI_OK)
+		nhi_buf_free(out);
+	return rv;
+}
+
+nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	out->secret = true;
+	NHI_TRY(nhi_private_file_read("secret file", path, max_bytes, out));
+	if (out->len > 0 && out->data[out->len - 1] == '\n')
+		out->len--;
+	if (out->len > 0 && out->data[out->len - 1] == '\r')
+		out->len--;
+	/* before the NUL: a 0-byte file leaves data NULL */
+	NHI_CHECK(out->len > 0, NHI_ERR_ARG, "secret file %s is empty: write the secret into it", path);
+	out->data[out->len] = '\0';
+	rv = NHI_OK;
+out:
 	if (rv != NHI_OK)
 		nhi_buf_free(out);
 	return rv;

@@ -145,6 +145,14 @@ nhi_err nhi_file_read(const char *path, size_t max_bytes, struct nhi_buf *out) N
 nhi_err nhi_secret_file_read(const char *path, size_t max_bytes, struct nhi_buf *out) NHI_MUST_CHECK;
 
 /*
+ * Read a file that must be private (a trusted config, a secret): opened once with
+ * O_NOFOLLOW, and nhi_private_file_check runs on that descriptor's fstat before a byte
+ * is read, so the bytes read are the bytes of the file that was checked. `what` names
+ * the file in errors ("config file"). On error `out` is freed.
+ */
+nhi_err nhi_private_file_read(const char *what, const char *path, size_t max_bytes, struct nhi_buf *out) NHI_MUST_CHECK;
+
+/*
  * The deployment contract for a file holding a secret or a trusted config, given
  * its stat: a regular file owned by the effective uid with no group/other bits.
  * One exception, for systemd's LoadCredential=: a file inside $CREDENTIALS_DIRECTORY

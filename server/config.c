@@ -376,14 +376,25 @@ static nhi_err local_fs(const char *what, const char *path)
 	return NHI_OK;
 }
 
+/* opened as the real read opens it (O_NOFOLLOW, fstat of that descriptor), so what
+ * --check accepts is what a start accepts */
 static nhi_err private_file(const char *what, const char *path)
 {
-	struct stat st;
+	struct nhi_buf b = {0};
+	nhi_err rv = nhi_private_file_read(what, path, NHI_CONFIG_MAX_BYTES, &b);
 
-	if (stat(path, &st) != 0)
-		return nhi_err_set(errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "%s %s: %s", what, path,
-				   strerror(errno));
-	return nhi_private_file_check(what, path, &st);
+	nhi_buf_free(&b);
+	return rv;
+}
+
+/* read as hsm/hsm.c reads it at start: also refused here when empty */
+static nhi_err pin_file(const char *path)
+{
+	struct nhi_buf b = {0};
+	nhi_err rv = nhi_secret_file_read(path, NHI_PIN_FILE_MAX_BYTES, &b);
+
+	nhi_buf_free(&b);
+	return rv == NHI_OK ? rv : nhi_err_wrap(rv, "PIN file (hsm_pin_file)");
 }
 
 nhi_err nhi_server_preflight(const struct nhi_server_config *c, const char *config_path)
@@ -392,7 +403,7 @@ nhi_err nhi_server_preflight(const struct nhi_server_config *c, const char *conf
 	char dir[600], *slash;
 
 	NHI_TRY(private_file("config file", config_path));
-	NHI_TRY(private_file("PIN file", c->hsm_pin_file));
+	NHI_TRY(pin_file(c->hsm_pin_file));
 	NHI_TRY(local_fs("state_dir", c->state_dir));
 	snprintf(dir, sizeof(dir), "%s", c->audit_log);
 	slash = strrchr(dir, '/');
@@ -419,7 +430,7 @@ nhi_err nhi_server_config_load(const char *path, struct nhi_server_config *out, 
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b = {0};
 
-	NHI_TRY(nhi_conf_read(path, &b, digest));
+	NHI_TRY(nhi_conf_read_private(path, &b, digest));
 	rv = nhi_server_config_parse((const char *)b.data, b.len, out);
 	if (rv != NHI_OK)
 		nhi_err_wrap(rv, "%s", path);

@@ -16,6 +16,20 @@ chmod 600 "$D/nhid.conf"
 chmod 640 "$D/user.pin"
 check_fails "a PIN file readable by the group is refused" "chmod 600 $D/user.pin" run_nhid --config "$D/nhid.conf"
 chmod 600 "$D/user.pin"
+# the PIN and config files are checked as they are read: an empty PIN (once a crash at
+# start), a symlink (O_NOFOLLOW at start, so --check must refuse it too)
+(umask 077; : >empty.pin)
+sed "s|^hsm_pin_file .*|hsm_pin_file = $T/empty.pin|" "$D/nhid.conf" >bad.conf; chmod 600 bad.conf
+check_fails "--check refuses an empty PIN file" "secret file $T/empty.pin is empty" run_nhid --config bad.conf --check
+check_fails "an empty PIN file is refused at start, not a crash" "secret file $T/empty.pin is empty" \
+	run_nhid --config bad.conf
+ln -s "$D/user.pin" pin.link
+sed "s|^hsm_pin_file .*|hsm_pin_file = $T/pin.link|" "$D/nhid.conf" >bad.conf
+check_fails "--check refuses a symlinked PIN file, as the start does" "a symlink" run_nhid --config bad.conf --check
+check_fails "nhictl refuses an empty PIN file" "is empty" timeout 60 "$NHICTL" key pubkey --pin-file empty.pin \
+	--token nhid-dev --key nhid-tls
+cp "$D/nhid.conf" good.conf; ln -s good.conf conf.link
+check_fails "a symlinked config is refused before it is read" "a symlink" run_nhid --config conf.link --check
 sed 's/^threads .*/threads = 0/' "$D/nhid.conf" >bad.conf; chmod 600 bad.conf
 check_fails "an out-of-range limit names its key" "'threads'" run_nhid --config bad.conf
 sed 's/^listen .*/listen = localhost:8443/' "$D/nhid.conf" >bad.conf

@@ -152,6 +152,23 @@ static void test_secret_files(void **state)
 	assert_int_equal(nhi_secret_file_read(link, 64, &b), NHI_ERR_IO); /* O_NOFOLLOW */
 	write_file(path, "\n", 0600);
 	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_ARG); /* empty */
+	write_file(path, "", 0600); /* 0 bytes: no buffer at all, which once crashed */
+	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_ARG);
+	assert_non_null(strstr(nhi_err_detail(), "is empty"));
+	assert_null(b.data);
+	/* a private read checks the file it reads: mode, owner, symlink, before any byte */
+	write_file(path, "[nhid]\n", 0644);
+	b.secret = false;
+	assert_int_equal(nhi_private_file_read("config file", path, 64, &b), NHI_ERR_PERM);
+	assert_non_null(strstr(nhi_err_detail(), "config file"));
+	assert_null(b.data);
+	chmod(path, 0600);
+	assert_int_equal(nhi_private_file_read("config file", link, 64, &b), NHI_ERR_IO);
+	assert_non_null(strstr(nhi_err_detail(), "a symlink"));
+	assert_int_equal(nhi_private_file_read("config file", path, 64, &b), NHI_OK);
+	assert_int_equal(b.len, 7);
+	assert_false(b.secret);
+	nhi_buf_free(&b);
 	snprintf(path, sizeof(path), "%s/absent", dir);
 	assert_int_equal(nhi_secret_file_read(path, 64, &b), NHI_ERR_NOT_FOUND);
 }
