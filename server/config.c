@@ -355,6 +355,7 @@ const char *nhi_server_network_fs_name(long type)
 	case 0x013111A8UL: return "IBRIX";
 	case 0x01161970UL: return "GFS2";
 	case 0x7461636fUL: return "OCFS2";
+	case V9FS_MAGIC: return "9P (virtio-9p, WSL, QEMU shares)";
 	default: return NULL;
 	}
 }

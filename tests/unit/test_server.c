@@ -185,6 +185,7 @@ static void test_network_filesystems_named(void **state)
 	assert_string_equal(nhi_server_network_fs_name(0xFE534D42L), "SMB2");
 	assert_string_equal(nhi_server_network_fs_name(AFS_SUPER_MAGIC), "AFS");
 	assert_non_null(strstr(nhi_server_network_fs_name(0x65735546L), "FUSE"));
+	assert_non_null(strstr(nhi_server_network_fs_name(V9FS_MAGIC), "9P"));
 	assert_null(nhi_server_network_fs_name(EXT4_SUPER_MAGIC));
 	assert_null(nhi_server_network_fs_name(TMPFS_MAGIC));
 	assert_null(nhi_server_network_fs_name(0x58465342L)); /* XFS */
