@@ -100,6 +100,7 @@
 #define NHI_ADMIN_SCRYPT_N 16384                       /* admin bearer token KDF cost */
 #define NHI_ADMIN_SCRYPT_R 8
 #define NHI_ADMIN_SCRYPT_P 1
+#define NHI_ADMIN_TOKEN_MAX_BYTES 511                  /* nhid --hash-admin-token refuses longer ones */
 
 /* server/audit.c: the audit log (docs/audit.md) */
 #define NHI_AUDIT_KEY_LABEL_DEFAULT "nhid-audit"         /* ceremony key that signs checkpoints */

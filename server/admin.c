@@ -43,28 +43,74 @@ out:
 	return rv;
 }
 
-nhi_err nhi_admin_hash_check(const char *encoded, const char *secret, size_t len)
+struct parsed_hash {
+	unsigned long long n, r, p;
+	struct nhi_buf salt, hash;
+};
+
+/*
+ * "scrypt:N:r:p:<salt>:<hash>" with nothing after it, N a power of two from 1024 to
+ * 2^20, r 1-32, p 1-16, within the KDF's 64 MiB (128 r (N + p + 2) bytes), a salt
+ * and a 32-byte hash in base64url. Checked when the config loads, so that a hash no
+ * request could ever match is a startup error, not a 403 with the cause dropped.
+ */
+static nhi_err parse_hash(const char *encoded, struct parsed_hash *h)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	char salt64[64], hash64[64];
-	unsigned long long n, r, p;
-	struct nhi_buf salt = {0}, want = {0};
+	int end = -1;
+
+	memset(h, 0, sizeof(*h));
+	NHI_CHECK(sscanf(encoded, "scrypt:%llu:%llu:%llu:%63[A-Za-z0-9_-]:%63[A-Za-z0-9_-]%n", &h->n, &h->r, &h->p,
+			 salt64, hash64, &end) == 5 &&
+			  end > 0 && encoded[end] == '\0',
+		  NHI_ERR_CONFIG, "admin_token_hash is not scrypt:N:r:p:SALT:HASH as `nhid --hash-admin-token` prints it");
+	NHI_CHECK(h->n >= 1024 && h->n <= (1u << 20) && (h->n & (h->n - 1)) == 0 && h->r >= 1 && h->r <= 32 &&
+			  h->p >= 1 && h->p <= 16 && 128ULL * h->r * (h->n + h->p + 2) <= 64ULL * 1024 * 1024,
+		  NHI_ERR_CONFIG,
+		  "admin_token_hash parameters N=%llu r=%llu p=%llu are out of range (N a power of two 1024-1048576, "
+		  "r 1-32, p 1-16, 128*r*(N+p+2) within 64 MiB)",
+		  h->n, h->r, h->p);
+	NHI_TRY(nhi_b64url_decode(salt64, strlen(salt64), &h->salt));
+	NHI_TRY(nhi_b64url_decode(hash64, strlen(hash64), &h->hash));
+	NHI_CHECK(h->salt.len >= 8 && h->hash.len == HASH_BYTES, NHI_ERR_CONFIG,
+		  "admin_token_hash has a salt of %zu bytes (at least 8) and a hash of %zu (%d)", h->salt.len, h->hash.len,
+		  HASH_BYTES);
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK) {
+		nhi_buf_free(&h->salt);
+		nhi_buf_free(&h->hash);
+	}
+	return rv;
+}
+
+nhi_err nhi_admin_hash_valid(const char *encoded)
+{
+	struct parsed_hash h;
+	nhi_err rv = parse_hash(encoded, &h);
+
+	if (rv == NHI_OK) {
+		nhi_buf_free(&h.salt);
+		nhi_buf_free(&h.hash);
+	}
+	return rv;
+}
+
+nhi_err nhi_admin_hash_check(const char *encoded, const char *secret, size_t len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct parsed_hash h = {0};
 	uint8_t got[HASH_BYTES];
 
-	NHI_CHECK(sscanf(encoded, "scrypt:%llu:%llu:%llu:%63[A-Za-z0-9_-]:%63[A-Za-z0-9_-]", &n, &r, &p, salt64,
-			 hash64) == 5,
-		  NHI_ERR_CONFIG, "admin_token_hash is malformed");
-	NHI_CHECK(n >= 1024 && n <= (1u << 20) && r >= 1 && r <= 32 && p >= 1 && p <= 16, NHI_ERR_CONFIG,
-		  "admin_token_hash parameters out of range");
-	NHI_TRY(nhi_b64url_decode(salt64, strlen(salt64), &salt));
-	NHI_TRY(nhi_b64url_decode(hash64, strlen(hash64), &want));
-	NHI_CHECK(want.len == HASH_BYTES, NHI_ERR_CONFIG, "admin_token_hash has a hash of the wrong size");
-	NHI_TRY(kdf(secret, len, salt.data, salt.len, n, r, p, got));
-	NHI_CHECK(nhi_ct_equal(got, want.data, HASH_BYTES), NHI_ERR_DENIED, "wrong admin token");
+	memset(got, 0, sizeof(got));
+	NHI_TRY(parse_hash(encoded, &h));
+	NHI_TRY(kdf(secret, len, h.salt.data, h.salt.len, h.n, h.r, h.p, got));
+	NHI_CHECK(nhi_ct_equal(got, h.hash.data, HASH_BYTES), NHI_ERR_DENIED, "wrong admin token");
 	rv = NHI_OK;
 out:
 	nhi_wipe(got, sizeof(got));
-	nhi_buf_free(&salt);
-	nhi_buf_free(&want);
+	nhi_buf_free(&h.salt);
+	nhi_buf_free(&h.hash);
 	return rv;
 }

@@ -237,10 +237,10 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 		return valid_audience(val) ? COPY(issuer)
 					   : nhi_err_set(NHI_ERR_CONFIG, "config key 'issuer' must be printable, no spaces");
 	if (strcmp(key, "admin_token_hash") == 0)
-		return strncmp(val, "scrypt:", 7) == 0
+		return nhi_admin_hash_valid(val) == NHI_OK
 			       ? COPY(admin_token_hash)
-			       : nhi_err_set(NHI_ERR_CONFIG, "config key 'admin_token_hash' must be an scrypt:... hash "
-							     "made by `nhid --hash-admin-token`");
+			       : nhi_err_wrap(NHI_ERR_CONFIG, "config key 'admin_token_hash' (make it with `nhid "
+							      "--hash-admin-token`)");
 	if (strcmp(key, "tls_key") == 0 || strcmp(key, "backup_sign_key") == 0 || strcmp(key, "audit_key") == 0) {
 		if (!valid_label(val))
 			return nhi_err_set(NHI_ERR_CONFIG, "config key '%s': '%.64s' is not a key label", key, val);

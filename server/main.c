@@ -8,6 +8,7 @@
 #include "../common/limits.h"
 #include "../hsm/hsm.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -41,18 +42,40 @@ static void *signal_thread(void *arg)
 	}
 }
 
+/*
+ * The secret comes from stdin, never argv where every user can see it; read(2), not
+ * stdio, so no buffer of libc's keeps a copy. Longer than the buffer is an error: a
+ * hash of its first part could never match the token the operator holds.
+ */
 static int hash_admin_token(void)
 {
-	char secret[512];
+	char secret[NHI_ADMIN_TOKEN_MAX_BYTES + 2]; /* the token, then at most "\r\n" */
 	struct nhi_buf out = {0};
-	size_t n;
+	size_t n = 0;
+	ssize_t r;
 	nhi_err e;
 
-	/* read from stdin, never from argv where every user can see it */
-	n = fread(secret, 1, sizeof(secret) - 1, stdin);
-	while (n > 0 && (secret[n - 1] == '\n' || secret[n - 1] == '\r'))
+	for (;;) {
+		r = read(0, secret + n, sizeof(secret) - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		if (n == sizeof(secret))
+			break;
+	}
+	if (n > 0 && secret[n - 1] == '\n')
 		n--;
-	e = nhi_admin_hash_make(secret, n, &out);
+	if (n > 0 && secret[n - 1] == '\r')
+		n--;
+	if (r < 0)
+		e = nhi_err_set(NHI_ERR_IO, "reading the admin token from stdin: %s", strerror(errno));
+	else if (n > NHI_ADMIN_TOKEN_MAX_BYTES)
+		e = nhi_err_set(NHI_ERR_LIMIT, "the admin token is longer than %d bytes: use a shorter one",
+				NHI_ADMIN_TOKEN_MAX_BYTES);
+	else
+		e = nhi_admin_hash_make(secret, n, &out);
 	nhi_wipe(secret, sizeof(secret));
 	if (e != NHI_OK) {
 		fprintf(stderr, "nhid: %s\n", nhi_err_detail());

@@ -83,6 +83,8 @@ nhi_err nhi_server_preflight(const struct nhi_server_config *cfg, const char *co
 nhi_err nhi_admin_hash_make(const char *secret, size_t len, struct nhi_buf *out) NHI_MUST_CHECK;
 /* NHI_OK when `secret` matches `encoded` (constant-time compare), NHI_ERR_DENIED otherwise. */
 nhi_err nhi_admin_hash_check(const char *encoded, const char *secret, size_t len) NHI_MUST_CHECK;
+/* The form and parameters of an admin_token_hash (what the config loader checks). */
+nhi_err nhi_admin_hash_valid(const char *encoded) NHI_MUST_CHECK;
 
 struct nhi_server;
 /* Open the token, load the backup, build TLS, audit, tokens; bind the sockets. */

@@ -10,6 +10,18 @@ run_nhid() { timeout 60 "$NHID" "$@"; }
 
 check_fails "--workers (multi-process mode) is refused" "threads = N" run_nhid --config "$D/nhid.conf" --workers 4
 check_fails "a config without --config is a usage error" "usage" run_nhid
+# --hash-admin-token: a secret longer than the buffer is refused, not hashed in part
+check_fails "--hash-admin-token refuses a 512-byte token (its first 511 bytes would never match)" \
+	"the admin token is longer than 511 bytes" bash -c "head -c 512 /dev/zero | tr '\\0' a | '$NHID' --hash-admin-token"
+check "--hash-admin-token takes a 511-byte token with its newline" \
+	bash -c "{ head -c 511 /dev/zero | tr '\\0' a; echo; } | '$NHID' --hash-admin-token | grep -q '^scrypt:16384:8:1:'"
+cat >bad-hash.conf <<EOF2
+$(grep -v '^admin_token_hash' "$D/nhid.conf")
+admin_token_hash = scrypt:garbage
+EOF2
+chmod 600 bad-hash.conf
+check_fails "a malformed admin_token_hash is refused at startup, naming the key" "config key 'admin_token_hash'" \
+	run_nhid --config bad-hash.conf --check
 chmod 644 "$D/nhid.conf"
 check_fails "a config readable by others is refused" "chmod 600 $D/nhid.conf" run_nhid --config "$D/nhid.conf"
 chmod 600 "$D/nhid.conf"

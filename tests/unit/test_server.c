@@ -205,6 +205,40 @@ static void test_admin_hash(void **state)
 	assert_int_equal(nhi_admin_hash_check((char *)h.data, "", 0), NHI_ERR_DENIED);
 	assert_int_equal(nhi_admin_hash_check("scrypt:1:1:1:AA:AA", secret, strlen(secret)), NHI_ERR_CONFIG);
 	assert_int_equal(nhi_admin_hash_check("md5:abc", secret, strlen(secret)), NHI_ERR_CONFIG);
+	/* the form and parameters, as the config loader checks them */
+	assert_int_equal(nhi_admin_hash_valid((char *)h.data), NHI_OK);
+	{
+		static const char *const bad[] = {
+			"scrypt:garbage",
+			"scrypt:16384:8:1:c2FsdHNhbHRzYWx0:aGFzaGhhc2g", /* an 8-byte hash */
+			"scrypt:16385:8:1:c2FsdHNhbHRzYWx0:aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+			"scrypt:1048576:8:1:c2FsdHNhbHRzYWx0:aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+			"scrypt:16384:8:1:c2FsdA:aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g", /* 4-byte salt */
+		};
+		char trailing[300];
+		size_t i;
+
+		for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+			if (nhi_admin_hash_valid(bad[i]) != NHI_ERR_CONFIG)
+				fail_msg("admin hash %zu accepted: %s", i, bad[i]);
+		snprintf(trailing, sizeof(trailing), "%s:x", (char *)h.data);
+		assert_int_equal(nhi_admin_hash_valid(trailing), NHI_ERR_CONFIG);
+		assert_non_null(strstr(nhi_err_detail(), "as `nhid --hash-admin-token` prints it"));
+	}
+	{
+		struct nhi_server_config c;
+		char line[400];
+
+		snprintf(line, sizeof(line), "admin_token_hash = %s\n", (char *)h.data);
+		assert_int_equal(parse_with(line, &c), NHI_OK);
+		assert_int_equal(parse_with("admin_token_hash = scrypt:garbage\n", &c), NHI_ERR_CONFIG);
+		assert_non_null(strstr(nhi_err_detail(), "config key 'admin_token_hash'"));
+		assert_int_equal(parse_with("admin_token_hash = scrypt:1048576:8:1:c2FsdHNhbHRzYWx0:"
+					    "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\n",
+					    &c),
+				 NHI_ERR_CONFIG);
+		assert_non_null(strstr(nhi_err_detail(), "within 64 MiB"));
+	}
 	assert_int_equal(nhi_admin_hash_make("short", 5, &h), NHI_ERR_ARG);
 	nhi_buf_free(&h);
 }
