@@ -112,6 +112,11 @@ out:
 	return rv;
 }
 
+nhi_err nhi_conf_text_check(const char *text, size_t len)
+{
+	return scan_text(text, len, "", NULL, 0);
+}
+
 static bool is_known(const char *key, const char *const *known, size_t n)
 {
 	size_t i;

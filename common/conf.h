@@ -21,6 +21,14 @@ nhi_err nhi_conf_read(const char *path, struct nhi_buf *out, uint8_t sha256[32])
  * checked on the descriptor that is read (nhi_private_file_read), not on the path later. */
 nhi_err nhi_conf_read_private(const char *path, struct nhi_buf *out, uint8_t sha256[32]) NHI_MUST_CHECK;
 
+/*
+ * The rules of every config text, without its keys: no NUL, no lone carriage return,
+ * no '$' (NCONF expands $name and $ENV::NAME), no line continuation, no directive
+ * (.include), plain section names, no ':' or '\\' in key names. For files NCONF
+ * reads whole, such as the certificate profiles (provisioning/x509.c).
+ */
+nhi_err nhi_conf_text_check(const char *text, size_t len) NHI_MUST_CHECK;
+
 /* Value helpers: each error names `key`. */
 nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val) NHI_MUST_CHECK;
 nhi_err nhi_conf_uint(unsigned long long *dst, const char *key, const char *val, unsigned long long min,

@@ -28,6 +28,11 @@ nhi_err nhi_profiles_load(const char *path, struct nhi_profiles **out, uint8_t s
 
 	*out = NULL;
 	NHI_TRY(nhi_conf_read(path, &b, sha256));
+	rv = nhi_conf_text_check((const char *)b.data, b.len);
+	if (rv != NHI_OK) {
+		rv = nhi_err_wrap(rv, "profiles file %s", path);
+		goto out;
+	}
 	p = calloc(1, sizeof(*p));
 	NHI_CHECK(p != NULL, NHI_ERR_NOMEM, "out of memory");
 	p->conf = NCONF_new(NULL);

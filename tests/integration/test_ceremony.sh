@@ -36,6 +36,14 @@ sed 's/trust_domain = nhid.test/trust_domain = Bad Domain/' bad1.conf | grep -v 
 check_fails "invalid trust domain is refused" "trust_domain 'Bad Domain' is not valid" "$NHICTL" ceremony --config bad5.conf --pin-file user.pin
 conf bad6.conf out-bad 'server_ip = 300.1.1.1'
 check_fails "invalid server IP is refused" "'300.1.1.1' is not an IPv4 or IPv6 address" "$NHICTL" ceremony --config bad6.conf --pin-file user.pin
+{ cat "$NHI_ROOT/openssl.cnf"; echo '.include /etc/ssl/openssl.cnf'; } >incl.cnf
+PROFILES=$T/incl.cnf conf bad7.conf out-bad
+check_fails "a profiles file with an .include is refused, naming it" "profiles file $T/incl.cnf: line" \
+	"$NHICTL" ceremony --config bad7.conf --pin-file user.pin
+{ cat "$NHI_ROOT/openssl.cnf"; echo 'x = $ENV::HOME'; } >dollar.cnf
+PROFILES=$T/dollar.cnf conf bad8.conf out-bad
+check_fails "a profiles file with a \$ expansion is refused" "'\$' is not allowed" \
+	"$NHICTL" ceremony --config bad8.conf --pin-file user.pin
 conf good.conf "$T/out"
 cp user.pin loose.pin; chmod 644 loose.pin
 check_fails "a PIN file readable by others is refused" "chmod 600" "$NHICTL" ceremony --config good.conf --pin-file loose.pin
