@@ -3,14 +3,17 @@
  * data diode (docs/updates.md). create (unsigned package from a body file), sign
  * (one custodian, their own token, offline; the signature is merged into the
  * package), verify (against a trust bundle and optionally a state dir), apply and
- * scan (offline, into a state dir, exactly as nhid does), init (install the pinned
- * bundle v1 in a state dir), pubkey (a custodian's public key for the bundle).
+ * scan (offline, into a state dir: the package checks nhid makes, and nhid's own
+ * body checks; a body whose remaining checks need nhid's token or configuration is
+ * left in place for nhid), init (install the pinned bundle v1 in a state dir),
+ * pubkey (a custodian's public key for the bundle).
  * Also the `sign` shared by `nhictl bundle` and `nhictl manifest`.
  */
 #include "nhictl.h"
 #include "../common/limits.h"
 #include "../common/pkey.h"
 #include "../hsm/hsm.h"
+#include "../server/server.h"
 #include "../server/update.h"
 
 #include <errno.h>
@@ -39,7 +42,9 @@ static void usage(FILE *f)
 		"  verify  prints the package facts and exits 0, or names the reason it would be refused.\n"
 		"  apply   accepts a package only with signatures by >= threshold DISTINCT update signers of\n"
 		"          the state dir's current trust bundle, unexpired, version above the last applied of\n"
-		"          its kind, body checksum ok; moves it to DIR/applied/ or DIR/rejected/ with a .reason.\n");
+		"          its kind, body checksum ok, and a body nhid would accept; moves it to DIR/applied/ or\n"
+		"          DIR/rejected/ with a .reason. cert-rotation, token-keys, identity-backup and a revocation\n"
+		"          that revokes kids need nhid's token: refused and left in place, for nhid to apply.\n");
 }
 
 /* ---- sign (shared) --------------------------------------------------------------- */
@@ -363,6 +368,42 @@ out:
 	return status;
 }
 
+/*
+ * Offline apply commits only what nhid would: prepare runs nhid's body checks (a body
+ * nhid refuses goes to rejected/ with nhid's message), and hold leaves in place, for
+ * nhid, a body whose remaining checks need nhid's token or configuration.
+ */
+struct offline {
+	bool needs_nhid; /* set by offline_prepare for the package being applied */
+};
+
+static nhi_err offline_prepare(void *arg, const struct nhi_update_info *info, const uint8_t *body, size_t len)
+{
+	struct offline *o = arg;
+
+	return nhi_server_update_body_check(info, body, len, &o->needs_nhid);
+}
+
+static nhi_err offline_hold(void *arg, const struct nhi_update_info *info, const uint8_t *body, size_t len)
+{
+	const struct offline *o = arg;
+
+	(void)body;
+	(void)len;
+	if (!o->needs_nhid)
+		return NHI_OK;
+	if (info->kind == NHI_UPDATE_REVOCATION)
+		return nhi_err_set(NHI_ERR_DENIED,
+				   "revocation version %llu revokes kids, and only nhid can check that none of them "
+				   "signs tokens: not applied, left in place; drop it in nhid's updates_dir and let nhid "
+				   "apply it",
+				   (unsigned long long)info->version);
+	return nhi_err_set(NHI_ERR_DENIED,
+			   "%s packages need nhid's token and configuration: not applied, left in place; drop it in "
+			   "nhid's updates_dir and let nhid apply it",
+			   nhi_update_kind_name(info->kind));
+}
+
 static void report(void *arg, const char *path, nhi_err e, const struct nhi_update_result *res)
 {
 	int *status = arg;
@@ -386,6 +427,7 @@ static int cmd_apply(int argc, char **argv)
 	struct nhi_update_apply_cfg cfg = {0};
 	struct nhi_update_result *res = calloc(1, sizeof(*res));
 	struct nhi_bundle *b = NULL;
+	struct offline off = {0};
 	int first = parse_state_opts("update apply", argc, argv, &o), status = 0, i;
 	nhi_err e;
 
@@ -401,6 +443,9 @@ static int cmd_apply(int argc, char **argv)
 	cfg.state_dir = o.state_dir;
 	cfg.now = o.now;
 	cfg.skew_s = o.skew;
+	cfg.prepare = offline_prepare;
+	cfg.hold = offline_hold;
+	cfg.prepare_arg = &off;
 	for (i = first; i < argc; i++) {
 		/* reloaded for every package: a trust-bundle package changes the signers */
 		nhi_bundle_free(b);
@@ -425,6 +470,7 @@ static int cmd_scan(int argc, char **argv)
 	struct nhi_update_apply_cfg cfg = {0};
 	struct nhi_update_scan_stats stats;
 	struct nhi_bundle *b = NULL;
+	struct offline off = {0};
 	int first = parse_state_opts("update scan", argc, argv, &o), status = 0;
 	nhi_err e;
 
@@ -441,6 +487,9 @@ static int cmd_scan(int argc, char **argv)
 	cfg.bundle = b;
 	cfg.now = o.now;
 	cfg.skew_s = o.skew;
+	cfg.prepare = offline_prepare;
+	cfg.hold = offline_hold;
+	cfg.prepare_arg = &off;
 	e = nhi_update_scan(&cfg, o.incoming, report, &status, &stats);
 	if (e != NHI_OK)
 		status = nhictl_fail("update scan", o.incoming, e);

@@ -98,4 +98,17 @@ void nhi_server_stop(struct nhi_server *s);
 nhi_err nhi_server_reload(struct nhi_server *s, const char *who) NHI_MUST_CHECK;
 void nhi_server_free(struct nhi_server *s);
 
+/*
+ * The checks nhid's update `prepare` makes on a verified package body that need nothing
+ * of a running nhid (its token, its configuration): the body's format per kind, and for
+ * an identity-backup that the package version is the backup's serial. The detail is
+ * nhid's own refusal. On NHI_OK, *needs_nhid tells whether nhid makes further checks
+ * here that need its token or configuration (cert-rotation, token-keys, identity-backup,
+ * a revocation naming kids): only nhid can then apply the body. nhictl's offline apply
+ * (provisioning/update.c) and nhid's prepare both call it, so the two refuse alike.
+ */
+struct nhi_update_info;
+nhi_err nhi_server_update_body_check(const struct nhi_update_info *info, const uint8_t *body, size_t len,
+				     bool *needs_nhid) NHI_MUST_CHECK;
+
 #endif

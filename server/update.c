@@ -939,6 +939,16 @@ nhi_err nhi_update_apply_file(const struct nhi_update_apply_cfg *cfg, const char
 			goto out;
 		}
 	}
+	if (cfg->hold != NULL) {
+		e = cfg->hold(cfg->prepare_arg, &res->info, body.data, body.len);
+		if (e != NHI_OK) {
+			/* a good package for another receiver: neither committed nor moved */
+			res->why = NHI_UPDATE_E_KIND_DENIED;
+			snprintf(res->detail, sizeof(res->detail), "%s", nhi_err_detail());
+			rv = e;
+			goto out;
+		}
+	}
 	crash_point(1);
 	/* (1) the body, under a name no committed state points at yet */
 	NHI_TRY(ensure_dir(cfg->state_dir, "bodies", bodies, sizeof(bodies)));

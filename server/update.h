@@ -268,7 +268,14 @@ struct nhi_update_apply_cfg {
 	int64_t skew_s;                  /* 0 = NHI_UPDATE_CLOCK_SKEW_DEFAULT_S */
 	unsigned kinds_allowed;          /* 0 = all */
 	nhi_update_prepare_fn prepare;   /* may be NULL */
-	void *prepare_arg;
+	/*
+	 * May be NULL. Called after prepare accepted the body: an error leaves the package
+	 * where it is, nothing committed or moved (res->why "kind_not_accepted", the error
+	 * returned): a body this receiver cannot apply but another can (nhictl's offline
+	 * apply leaves to nhid what needs nhid's token).
+	 */
+	nhi_update_prepare_fn hold;
+	void *prepare_arg;               /* given to prepare and hold */
 };
 
 struct nhi_update_result {
@@ -287,7 +294,7 @@ struct nhi_update_result {
  * already committed (crash between (2) and (3)) is moved to applied/ without a
  * second apply. Returns NHI_OK when applied; the refusal's error when rejected
  * (res->why, res->moved_to set); another error, with the package left in place,
- * when it could not be processed (I/O, clock). A trust-bundle package also replaces
+ * when it could not be processed (I/O, clock) or cfg->hold held it back. A trust-bundle package also replaces
  * state_dir/trust-bundle.json: reload the bundle after it.
  */
 nhi_err nhi_update_apply_file(const struct nhi_update_apply_cfg *cfg, const char *pkg_path,

@@ -15,7 +15,10 @@
  *                 chain verified against ca_file; a new SSL_CTX swapped in like a
  *                 reload (open connections keep theirs).
  *   trust-bundle  verified and installed by the library; reloaded after the scan.
- *   model-manifest stored only.   identity-backup: not accepted by nhid yet.
+ *   model-manifest stored only.
+ *   token-keys, identity-backup: docs/updates.md.
+ * nhi_server_update_body_check holds the body checks that need no running nhid:
+ * prepare runs it first, and nhictl's offline apply runs it too.
  */
 #include "server_internal.h"
 #include "update_internal.h"
@@ -664,14 +667,11 @@ out:
  * update rollback rule and the backup's agree. After the commit nhid re-imports it
  * into service (nhi_server_reload picks the newest of `backup` and this body).
  */
-static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_update_info *info, const uint8_t *body,
-				       size_t len)
+/* the checks that need no token: the body is a backup, and the package version its serial */
+static nhi_err backup_body_check(const struct nhi_update_info *info, const uint8_t *body, size_t len)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_backup_info bi;
-	struct nhi_store *scratch = NULL;
-	struct nhi_store_info mark, loaded;
-	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
 
 	rv = nhi_backup_inspect(body, len, &bi);
 	if (rv != NHI_OK) {
@@ -682,6 +682,20 @@ static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_up
 		  "identity-backup: the package version (%llu) must be the backup's serial (%llu): make the package "
 		  "with --version %llu",
 		  (unsigned long long)info->version, (unsigned long long)bi.serial, (unsigned long long)bi.serial);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* after backup_body_check (prepare_cb runs nhi_server_update_body_check first) */
+static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_update_info *info, const uint8_t *body,
+				       size_t len)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_store *scratch = NULL;
+	struct nhi_store_info mark, loaded;
+	struct nhi_store_import_opts o = {.sign_key_label = s->cfg.backup_sign_key};
+
 	/* the rules of a reload: against the loaded backup, the last accepted one, its serial */
 	rv = nhi_server_backup_mark(s, &mark);
 	if (rv != NHI_OK) {
@@ -694,7 +708,7 @@ static nhi_err prepare_identity_backup(struct nhi_server *s, const struct nhi_up
 	NHI_TRY(nhi_store_new(&scratch));
 	rv = nhi_store_import(scratch, s->hsm, body, len, &o, NULL);
 	if (rv != NHI_OK)
-		nhi_err_wrap(rv, "identity-backup: serial %llu", (unsigned long long)bi.serial);
+		nhi_err_wrap(rv, "identity-backup: serial %llu", (unsigned long long)info->version);
 out:
 	nhi_store_free(scratch);
 	return rv;
@@ -905,6 +919,46 @@ out:
 	return rv;
 }
 
+/* ---- the checks that need no running nhid ------------------------------------------- */
+
+nhi_err nhi_server_update_body_check(const struct nhi_update_info *info, const uint8_t *body, size_t len,
+				     bool *needs_nhid)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_trust *t = NULL;
+
+	*needs_nhid = true;
+	switch (info->kind) {
+	case NHI_UPDATE_REVOCATION:
+		t = calloc(1, sizeof(*t));
+		NHI_CHECK(t != NULL, NHI_ERR_NOMEM, "out of memory");
+		atomic_init(&t->refs, 1);
+		NHI_TRY(revocation_parse(body, len, t));
+		/* whether a revoked kid signs tokens is known only to nhid (its token keys) */
+		*needs_nhid = t->n_kids > 0;
+		break;
+	case NHI_UPDATE_CERT_ROTATION:
+		NHI_TRY(nhi_rotation_body_check(body, len));
+		break;
+	case NHI_UPDATE_TOKEN_KEYS:
+		NHI_TRY(nhi_token_keys_body_check(body, len));
+		break;
+	case NHI_UPDATE_IDENTITY_BACKUP:
+		NHI_TRY(backup_body_check(info, body, len));
+		break;
+	case NHI_UPDATE_TRUST_BUNDLE:   /* verified as the next bundle by the library */
+	case NHI_UPDATE_MODEL_MANIFEST: /* stored only */
+		*needs_nhid = false;
+		break;
+	default:
+		NHI_FAIL(NHI_ERR_DENIED, "nhid does not take %s packages", nhi_update_kind_name(info->kind));
+	}
+	rv = NHI_OK;
+out:
+	nhi_trust_put(t);
+	return rv;
+}
+
 /* ---- taking committed changes into service ---------------------------------------- */
 
 static void trust_swap(struct nhi_server *s, struct nhi_trust *t)
@@ -979,10 +1033,13 @@ static nhi_err prepare_cb(void *arg, const struct nhi_update_info *info, const u
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_server *s = arg;
 	struct staged *st = &s->watcher->st;
+	bool needs_nhid;
 
 	staged_drop(s, st); /* a leftover from a package that was not committed */
 	st->kind = info->kind;
 	st->version = info->version;
+	/* the checks nhictl's offline apply makes too: both refuse a body alike */
+	NHI_TRY(nhi_server_update_body_check(info, body, len, &needs_nhid));
 	switch (info->kind) {
 	case NHI_UPDATE_REVOCATION:
 		NHI_TRY(nhi_trust_build(s, &s->token_keys, body, len, info->version, &st->trust));

@@ -124,7 +124,7 @@ update_flow() {
 	local pin
 	pin=$("$NHICTL" bundle fingerprint "$U/b1.json")
 	"$NHICTL" update init --state-dir "$U/state" --bundle "$U/b1.json" --pin "$pin" >/dev/null
-	printf 'revoked-agent\n' >"$U/body"
+	printf '{"agents":["revoked-agent"]}\n' >"$U/body"
 	"$NHICTL" update create --kind revocation --version 1 --id rev-1 --body "$U/body" --expires-in 86400 \
 		-o "$U/incoming/rev-1.json" >/dev/null
 	for i in 1 2; do "$NHICTL" update sign --token cust$i --key signer --pin-file "$T/c$i.pin" "$U/incoming/rev-1.json" >/dev/null; done

@@ -56,7 +56,8 @@ check_fails "update init refuses to replace it" "already exists" \
 
 mk() { # mk OUT KIND VERSION ID [extra create args]
 	local out=$1 kind=$2 v=$3 id=$4; shift 4
-	printf 'body of %s v%s\n' "$kind" "$v" >body.$id
+	# a body nhid accepts: a revocation set (the others are only stored, or held for nhid)
+	printf '{"agents":["agent-of-%s-v%s"]}\n' "$kind" "$v" >body.$id
 	rm -f "$out"
 	"$NHICTL" update create --kind "$kind" --version "$v" --id "$id" --body body.$id --expires-in $DAY -o "$out" "$@" >/dev/null
 }
@@ -130,6 +131,35 @@ cp pkind.json incoming/
 check_fails "a signed package of an unknown kind is refused" "(kind_unknown)" "$NHICTL" update apply --state-dir state incoming/pkind.json
 check_fails "the clock set back beyond the skew is refused, saying so" "set the clock forward" \
 	"$NHICTL" update verify --state-dir state --now $((NOW - DAY)) p2.json
+# --- offline apply commits only what nhid would accept ---
+mkb() { # mkb OUT KIND VERSION ID BODY: a package of BODY signed by custodians 1 and 2
+	printf '%s' "$5" >body.$4
+	rm -f "$1"
+	"$NHICTL" update create --kind "$2" --version "$3" --id "$4" --body body.$4 --expires-in $DAY -o "$1" >/dev/null
+	sign update "$1" 1 2
+}
+mkb incoming/pbogus.json revocation 3 rev-bogus '{"bogus":1}'
+check_fails "apply: a revocation body nhid refuses is refused with nhid's message" \
+	"revocation: unknown member 'bogus'" "$NHICTL" update apply --state-dir state incoming/pbogus.json
+check "... it is in rejected/ as prepare_failed, nothing committed" bash -c \
+	"grep -q 'rejected: prepare_failed' state/rejected/pbogus.json.reason && [ ! -e state/bodies/revocation-3 ]"
+mkb incoming/pkids.json revocation 3 rev-kids "{\"kids\":[\"$(printf 'k%.0s' {1..43})\"]}"
+check_fails "apply: a revocation that revokes kids is left to nhid (only it knows its signing kids)" \
+	"let nhid apply it" "$NHICTL" update apply --state-dir state incoming/pkids.json
+check "... left in place, neither moved nor committed" bash -c \
+	"[ -f incoming/pkids.json ] && [ ! -e state/rejected/pkids.json ] && [ ! -e state/bodies/revocation-3 ]"
+rm incoming/pkids.json
+mkb incoming/pcr.json cert-rotation 1 cr-1 '{"cert_chain_pem":"x","wrapped_key_b64":"x","key_label":"tls-2"}'
+mkb incoming/ptk.json token-keys 1 tk-1 '{"keys":[{"label":"tok-1"}],"signing_key":"tok-1"}'
+"$NHICTL" update scan --state-dir state --incoming incoming >scan.out 2>&1; rc=$?
+check "scan: cert-rotation and token-keys need nhid's token: refused, left in place, nothing committed" bash -c \
+	"[ $rc -eq 1 ] && grep -q 'cert-rotation packages need nhid.s token' scan.out \
+	 && grep -q 'token-keys packages need nhid.s token' scan.out && grep -q '0 applied, 0 rejected, 2 failed' scan.out \
+	 && [ -f incoming/pcr.json ] && [ -f incoming/ptk.json ] && [ ! -e state/bodies/cert-rotation-1 ]"
+rm incoming/pcr.json incoming/ptk.json
+mkb incoming/pcrbad.json cert-rotation 1 cr-bad '{"bogus":1}'
+check_fails "apply: a cert-rotation body nhid refuses is refused with nhid's message" \
+	"cert-rotation: unknown member 'bogus'" "$NHICTL" update apply --state-dir state incoming/pcrbad.json
 check "refusals left the state at revocation v2" \
 	python3 -c "import json;s=json.load(open('state/update-state.json'));assert s['kinds']['revocation']['version']==2"
 
