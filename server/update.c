@@ -612,6 +612,15 @@ nhi_err nhi_update_verify(const uint8_t *doc, size_t len, const struct nhi_updat
 		REFUSE(NHI_UPDATE_E_FORMAT, NHI_ERR_FORMAT, "%s", nhi_err_detail());
 	if (raw.len == 0 || raw.len > NHI_UPDATE_BODY_MAX_BYTES)
 		REFUSE(NHI_UPDATE_E_TOO_LARGE, NHI_ERR_LIMIT, "body is %zu bytes: must be 1..%lu", raw.len, NHI_UPDATE_BODY_MAX_BYTES);
+	if (chk->committed_sha256 != NULL && info->version == chk->last_version[kind] &&
+	    CRYPTO_memcmp(info->package_sha256, chk->committed_sha256[kind], 32) == 0) {
+		/* these payload bytes were verified when committed: nothing to judge again */
+		NHI_TRY(nhi_sha256(raw.data, raw.len, info->body_sha256));
+		info->committed = true;
+		*why = NHI_UPDATE_OK;
+		rv = NHI_OK;
+		goto out;
+	}
 
 	if (chk->kinds_allowed != 0 && (chk->kinds_allowed & (1u << kind)) == 0)
 		REFUSE(NHI_UPDATE_E_KIND_DENIED, NHI_ERR_DENIED, "kind %s is not accepted here", kind_names[kind]);
@@ -856,9 +865,14 @@ static nhi_err finish_applied(const char *state_dir, const char *pkg_path, struc
 	char dir[PATH_MAX], reason[512], hex[65];
 
 	nhi_hex(res->info.package_sha256, 32, hex);
-	snprintf(reason, sizeof(reason), "applied: %s version %llu id %s signers %u package_sha256 %s\n",
-		 kind_names[res->info.kind], (unsigned long long)res->info.version, res->info.id, res->info.signers,
-		 hex);
+	if (res->info.committed)
+		snprintf(reason, sizeof(reason),
+			 "applied: %s version %llu id %s package_sha256 %s (found committed: only moved now)\n",
+			 kind_names[res->info.kind], (unsigned long long)res->info.version, res->info.id, hex);
+	else
+		snprintf(reason, sizeof(reason), "applied: %s version %llu id %s signers %u package_sha256 %s\n",
+			 kind_names[res->info.kind], (unsigned long long)res->info.version, res->info.id,
+			 res->info.signers, hex);
 	NHI_TRY(ensure_dir(state_dir, "applied", dir, sizeof(dir)));
 	NHI_TRY(move_with_reason(pkg_path, dir, reason, res->moved_to, sizeof(res->moved_to)));
 	res->applied = true;
@@ -902,11 +916,11 @@ nhi_err nhi_update_apply_file(const struct nhi_update_apply_cfg *cfg, const char
 	chk.skew_s = cfg->skew_s;
 	chk.kinds_allowed = cfg->kinds_allowed;
 	memcpy(chk.last_version, st.version, sizeof(chk.last_version));
+	chk.committed_sha256 = (const uint8_t (*)[32])st.package_sha256;
 	e = nhi_update_verify(doc.data, doc.len, &chk, &res->info, &body, &res->why);
-	if (e != NHI_OK && res->why == NHI_UPDATE_E_REPLAYED &&
-	    CRYPTO_memcmp(res->info.package_sha256, st.package_sha256[res->info.kind], 32) == 0) {
-		/* committed before a crash, not yet moved: finish the move, apply nothing twice */
-		res->why = NHI_UPDATE_OK;
+	if (e == NHI_OK && res->info.committed) {
+		/* committed before a crash, not yet moved: finish the move, apply nothing twice;
+		 * judged before signatures and expiry, which may have changed since the commit */
 		NHI_TRY(finish_applied(cfg->state_dir, pkg_path, res));
 		rv = NHI_OK;
 		goto out;

@@ -200,6 +200,7 @@ struct nhi_update_info {
 	uint8_t body_sha256[32];
 	uint8_t package_sha256[32]; /* SHA-256 of the payload bytes: names this exact package */
 	unsigned signers;           /* distinct valid bundle signers counted */
+	bool committed;             /* it is the committed package of its kind (see committed_sha256) */
 };
 struct nhi_update_create_req {
 	const char *id; /* [A-Za-z0-9._-], 1..NHI_UPDATE_ID_MAX_BYTES */
@@ -219,10 +220,19 @@ struct nhi_update_check {
 	int64_t skew_s;                   /* allowed lead of created_at over now */
 	unsigned kinds_allowed;           /* bit (1 << kind); 0 = all */
 	uint64_t last_version[NHI_UPDATE_KIND__COUNT]; /* 0 = nothing applied yet */
+	/*
+	 * NULL, or the package_sha256 committed per kind (nhi_update_state): a well-formed
+	 * package whose version is last_version[kind] and whose package_sha256 is the
+	 * committed one IS the committed package: NHI_OK with info->committed set, before
+	 * any kind, signature, time or version check, and no body. A crash between commit
+	 * and move, then a rotated bundle or the package's expiry, never mis-rejects it.
+	 */
+	const uint8_t (*committed_sha256)[32];
 };
 /*
- * Verify a package. Checks, in order: size, envelope and payload format, kind,
- * threshold of distinct signers, created_at/expires_at, version, body checksum.
+ * Verify a package. Checks, in order: size, envelope and payload format, (the
+ * committed package, see committed_sha256), kind accepted, threshold of distinct
+ * signers, created_at/expires_at, version, body checksum.
  * NHI_OK: *info filled and, when body != NULL, the body appended to it. Refusal:
  * an error (VERIFY, EXPIRED, ROLLBACK, FORMAT, LIMIT, DENIED), *why set to the
  * reason and the detail message naming it.

@@ -92,14 +92,17 @@ check_fails "a tampered body is refused (its signatures no longer verify)" "(thr
 	"$NHICTL" update verify --state-dir state ptamper.json
 
 # --- apply ---
+cp p1dup.json incoming/
+check_fails "apply: copies of one signature go to rejected/" "[threshold]" "$NHICTL" update apply --state-dir state incoming/p1dup.json
+check "the rejected package has a .reason naming the cause" grep -q "rejected: threshold" state/rejected/p1dup.json.reason
 cp p1.json incoming/
 check "apply: M distinct signatures are applied" "$NHICTL" update apply --state-dir state incoming/p1.json
 check "the applied package is in applied/ with its record" \
 	bash -c "[ -f state/applied/p1.json ] && grep -q 'applied: revocation version 1' state/applied/p1.json.reason && [ ! -e incoming/p1.json ]"
 check "the body is installed" cmp body.rev-1 state/bodies/revocation-1
 cp p1dup.json incoming/
-check_fails "apply: copies of one signature go to rejected/" "[threshold]" "$NHICTL" update apply --state-dir state incoming/p1dup.json
-check "the rejected package has a .reason naming the cause" grep -q "rejected: threshold" state/rejected/p1dup.json.reason
+check "the committed payload again, whatever its signatures, is found committed and only moved" bash -c \
+	"'$NHICTL' update apply --state-dir state incoming/p1dup.json && grep -q 'found committed' state/applied/p1dup.json.reason"
 
 mk p1b.json revocation 1 rev-1b; sign update p1b.json 1 2; cp p1b.json incoming/
 check_fails "a replayed version is refused" "(replayed)" "$NHICTL" update apply --state-dir state incoming/p1b.json
@@ -214,6 +217,13 @@ check_fails "a trust-bundle package skipping a version is refused" "(bundle_chai
 	"$NHICTL" update apply --state-dir state incoming/tb3.json
 "$NHICTL" update create --kind trust-bundle --version 2 --id tb-2 --body b2.json --expires-in $DAY -o tb2.json >/dev/null
 sign update tb2.json 1 2; cp tb2.json incoming/
+rm -rf tbc; cp -a state tbc; mkdir -p tbc/in; cp tb2.json tbc/in/
+NHI_TEST_UPDATE_CRASH_AT=3 "$NHICTL" update apply --state-dir tbc tbc/in/tb2.json >/dev/null 2>&1
+# tb2 is signed by 1,2; bundle v2's signers are 2,3,4 with threshold 2: under v2 it has 1 signature
+"$NHICTL" update scan --state-dir tbc --incoming tbc/in >tbc.out 2>&1; rc=$?
+check "a trust-bundle package committed before a crash is recognised under the bundle it installed, not rejected" \
+	bash -c "[ $rc -eq 0 ] && grep -q '1 applied, 0 rejected' tbc.out && [ -f tbc/applied/tb2.json ] \
+		&& grep -q 'found committed' tbc/applied/tb2.json.reason && [ ! -e tbc/rejected/tb2.json ]"
 check "a trust-bundle package for v2 is applied" "$NHICTL" update apply --state-dir state incoming/tb2.json
 mk p4.json revocation 4 rev-4; sign update p4.json 1 2; cp p4.json incoming/
 check_fails "after rotation, a retired custodian's signature no longer counts" "(threshold): 1 valid" \

@@ -834,6 +834,79 @@ static void test_apply_trust_bundle_rotation(void **state)
 	nhi_bundle_free(b);
 }
 
+/*
+ * A package committed before a crash and still in the watched directory is recognised
+ * by (version, package_sha256) before any signature or time check: its signers rotated
+ * out by the very bundle it installed, or its expiry passed while nhid was down, it is
+ * moved to applied/, never rejected.
+ */
+static void test_committed_package_recognised_first(void **state)
+{
+	struct nhi_bundle *b, *nb = NULL;
+	struct nhi_update_apply_cfg cfg = {0};
+	struct nhi_update_result res;
+	struct nhi_update_state st;
+	struct nhi_buf b2 = {0}, doc = {0}, rev = {0}, reason = {0};
+	EVP_PKEY *s2[2] = {g.k[3], g.k[4]}, *by[4] = {g.k[0], g.k[1], g.k[3], g.k[4]};
+	char path[600], rpath[700];
+
+	(void)state;
+	b = state_with_bundle();
+	cfg.state_dir = g.dir;
+	cfg.bundle = b;
+	cfg.now = NOW;
+	make_bundle(&b2, 2, s2, 2, 2, by, 4, NOW + 365 * DAY);
+	make_pkg(&doc, NHI_UPDATE_TRUST_BUNDLE, 2, "tb-2", (const char *)b2.data, NOW, NOW + DAY);
+	signed2(&doc); /* k0, k1: bundle v1's signers, none of them in v2 */
+	drop("tb-2.json", &doc, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_int_equal(nhi_update_load_bundle(g.dir, &nb), NHI_OK);
+	/* the restart after a crash at K=3: the state names v2, the package is still there */
+	drop("tb-2.json", &doc, path, sizeof(path));
+	cfg.bundle = nb;
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_true(res.applied);
+	assert_true(res.info.committed);
+	assert_true(exists("applied/tb-2.json.1"));
+	assert_false(exists("rejected/tb-2.json"));
+	snprintf(rpath, sizeof(rpath), "%s/applied/tb-2.json.1.reason", g.dir);
+	assert_int_equal(nhi_file_read(rpath, 4096, &reason), NHI_OK);
+	assert_non_null(strstr((const char *)reason.data, "applied: trust-bundle version 2"));
+	assert_non_null(strstr((const char *)reason.data, "found committed"));
+
+	/* a revocation v1 (by v2's signers) committed, found again two days on: expired, still ok */
+	make_pkg(&rev, NHI_UPDATE_REVOCATION, 1, "rev-1", "x", NOW, NOW + DAY);
+	sign_soft(NHI_DOC_UPDATE, &rev, g.k[3]);
+	sign_soft(NHI_DOC_UPDATE, &rev, g.k[4]);
+	drop("rev-1.json", &rev, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_false(res.info.committed);
+	drop("rev-1.json", &rev, path, sizeof(path));
+	cfg.now = NOW + 2 * DAY;
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_true(res.info.committed);
+	assert_true(exists("applied/rev-1.json.1"));
+	assert_false(exists("rejected/rev-1.json"));
+	/* a different package of the same version still is replayed, and nothing else moved */
+	nhi_buf_free(&rev);
+	make_pkg(&rev, NHI_UPDATE_REVOCATION, 1, "rev-1b", "y", NOW + 2 * DAY, NOW + 3 * DAY);
+	sign_soft(NHI_DOC_UPDATE, &rev, g.k[3]);
+	sign_soft(NHI_DOC_UPDATE, &rev, g.k[4]);
+	drop("rev-1b.json", &rev, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_ERR_ROLLBACK);
+	assert_int_equal(res.why, NHI_UPDATE_E_REPLAYED);
+	assert_false(res.info.committed);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_int_equal(st.version[NHI_UPDATE_TRUST_BUNDLE], 2);
+	assert_int_equal(st.version[NHI_UPDATE_REVOCATION], 1);
+	nhi_buf_free(&reason);
+	nhi_buf_free(&rev);
+	nhi_buf_free(&doc);
+	nhi_buf_free(&b2);
+	nhi_bundle_free(nb);
+	nhi_bundle_free(b);
+}
+
 static void test_scan_orders_versions(void **state)
 {
 	struct nhi_bundle *b;
@@ -1035,6 +1108,7 @@ int main(void)
 		cmocka_unit_test_setup(test_apply_prepare_hook_and_kind_filter, dir_setup),
 		cmocka_unit_test_setup(test_apply_trust_bundle_rotation, dir_setup),
 		cmocka_unit_test_setup(test_scan_orders_versions, dir_setup),
+		cmocka_unit_test_setup(test_committed_package_recognised_first, dir_setup),
 		cmocka_unit_test_setup(test_clock_rule, dir_setup),
 		cmocka_unit_test_setup(test_state_file_corruption_refused, dir_setup),
 		cmocka_unit_test_setup(test_manifest_sign_verify_diffs, dir_setup),
