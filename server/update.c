@@ -1047,12 +1047,27 @@ struct scan_entry {
 	uint64_t version;
 };
 
+/*
+ * The order kinds are processed in: unparsable files first (to rejected/), then
+ * trust-bundle packages, so that every other package dropped with a bundle rotation is
+ * judged by the new bundle (reloaded after each); then the others, token-keys before
+ * revocation (a revocation may name a key the rotation retires).
+ */
+static unsigned scan_rank(unsigned kind)
+{
+	if (kind >= NHI_UPDATE_KIND__COUNT)
+		return 0;
+	if (kind == NHI_UPDATE_TRUST_BUNDLE)
+		return 1;
+	return 2 + (NHI_UPDATE_KIND__COUNT - 1 - kind);
+}
+
 static int scan_cmp(const void *a, const void *b)
 {
 	const struct scan_entry *x = a, *y = b;
 
-	if (x->kind != y->kind)
-		return x->kind > y->kind ? -1 : 1; /* unparsable (largest value) first */
+	if (scan_rank(x->kind) != scan_rank(y->kind))
+		return scan_rank(x->kind) < scan_rank(y->kind) ? -1 : 1;
 	if (x->version != y->version)
 		return x->version < y->version ? -1 : 1;
 	return strcmp(x->name, y->name);

@@ -316,7 +316,8 @@ struct nhi_update_scan_stats {
 /*
  * Process every regular file directly in `incoming` (dot files, *.tmp.* and
  * subdirectories skipped), in order of (kind, version) so that several versions
- * dropped together apply in order; at most NHI_UPDATE_SCAN_MAX_FILES per call.
+ * dropped together apply in order, unparsable files first, then trust-bundle
+ * packages before every other kind; at most NHI_UPDATE_SCAN_MAX_FILES per call.
  * `cb` (may be NULL) is told about each package after it is processed (for audit).
  * The trust bundle is reloaded from state_dir after a trust-bundle package.
  */

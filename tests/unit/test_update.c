@@ -950,6 +950,53 @@ static void test_scan_orders_versions(void **state)
 	nhi_bundle_free(b);
 }
 
+/* A bundle rotation and a package signed by the new bundle's signers, dropped together:
+ * the bundle is applied first, whatever the kinds' order in the enum, so both apply. */
+static void test_scan_trust_bundle_first(void **state)
+{
+	struct nhi_bundle *b;
+	struct nhi_update_apply_cfg cfg = {0};
+	struct nhi_update_scan_stats stats;
+	struct nhi_update_state st;
+	struct nhi_buf b2 = {0}, doc = {0};
+	EVP_PKEY *s2[2] = {g.k[3], g.k[4]}, *by[4] = {g.k[0], g.k[1], g.k[3], g.k[4]};
+	enum nhi_update_kind kinds[] = {NHI_UPDATE_REVOCATION, NHI_UPDATE_TOKEN_KEYS, NHI_UPDATE_MODEL_MANIFEST,
+					NHI_UPDATE_IDENTITY_BACKUP, NHI_UPDATE_CERT_ROTATION};
+	char in[600], path[700];
+	size_t i;
+
+	(void)state;
+	b = state_with_bundle();
+	cfg.state_dir = g.dir;
+	cfg.bundle = b;
+	cfg.now = NOW;
+	snprintf(in, sizeof(in), "%s/incoming", g.dir);
+	assert_int_equal(mkdir(in, 0700), 0);
+	make_bundle(&b2, 2, s2, 2, 2, by, 4, NOW + 365 * DAY);
+	make_pkg(&doc, NHI_UPDATE_TRUST_BUNDLE, 2, "tb-2", (const char *)b2.data, NOW, NOW + DAY);
+	signed2(&doc); /* by bundle v1's signers */
+	snprintf(path, sizeof(path), "%s/z-tb2.json", in);
+	write_file(path, &doc);
+	nhi_buf_free(&doc);
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		make_pkg(&doc, kinds[i], 1, "p1", "x", NOW, NOW + DAY);
+		sign_soft(NHI_DOC_UPDATE, &doc, g.k[3]); /* by bundle v2's signers only */
+		sign_soft(NHI_DOC_UPDATE, &doc, g.k[4]);
+		snprintf(path, sizeof(path), "%s/a-%s.json", in, nhi_update_kind_name(kinds[i]));
+		write_file(path, &doc);
+		nhi_buf_free(&doc);
+	}
+	assert_int_equal(nhi_update_scan(&cfg, in, NULL, NULL, &stats), NHI_OK);
+	assert_int_equal(stats.rejected, 0);
+	assert_int_equal(stats.applied, 6);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_int_equal(st.version[NHI_UPDATE_TRUST_BUNDLE], 2);
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		assert_int_equal(st.version[kinds[i]], 1);
+	nhi_buf_free(&b2);
+	nhi_bundle_free(b);
+}
+
 static void test_clock_rule(void **state)
 {
 	struct nhi_update_state st = {.time_high = NOW};
@@ -1109,6 +1156,7 @@ int main(void)
 		cmocka_unit_test_setup(test_apply_trust_bundle_rotation, dir_setup),
 		cmocka_unit_test_setup(test_scan_orders_versions, dir_setup),
 		cmocka_unit_test_setup(test_committed_package_recognised_first, dir_setup),
+		cmocka_unit_test_setup(test_scan_trust_bundle_first, dir_setup),
 		cmocka_unit_test_setup(test_clock_rule, dir_setup),
 		cmocka_unit_test_setup(test_state_file_corruption_refused, dir_setup),
 		cmocka_unit_test_setup(test_manifest_sign_verify_diffs, dir_setup),
