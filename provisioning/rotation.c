@@ -15,12 +15,14 @@
 #include "../common/limits.h"
 #include "../common/pkey.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct rotation_opts {
 	const char *config, *pin_file, *key, *key_label, *out;
@@ -151,26 +153,24 @@ struct tk_opts {
 	bool keep_key;
 };
 
-/* the new key wrapped under nhid-wrap, and its public key, from the ceremony token */
-static nhi_err wrap_new_key(const struct tk_opts *o, struct nhi_buf *b64, struct nhi_buf *pem)
+/*
+ * The new key wrapped under nhid-wrap, and its public key, from the ceremony token.
+ * The token and the key stay open (*h, *key): the caller destroys the extractable key
+ * only once the body is written, so a failure before that leaves it for a retry.
+ */
+static nhi_err wrap_new_key(const struct tk_opts *o, struct nhi_hsm **h, struct nhi_hsm_key **key,
+			    struct nhi_buf *b64, struct nhi_buf *pem)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_ceremony_config cfg;
 	uint8_t sha[32];
-	struct nhi_hsm *h = NULL;
-	struct nhi_hsm_key *key = NULL;
 
 	NHI_TRY(nhi_ceremony_config_load(o->config, &cfg, sha));
-	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, &h));
-	NHI_TRY(wrap_for_nhid(h, o->new_key, "token", &key, b64));
-	NHI_TRY(nhi_hsm_pubkey_export(h, key, NHI_PUBKEY_PEM, pem));
-	/* the extractable copy must not outlive the package */
-	if (!o->keep_key)
-		NHI_TRY(nhi_hsm_destroy(h, key));
+	NHI_TRY(nhictl_open_hsm(&cfg, o->pin_file, h));
+	NHI_TRY(wrap_for_nhid(*h, o->new_key, "token", key, b64));
+	NHI_TRY(nhi_hsm_pubkey_export(*h, *key, NHI_PUBKEY_PEM, pem));
 	rv = NHI_OK;
 out:
-	nhi_hsm_key_free(key);
-	nhi_hsm_free(h);
 	return rv;
 }
 
@@ -178,6 +178,8 @@ static nhi_err make_token_keys(const struct tk_opts *o)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b64 = {0}, pem = {0};
+	struct nhi_hsm *h = NULL;
+	struct nhi_hsm_key *newkey = NULL;
 	json_t *body = NULL, *keys = json_array();
 	const char *label = o->new_label ? o->new_label : o->new_key, *signing;
 	bool found_signing = false, found_previous = false;
@@ -197,17 +199,20 @@ static nhi_err make_token_keys(const struct tk_opts *o)
 		found_signing |= strcmp(o->keep[i], signing) == 0;
 		found_previous |= o->previous != NULL && strcmp(o->keep[i], o->previous) == 0;
 	}
+	found_signing |= o->new_key != NULL && strcmp(label, signing) == 0;
+	/* every argument is checked before the token is touched */
+	NHI_CHECK(found_signing, NHI_ERR_ARG, "--signing %s is neither the new key nor a --keep key", signing);
+	NHI_CHECK(o->previous == NULL || found_previous, NHI_ERR_ARG,
+		  "--previous %s must also be given with --keep (it stays trusted)", o->previous);
+	NHI_CHECK(access(o->out, F_OK) != 0 && errno == ENOENT, NHI_ERR_EXISTS,
+		  "--out %s already exists: give a new file (nothing was changed in the token)", o->out);
 	if (o->new_key != NULL) {
-		NHI_TRY(wrap_new_key(o, &b64, &pem));
+		NHI_TRY(wrap_new_key(o, &h, &newkey, &b64, &pem));
 		NHI_CHECK(json_array_append_new(keys, json_pack("{s:s, s:s, s:s}", "label", label, "wrapped_key_b64",
 								(const char *)b64.data, "public_key_pem",
 								(const char *)pem.data)) == 0,
 			  NHI_ERR_NOMEM, "out of memory");
-		found_signing |= strcmp(label, signing) == 0;
 	}
-	NHI_CHECK(found_signing, NHI_ERR_ARG, "--signing %s is neither the new key nor a --keep key", signing);
-	NHI_CHECK(o->previous == NULL || found_previous, NHI_ERR_ARG,
-		  "--previous %s must also be given with --keep (it stays trusted)", o->previous);
 	body = json_pack("{s:O, s:s}", "keys", keys, "signing_key", signing);
 	NHI_CHECK(body != NULL, NHI_ERR_NOMEM, "out of memory");
 	if (o->previous != NULL)
@@ -217,8 +222,12 @@ static nhi_err make_token_keys(const struct tk_opts *o)
 	text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	NHI_CHECK(text != NULL, NHI_ERR_NOMEM, "out of memory");
 	NHI_TRY(nhi_file_write_excl(o->out, text, strlen(text), 0600));
-	printf("token-keys body %s: %zu key(s), signing %s%s\n", o->out, json_array_size(keys), signing,
-	       o->previous ? " (after sign_after; the previous key signs until then)" : " (from the apply on)");
+	/* the extractable copy must not outlive the package: destroyed once the body is written */
+	if (newkey != NULL && !o->keep_key)
+		NHI_TRY(nhi_hsm_destroy(h, newkey));
+	printf("token-keys body %s: %zu key(s), signing %s%s\n%s", o->out, json_array_size(keys), signing,
+	       o->previous ? " (after sign_after; the previous key signs until then)" : " (from the apply on)",
+	       newkey != NULL && !o->keep_key ? "  the extractable key was removed from the token\n" : "");
 	rv = NHI_OK;
 out:
 	free(text);
@@ -226,6 +235,8 @@ out:
 	json_decref(keys);
 	nhi_buf_free(&b64);
 	nhi_buf_free(&pem);
+	nhi_hsm_key_free(newkey);
+	nhi_hsm_free(h);
 	return rv;
 }
 

@@ -32,6 +32,16 @@ check "before: one token key published, and it signs" test "$(kid_of "$T1")" = "
 
 # --- the token-keys body: new key wrapped in the ceremony token ---
 newkey tok-src
+tkargs=(rotation token-keys --config "$D/ceremony.conf" --pin-file "$D/user.pin" --new tok-src --new-label nhid-token-2)
+check_fails "a bad --signing is refused, naming it" "--signing nhid-token-9 is neither" \
+	"$NHICTL" "${tkargs[@]}" --keep nhid-token-1 --signing nhid-token-9 --out bad1.body
+check_fails "--previous that is not kept is refused" "--previous nhid-token-9 must also be given with --keep" \
+	"$NHICTL" "${tkargs[@]}" --keep nhid-token-1 --previous nhid-token-9 --sign-in 20 --out bad2.body
+echo taken >taken.body
+check_fails "an existing --out is refused" "--out taken.body already exists" \
+	"$NHICTL" "${tkargs[@]}" --keep nhid-token-1 --previous nhid-token-1 --sign-in 20 --out taken.body
+check "... and after all three the extractable key is still in the token, no body written" \
+	bash -c "has_label tok-src && [ ! -e bad1.body ] && [ ! -e bad2.body ] && [ \"\$(cat taken.body)\" = taken ]"
 check "nhictl rotation token-keys: the new key wrapped under nhid-wrap, nhid-token-1 signing for 20 more s" \
 	"$NHICTL" rotation token-keys --config "$D/ceremony.conf" --pin-file "$D/user.pin" --new tok-src \
 	--new-label nhid-token-2 --keep nhid-token-1 --previous nhid-token-1 --sign-in 20 --out tk1.body
