@@ -136,11 +136,13 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 
 		NHI_TRY(nhi_buf_append_str(o, "# HELP nhid_updates_total Update packages processed, by kind and result.\n"
 					      "# TYPE nhid_updates_total counter\n"));
-		for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++)
+		for (k = 0; k <= NHI_UPDATE_KIND__COUNT; k++) /* the last: packages whose kind was never parsed */
 			for (i = 0; i < 3; i++)
 				NHI_TRY(nhi_buf_printf(o, "nhid_updates_total{kind=\"%s\",result=\"%s\"} %llu\n",
-						       nhi_update_kind_name((enum nhi_update_kind)k), results[i],
-						       atomic_load(&m->updates[k][i])));
+						       k < NHI_UPDATE_KIND__COUNT
+							       ? nhi_update_kind_name((enum nhi_update_kind)k)
+							       : "unknown",
+						       results[i], atomic_load(&m->updates[k][i])));
 		NHI_TRY(nhi_buf_printf(o, "# TYPE nhid_trust_bundle_version gauge\nnhid_trust_bundle_version %llu\n",
 				       atomic_load(&m->trust_bundle_version)));
 	}

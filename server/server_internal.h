@@ -42,7 +42,8 @@ struct nhi_metrics {
 	atomic_ullong token_errors[NHI_TOKEN_E__COUNT];
 	atomic_ullong handshakes_rejected, connections_refused, connections_active, connections_total;
 	atomic_ullong reloads, reload_failures;
-	atomic_ullong updates[NHI_UPDATE_KIND__COUNT][3]; /* [kind][0 applied, 1 rejected, 2 failed] */
+	/* [kind, or NHI_UPDATE_KIND__COUNT when none was parsed][0 applied, 1 rejected, 2 failed] */
+	atomic_ullong updates[NHI_UPDATE_KIND__COUNT + 1][3];
 	atomic_ullong trust_bundle_version;               /* 0: updates off */
 };
 void nhi_metrics_observe(struct nhi_metrics *m, enum nhi_route r, int status, unsigned long long us);

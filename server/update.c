@@ -594,6 +594,7 @@ nhi_err nhi_update_verify(const uint8_t *doc, size_t len, const struct nhi_updat
 	if (nhi_update_kind_parse(json_string_value(m), &kind) != NHI_OK)
 		REFUSE(NHI_UPDATE_E_KIND_UNKNOWN, NHI_ERR_FORMAT, "%s", nhi_err_detail());
 	info->kind = kind;
+	info->kind_known = true;
 	if (nhi_json_int(p, "payload", "version", 1, (long long)NHI_UPDATE_VERSION_MAX, &v) != NHI_OK)
 		REFUSE(NHI_UPDATE_E_FORMAT, NHI_ERR_FORMAT, "%s", nhi_err_detail());
 	info->version = (uint64_t)v;

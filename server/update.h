@@ -201,6 +201,7 @@ struct nhi_update_info {
 	uint8_t package_sha256[32]; /* SHA-256 of the payload bytes: names this exact package */
 	unsigned signers;           /* distinct valid bundle signers counted */
 	bool committed;             /* it is the committed package of its kind (see committed_sha256) */
+	bool kind_known;            /* kind was parsed: false for a package refused before (kind is then 0) */
 };
 struct nhi_update_create_req {
 	const char *id; /* [A-Za-z0-9._-], 1..NHI_UPDATE_ID_MAX_BYTES */

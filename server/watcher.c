@@ -1080,22 +1080,29 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 	struct staged *st = &w->st;
 	const struct nhi_update_info *in = &res->info;
 	const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-	const char *kind = nhi_update_kind_name(in->kind);
+	/* a package refused (or left in place) before its kind was parsed has none */
+	const char *kind = in->kind_known ? nhi_update_kind_name(in->kind) : "unknown";
+	/* left in place without a refusal (I/O, the clock rule): "not_processed", not "ok" */
+	const char *reason = res->applied || res->why != NHI_UPDATE_OK ? nhi_update_reason_name(res->why)
+								       : "not_processed";
 	char body_hex[65], pkg_hex[65], detail[NHI_ERR_DETAIL_MAX];
 	json_t *f;
 
-	(void)e; /* res says what happened: applied, moved (refused), or left in place */
 	nhi_hex(in->body_sha256, 32, body_hex);
 	nhi_hex(in->package_sha256, 32, pkg_hex);
 	snprintf(detail, sizeof(detail), "%s", res->applied ? "" : res->detail[0] ? res->detail : nhi_err_detail());
 	f = json_pack("{s:s, s:s, s:s, s:I, s:i, s:s, s:s, s:b, s:s, s:s}", "file", base, "id", in->id, "kind",
-		      kind ? kind : "", "version", (json_int_t)in->version, "signers", (int)in->signers, "package_sha256",
-		      pkg_hex, "body_sha256", body_hex, "applied", res->applied ? 1 : 0, "reason",
-		      nhi_update_reason_name(res->why), "moved_to", res->moved_to);
-	if (f != NULL && !res->applied)
+		      kind ? kind : "unknown", "version", (json_int_t)in->version, "signers", (int)in->signers,
+		      "package_sha256", pkg_hex, "body_sha256", body_hex, "applied", res->applied ? 1 : 0, "reason",
+		      reason, "moved_to", res->moved_to);
+	if (f != NULL && !res->applied) {
 		json_object_set_new(f, "detail", json_string(detail));
-	if ((unsigned)in->kind < NHI_UPDATE_KIND__COUNT)
-		atomic_fetch_add(&s->metrics.updates[in->kind][res->applied ? 0 : res->moved_to[0] ? 1 : 2], 1);
+		json_object_set_new(f, "error", json_string(nhi_err_name(e)));
+	}
+	atomic_fetch_add(&s->metrics.updates[in->kind_known && (unsigned)in->kind < NHI_UPDATE_KIND__COUNT
+						     ? (unsigned)in->kind
+						     : NHI_UPDATE_KIND__COUNT][res->applied ? 0 : res->moved_to[0] ? 1 : 2],
+			 1);
 	if (res->applied) {
 		w->last_failure[0] = '\0';
 		/* committed: what prepare staged goes into service (a package found already

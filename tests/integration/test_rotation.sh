@@ -66,6 +66,15 @@ drop rev3.json
 check "a malformed revocation body is rejected (prepare_failed) naming the member" \
 	wait_for 10 grep -q "unknown member 'colour'" "$D/state/rejected/rev3.json.reason"
 check "after both refusals demo-agent is still revoked" refused
+echo 'not a package' >garbage.json
+drop garbage.json
+check "a file that is no package is rejected" wait_for 10 test -f "$D/state/rejected/garbage.json"
+check "... audited with kind unknown (not cert-rotation) and its reason" bash -c \
+	"grep '\"event\":\"update_rejected\"' '$D/state/audit.jsonl' | grep garbage.json | grep '\"kind\":\"unknown\"' \
+	 | grep -q '\"reason\":\"format\"'"
+check "... and counted under kind unknown, not cert-rotation" bash -c "curl_as admin /v1/metrics >m0.txt && \
+	grep -q 'nhid_updates_total{kind=\"unknown\",result=\"rejected\"} 1' m0.txt && \
+	grep -q 'nhid_updates_total{kind=\"cert-rotation\",result=\"rejected\"} 0' m0.txt"
 
 # --- cert rotation under keep-alive load ---
 UPIN=$(cat "$D/user.pin")
