@@ -26,6 +26,8 @@
 
 static void usage(FILE *f)
 {
+	unsigned k;
+
 	fprintf(f,
 		"usage: nhictl update create --kind KIND --id ID --version N --body FILE -o OUT\n"
 		"                            [--created-at UNIX] (--expires-at UNIX | --expires-in S)\n"
@@ -35,8 +37,12 @@ static void usage(FILE *f)
 		"       nhictl update init   --state-dir DIR --bundle FILE --pin SHA256HEX [--now UNIX]\n"
 		"       nhictl update apply  --state-dir DIR [--now UNIX] [--skew S] PKG...\n"
 		"       nhictl update scan   --state-dir DIR --incoming DIR [--now UNIX] [--skew S]\n"
-		"\n"
-		"  KIND: cert-rotation, trust-bundle, revocation, identity-backup, model-manifest.\n"
+		"\n");
+	/* the kinds from the library's table, so that none is left out */
+	fprintf(f, "  KIND:");
+	for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++)
+		fprintf(f, "%s %s", k ? "," : "", nhi_update_kind_name((enum nhi_update_kind)k));
+	fprintf(f, ".\n"
 		"  sign    each custodian signs separately with the key in their own token; signing again\n"
 		"          with the same key replaces that key's signature. PKG is rewritten atomically.\n"
 		"  verify  prints the package facts and exits 0, or names the reason it would be refused.\n"

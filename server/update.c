@@ -485,6 +485,8 @@ const char *nhi_update_kind_name(enum nhi_update_kind k)
 
 nhi_err nhi_update_kind_parse(const char *name, enum nhi_update_kind *out)
 {
+	char known[256];
+	size_t n = 0;
 	unsigned i;
 
 	for (i = 0; i < NHI_UPDATE_KIND__COUNT; i++)
@@ -492,10 +494,11 @@ nhi_err nhi_update_kind_parse(const char *name, enum nhi_update_kind *out)
 			*out = (enum nhi_update_kind)i;
 			return NHI_OK;
 		}
-	return nhi_err_set(NHI_ERR_NOT_FOUND,
-			   "unknown update kind '%.64s' (known: cert-rotation, trust-bundle, revocation, "
-			   "identity-backup, model-manifest)",
-			   name);
+	/* the list from the table, so that a new kind is never left out of it */
+	known[0] = '\0';
+	for (i = 0; i < NHI_UPDATE_KIND__COUNT && n < sizeof(known); i++)
+		n += (size_t)snprintf(known + n, sizeof(known) - n, "%s%s", i ? ", " : "", kind_names[i]);
+	return nhi_err_set(NHI_ERR_NOT_FOUND, "unknown update kind '%.64s' (known: %s)", name, known);
 }
 
 static const char *const reason_names[NHI_UPDATE_E__COUNT] = {

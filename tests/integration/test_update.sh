@@ -116,6 +116,11 @@ cp pexp.json incoming/
 check_fails "an expired package is refused" "(expired)" "$NHICTL" update apply --state-dir state incoming/pexp.json
 check_fails "an unknown kind cannot be created" "unknown update kind 'firmware'" \
 	"$NHICTL" update create --kind firmware --version 1 --id x --body body.rev-1 --expires-in 60 -o never.json
+check_fails "... and the error lists every kind, token-keys too" \
+	"(known: cert-rotation, trust-bundle, revocation, identity-backup, model-manifest, token-keys)" \
+	"$NHICTL" update create --kind firmware --version 1 --id x --body body.rev-1 --expires-in 60 -o never.json
+check "update --help lists every kind" bash -c \
+	"'$NHICTL' update --help | grep -qF 'KIND: cert-rotation, trust-bundle, revocation, identity-backup, model-manifest, token-keys.'"
 check_fails "a version out of range is named with its range, nothing written" "--version '0' must be a whole number from 1 to" \
 	"$NHICTL" update create --kind revocation --version 0 --id x --body body.rev-1 --expires-in 60 -o never.json
 check_fails "a time with trailing bytes is refused, naming it" "--expires-in '60s' must be a whole number" \
