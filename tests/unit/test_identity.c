@@ -757,12 +757,31 @@ static void test_wrong_wrap_key(void **state)
 	nhi_store_free(s);
 }
 
+struct sql_case {
+	const char *sql;
+	const char *why; /* in the refusal's detail */
+};
+
+/* Each case's SQL run over a one-agent image, sealed with serial serial0 + i: refused. */
+static void expect_each_refused(struct nhi_store *s, const struct sql_case *cases, size_t n, uint64_t serial0,
+				const char *label)
+{
+	struct nhi_buf b = {0};
+	size_t i;
+	char what[300];
+
+	for (i = 0; i < n; i++) {
+		b.len = 0;
+		sealed_image(cases[i].sql, serial0 + i, 0, 0, &b);
+		snprintf(what, sizeof(what), "%s %zu (%s)", label, i, cases[i].sql);
+		expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, cases[i].why, what);
+	}
+	nhi_buf_free(&b);
+}
+
 static void test_hostile_images(void **state)
 {
-	static const struct {
-		const char *sql;
-		const char *why;
-	} cases[] = {
+	static const struct sql_case cases[] = {
 		{"CREATE TRIGGER t AFTER INSERT ON meta BEGIN DELETE FROM agents; END", "unexpected schema object: trigger"},
 		{"CREATE VIEW v AS SELECT id FROM agents", "unexpected schema object: view 'v'"},
 		{"CREATE INDEX i ON agents(status)", "unexpected schema object: index 'i'"},
@@ -778,16 +797,9 @@ static void test_hostile_images(void **state)
 	};
 	struct nhi_store *s = loaded_store(10);
 	struct nhi_buf b = {0};
-	size_t i;
-	char what[64];
 
 	(void)state;
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		b.len = 0;
-		sealed_image(cases[i].sql, 50 + i, 0, 0, &b);
-		snprintf(what, sizeof(what), "hostile image %zu", i);
-		expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, cases[i].why, what);
-	}
+	expect_each_refused(s, cases, sizeof(cases) / sizeof(cases[0]), 50, "hostile image");
 	/* a header that lies about the count (signed, but inconsistent) */
 	b.len = 0;
 	sealed_image(NULL, 70, 0, 3, &b);
@@ -855,10 +867,7 @@ static void test_hostile_images(void **state)
  */
 static void test_hostile_rows(void **state)
 {
-	static const struct {
-		const char *sql;
-		const char *why;
-	} cases[] = {
+	static const struct sql_case cases[] = {
 		{"UPDATE agents SET status='bogus'", "status is not active, suspended or revoked"},
 		{"UPDATE agents SET status=CAST(x'61637469766500' AS TEXT)", "status is not active"},
 		{"UPDATE agents SET id=CAST(x'61646d696e0078' AS TEXT); UPDATE agent_certs SET agent_id=CAST(x'61646d696e0078' "
@@ -890,16 +899,9 @@ static void test_hostile_rows(void **state)
 	};
 	struct nhi_store *s = loaded_store(10);
 	struct nhi_buf b = {0};
-	size_t i;
-	char what[64];
 
 	(void)state;
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		b.len = 0;
-		sealed_image(cases[i].sql, 100 + i, 0, 0, &b);
-		snprintf(what, sizeof(what), "hostile row %zu (%s)", i, cases[i].sql);
-		expect_refused(s, b.data, b.len, NHI_ERR_FORMAT, cases[i].why, what);
-	}
+	expect_each_refused(s, cases, sizeof(cases) / sizeof(cases[0]), 100, "hostile row");
 	/*
 	 * Counts that agree, an index row that names the wrong certificate: imported (the
 	 * import counts, the lookup checks), and refused where it is used, never served.

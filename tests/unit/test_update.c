@@ -671,6 +671,17 @@ static struct nhi_bundle *state_with_bundle(void)
 	return b;
 }
 
+/* cfg for applying in g.dir at `now` with the state's bundle (returned: the caller frees it) */
+static struct nhi_bundle *apply_cfg(struct nhi_update_apply_cfg *cfg, int64_t now)
+{
+	struct nhi_bundle *b = state_with_bundle();
+
+	cfg->state_dir = g.dir;
+	cfg->bundle = b;
+	cfg->now = now;
+	return b;
+}
+
 static void drop(const char *name, const struct nhi_buf *doc, char *path, size_t n)
 {
 	snprintf(path, n, "%s/%s", g.dir, name);
@@ -687,10 +698,7 @@ static void test_apply_commits_and_refuses(void **state)
 	char path[600], bpath[600];
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	make_pkg(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", NOW, NOW + DAY);
 	signed2(&doc);
 	drop("rev-3.json", &doc, path, sizeof(path));
@@ -765,10 +773,7 @@ static void test_apply_prepare_hook_and_kind_filter(void **state)
 	char path[600];
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	cfg.prepare = refuse_prepare;
 	make_pkg(&doc, NHI_UPDATE_CERT_ROTATION, 1, "tls-1", "chain", NOW, NOW + DAY);
 	signed2(&doc);
@@ -797,10 +802,7 @@ static void test_apply_trust_bundle_rotation(void **state)
 	char path[600];
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	/* a skipped version inside a correctly signed package is refused */
 	make_bundle(&b4, 4, s2, 2, 2, by, 4, NOW + 365 * DAY);
 	make_pkg(&doc, NHI_UPDATE_TRUST_BUNDLE, 4, "tb-4", (const char *)b4.data, NOW, NOW + DAY);
@@ -851,10 +853,7 @@ static void test_committed_package_recognised_first(void **state)
 	char path[600], rpath[700];
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	make_bundle(&b2, 2, s2, 2, 2, by, 4, NOW + 365 * DAY);
 	make_pkg(&doc, NHI_UPDATE_TRUST_BUNDLE, 2, "tb-2", (const char *)b2.data, NOW, NOW + DAY);
 	signed2(&doc); /* k0, k1: bundle v1's signers, none of them in v2 */
@@ -918,10 +917,7 @@ static void test_scan_orders_versions(void **state)
 	int v;
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	snprintf(in, sizeof(in), "%s/incoming", g.dir);
 	assert_int_equal(mkdir(in, 0700), 0);
 	/* names sort opposite to versions: 3 is "a", 1 is "c" */
@@ -966,10 +962,7 @@ static void test_scan_trust_bundle_first(void **state)
 	size_t i;
 
 	(void)state;
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW;
+	b = apply_cfg(&cfg, NOW);
 	snprintf(in, sizeof(in), "%s/incoming", g.dir);
 	assert_int_equal(mkdir(in, 0700), 0);
 	make_bundle(&b2, 2, s2, 2, 2, by, 4, NOW + 365 * DAY);
@@ -1016,10 +1009,7 @@ static void test_clock_rule(void **state)
 	assert_non_null(strstr(nhi_err_detail(), "set the clock forward"));
 
 	/* applied packages raise time_high; a clock then set back far is refused, package left in place */
-	b = state_with_bundle();
-	cfg.state_dir = g.dir;
-	cfg.bundle = b;
-	cfg.now = NOW + DAY;
+	b = apply_cfg(&cfg, NOW + DAY);
 	make_pkg(&doc, NHI_UPDATE_REVOCATION, 1, "r1", "x", NOW + DAY, NOW + 2 * DAY);
 	signed2(&doc);
 	drop("r1.json", &doc, path, sizeof(path));
