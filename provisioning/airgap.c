@@ -96,6 +96,48 @@ static bool cert_current(struct check *c, const char *what, const char *path, X5
 	return true;
 }
 
+/* the first certificate of a PEM chain in memory */
+static nhi_err first_cert(const struct nhi_buf *pem, const char *what, X509 **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	BIO *bio = BIO_new_mem_buf(pem->data, (int)pem->len);
+
+	*out = NULL;
+	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
+	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", what);
+	rv = NHI_OK;
+out:
+	BIO_free(bio);
+	return rv;
+}
+
+/*
+ * The TLS identity nhid serves: a committed cert-rotation's key and chain, else
+ * cert_file and tls_key (nhi_server_tls_in_force). `where` names it in messages.
+ */
+struct tls_in_force {
+	char label[65];
+	const char *key; /* label or cfg->tls_key */
+	char where[160];
+	struct nhi_buf chain;
+	unsigned long long version;
+};
+
+static nhi_err tls_in_force(const struct nhi_server_config *cfg, struct tls_in_force *t)
+{
+	nhi_err rv;
+
+	memset(t, 0, sizeof(*t));
+	rv = nhi_server_tls_in_force(cfg->state_dir, t->label, &t->chain, &t->version);
+	t->key = t->version > 0 ? t->label : cfg->tls_key;
+	if (t->version > 0)
+		snprintf(t->where, sizeof(t->where), "(the rotated chain of cert-rotation version %llu)", t->version);
+	else
+		snprintf(t->where, sizeof(t->where), "%s", cfg->cert_file);
+	return rv;
+}
+
 static void check_certs(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h)
 {
 	X509 *ca = NULL, *leaf = NULL;
@@ -103,18 +145,26 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 	X509_STORE_CTX *vc = NULL;
 	struct nhi_hsm_key *k = NULL;
 	EVP_PKEY *tok = NULL;
+	struct tls_in_force t;
+	const char *where = t.where;
 
 	step_begin(c, "trust material: CA and server certificates");
+	if (tls_in_force(cfg, &t) != NHI_OK) {
+		step_fail(c, "%s", nhi_err_detail());
+		goto out;
+	}
 	if (read_cert(cfg->ca_file, &ca) != NHI_OK) {
 		step_fail(c, "ca_file: %s", nhi_err_detail());
 		goto out;
 	}
-	if (read_cert(cfg->cert_file, &leaf) != NHI_OK) {
-		step_fail(c, "cert_file: %s", nhi_err_detail());
+	if ((t.version > 0 ? first_cert(&t.chain, where, &leaf) : read_cert(cfg->cert_file, &leaf)) != NHI_OK) {
+		step_fail(c, "%s: %s", t.version > 0 ? "cert-rotation" : "cert_file", nhi_err_detail());
 		goto out;
 	}
-	if (!cert_current(c, "CA certificate", cfg->ca_file, ca) ||
-	    !cert_current(c, "server certificate", cfg->cert_file, leaf))
+	if (t.version > 0)
+		printf("      serving the committed cert-rotation (version %llu, key '%s'), not cert_file\n", t.version,
+		       t.key);
+	if (!cert_current(c, "CA certificate", cfg->ca_file, ca) || !cert_current(c, "server certificate", where, leaf))
 		goto out;
 	st = X509_STORE_new();
 	vc = X509_STORE_CTX_new();
@@ -124,27 +174,28 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 		goto out;
 	}
 	if (X509_verify_cert(vc) != 1) {
-		step_fail(c, "server certificate %s does not chain to %s: %s", cfg->cert_file, cfg->ca_file,
+		step_fail(c, "server certificate %s does not chain to %s: %s", where, cfg->ca_file,
 			  X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
 		goto out;
 	}
 	printf("      server certificate chains to the CA\n");
 	if (h == NULL) {
-		printf("      (token not open: the certificate's key is not compared with '%s')\n", cfg->tls_key);
+		printf("      (token not open: the certificate's key is not compared with '%s')\n", t.key);
 		goto out;
 	}
-	if (nhi_hsm_find(h, cfg->tls_key, &k) != NHI_OK || nhi_hsm_pubkey(h, k, &tok) != NHI_OK) {
-		step_fail(c, "TLS key '%s': %s", cfg->tls_key, nhi_err_detail());
+	if (nhi_hsm_find(h, t.key, &k) != NHI_OK || nhi_hsm_pubkey(h, k, &tok) != NHI_OK) {
+		step_fail(c, "TLS key '%s': %s", t.key, nhi_err_detail());
 		goto out;
 	}
 	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), tok) != 1) {
 		step_fail(c, "server certificate %s is not for key '%s' in the token: point cert_file at that key's "
 			     "certificate",
-			  cfg->cert_file, cfg->tls_key);
+			  where, t.key);
 		goto out;
 	}
-	printf("      server certificate is for token key '%s'\n", cfg->tls_key);
+	printf("      server certificate is for token key '%s'\n", t.key);
 out:
+	nhi_buf_free(&t.chain);
 	EVP_PKEY_free(tok);
 	nhi_hsm_key_free(k);
 	X509_STORE_CTX_free(vc);
@@ -216,6 +267,7 @@ static void check_keys(struct check *c, const struct nhi_server_config *cfg, str
 	CK_SLOT_ID slot;
 	CK_FUNCTION_LIST *f;
 	CK_SESSION_HANDLE s;
+	struct tls_in_force t;
 	size_t i;
 
 	step_begin(c, "expected keys: present, sensitive, not extractable");
@@ -229,7 +281,11 @@ static void check_keys(struct check *c, const struct nhi_server_config *cfg, str
 		step_fail(c, "cannot open a session on the token");
 		return;
 	}
-	check_key(c, h, s, "TLS", cfg->tls_key);
+	/* the key nhid serves with: a committed rotation's (its errors are the certificate step's) */
+	if (tls_in_force(cfg, &t) != NHI_OK)
+		nhi_err_clear();
+	check_key(c, h, s, t.version > 0 ? "TLS (rotated)" : "TLS", t.key);
+	nhi_buf_free(&t.chain);
 	for (i = 0; i < cfg->n_token_keys; i++)
 		check_key(c, h, s, i == 0 ? "token signing" : "token (retired)", cfg->token_keys[i]);
 	check_key(c, h, s, "backup signing", cfg->backup_sign_key);

@@ -111,4 +111,14 @@ struct nhi_update_info;
 nhi_err nhi_server_update_body_check(const struct nhi_update_info *info, const uint8_t *body, size_t len,
 				     bool *needs_nhid) NHI_MUST_CHECK;
 
+/*
+ * The TLS identity a committed cert-rotation put in force in state_dir: its key label
+ * (label, 65 bytes) and PEM chain (appended to chain), *version its package version;
+ * *version 0 (nothing appended) when none is committed and config's cert_file and
+ * tls_key serve. What nhid loads at start (nhi_watcher_load) and what `nhictl airgap
+ * check` checks. A committed body that cannot be read is an error naming it.
+ */
+nhi_err nhi_server_tls_in_force(const char *state_dir, char label[65], struct nhi_buf *chain,
+				unsigned long long *version) NHI_MUST_CHECK;
+
 #endif

@@ -1281,12 +1281,47 @@ out:
 	return rv;
 }
 
-nhi_err nhi_watcher_load(struct nhi_server *s)
+nhi_err nhi_server_tls_in_force(const char *state_dir, char label[65], struct nhi_buf *chain,
+				unsigned long long *version)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_update_state st;
 	struct nhi_buf body = {0};
 	struct rotation r = {0};
+
+	label[0] = '\0';
+	*version = 0;
+	rv = nhi_update_state_load(state_dir, &st);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "update state in %s", state_dir);
+		goto out;
+	}
+	if (st.version[NHI_UPDATE_CERT_ROTATION] > 0) {
+		/* the committed rotation is the TLS identity, whatever cert_file says */
+		NHI_TRY(committed_body(state_dir, &st, NHI_UPDATE_CERT_ROTATION, &body));
+		rv = rotation_parse(body.data, body.len, &r);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "the applied cert-rotation");
+			goto out;
+		}
+		NHI_TRY(nhi_buf_append(chain, r.chain, r.chain_len));
+		memcpy(label, r.label, sizeof(r.label));
+		*version = (unsigned long long)st.version[NHI_UPDATE_CERT_ROTATION];
+	}
+	rv = NHI_OK;
+out:
+	rotation_free(&r);
+	nhi_buf_free(&body);
+	return rv;
+}
+
+nhi_err nhi_watcher_load(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+	struct nhi_buf body = {0};
+	char label[65];
+	unsigned long long rot_version = 0;
 
 	rv = nhi_update_state_load(s->cfg.state_dir, &st);
 	if (rv != NHI_OK) {
@@ -1324,20 +1359,11 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 	} else {
 		NHI_TRY(nhi_trust_build(s, &s->token_keys, NULL, 0, 0, &s->trust));
 	}
-	if (st.version[NHI_UPDATE_CERT_ROTATION] > 0) {
-		/* the committed rotation is the TLS identity, whatever cert_file says */
-		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_CERT_ROTATION, &body));
-		rv = rotation_parse(body.data, body.len, &r);
-		if (rv != NHI_OK) {
-			nhi_err_wrap(rv, "the applied cert-rotation");
-			goto out;
-		}
-		snprintf(s->tls_label, sizeof(s->tls_label), "%s", r.label);
-		NHI_TRY(nhi_buf_append(&s->tls_chain, r.chain, r.chain_len));
-	}
+	NHI_TRY(nhi_server_tls_in_force(s->cfg.state_dir, label, &s->tls_chain, &rot_version));
+	if (rot_version > 0)
+		snprintf(s->tls_label, sizeof(s->tls_label), "%s", label);
 	rv = NHI_OK;
 out:
-	rotation_free(&r);
 	nhi_buf_free(&body);
 	return rv;
 }

@@ -106,6 +106,14 @@ check "after: s_client sees the new certificate" test "$(served_fp)" = "$NEWFP"
 check "the rotation is audited (tls_rotated with the new key label)" \
 	bash -c "grep '\"event\":\"tls_rotated\"' '$D/state/audit.jsonl' | grep -q nhid-tls-2"
 check "clients verifying against ca.crt keep working" curl_as admin /v1/health
+# nhictl airgap check looks at what nhid serves: the rotated chain and key, not cert_file
+# (its other steps depend on this host's network; only the certificate and key lines count)
+"$NHICTL" airgap check --config "$D/nhid-up.conf" --allow-default-route >airgap.out 2>&1
+check "airgap check checks the committed cert-rotation nhid serves, not cert_file" \
+	grep -qF "serving the committed cert-rotation (version 1, key 'nhid-tls-2'), not cert_file" airgap.out
+check "... its certificate is current and for token key nhid-tls-2" bash -c \
+	"grep -q 'server certificate (the rotated chain of cert-rotation version 1) valid' airgap.out && grep -qF \"server certificate is for token key 'nhid-tls-2'\" airgap.out"
+check "... and the rotated key's flags are checked" grep -qE "TLS \(rotated\) +'nhid-tls-2': present, sensitive, not extractable" airgap.out
 
 # --- bad rotations: no chain, key of another certificate ---
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout stray.key -out stray.crt -days 5 \
