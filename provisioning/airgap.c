@@ -57,21 +57,32 @@ static void step_fail(struct check *c, const char *fmt, ...)
 
 /* ---- certificates ------------------------------------------------------------------- */
 
+/* the first certificate of a PEM chain in memory */
+static nhi_err first_cert(const struct nhi_buf *pem, const char *what, X509 **out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	BIO *bio = BIO_new_mem_buf(pem->data, (int)pem->len);
+
+	*out = NULL;
+	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
+	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", what);
+	rv = NHI_OK;
+out:
+	BIO_free(bio);
+	return rv;
+}
+
 static nhi_err read_cert(const char *path, X509 **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b = {0};
-	BIO *bio = NULL;
 
 	*out = NULL;
 	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES * 4, &b));
-	bio = BIO_new_mem_buf(b.data, (int)b.len);
-	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
-	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", path);
+	NHI_TRY(first_cert(&b, path, out));
 	rv = NHI_OK;
 out:
-	BIO_free(bio);
 	nhi_buf_free(&b);
 	return rv;
 }
@@ -94,22 +105,6 @@ static bool cert_current(struct check *c, const char *what, const char *path, X5
 		printf("      %s %s valid, %d days left%s\n", what, path, days,
 		       days < NHI_AIRGAP_CERT_WARN_DAYS ? " (rotate soon)" : "");
 	return true;
-}
-
-/* the first certificate of a PEM chain in memory */
-static nhi_err first_cert(const struct nhi_buf *pem, const char *what, X509 **out)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	BIO *bio = BIO_new_mem_buf(pem->data, (int)pem->len);
-
-	*out = NULL;
-	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
-	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", what);
-	rv = NHI_OK;
-out:
-	BIO_free(bio);
-	return rv;
 }
 
 /*
