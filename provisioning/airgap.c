@@ -127,7 +127,7 @@ static nhi_err tls_in_force(const struct nhi_server_config *cfg, struct tls_in_f
 	rv = nhi_server_tls_in_force(cfg->state_dir, t->label, &t->chain, &t->version);
 	t->key = t->version > 0 ? t->label : cfg->tls_key;
 	if (t->version > 0)
-		snprintf(t->where, sizeof(t->where), "(the rotated chain of cert-rotation version %llu)", t->version);
+		snprintf(t->where, sizeof(t->where), "the rotated certificate chain (cert-rotation version %llu)", t->version);
 	else
 		snprintf(t->where, sizeof(t->where), "%s", cfg->cert_file);
 	return rv;
@@ -183,9 +183,8 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 		goto out;
 	}
 	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), tok) != 1) {
-		step_fail(c, "server certificate %s is not for key '%s' in the token: point cert_file at that key's "
-			     "certificate",
-			  where, t.key);
+		step_fail(c, "server certificate %s is not for key '%s' in the token: %s", where, t.key,
+			  t.version > 0 ? "apply a new cert-rotation" : "point cert_file at that key's certificate");
 		goto out;
 	}
 	printf("      server certificate is for token key '%s'\n", t.key);
@@ -263,6 +262,8 @@ static void check_keys(struct check *c, const struct nhi_server_config *cfg, str
 	CK_FUNCTION_LIST *f;
 	CK_SESSION_HANDLE s;
 	struct tls_in_force t;
+	struct nhi_token_keys tk;
+	unsigned long long tk_version = 0;
 	size_t i;
 
 	step_begin(c, "expected keys: present, sensitive, not extractable");
@@ -281,8 +282,22 @@ static void check_keys(struct check *c, const struct nhi_server_config *cfg, str
 		nhi_err_clear();
 	check_key(c, h, s, t.version > 0 ? "TLS (rotated)" : "TLS", t.key);
 	nhi_buf_free(&t.chain);
-	for (i = 0; i < cfg->n_token_keys; i++)
-		check_key(c, h, s, i == 0 ? "token signing" : "token (retired)", cfg->token_keys[i]);
+	/* the token keys nhid signs and verifies with: a committed token-keys package's, else config's */
+	if (nhi_server_token_keys_in_force(cfg, &tk, &tk_version) != NHI_OK) {
+		step_fail(c, "%s: the token keys nhid would use are unknown; restore the applied body or apply a new "
+			     "token-keys package (docs/updates.md)",
+			  nhi_err_detail());
+	} else {
+		if (tk_version > 0)
+			printf("      token keys of the committed token-keys package (version %llu), not config token_keys\n",
+			       tk_version);
+		for (i = 0; i < tk.n; i++)
+			check_key(c, h, s,
+				  strcmp(tk.labels[i], tk.signing) == 0    ? "token signing"
+				  : strcmp(tk.labels[i], tk.previous) == 0 ? "token (previous)"
+									   : "token (retired)",
+				  tk.labels[i]);
+	}
 	check_key(c, h, s, "backup signing", cfg->backup_sign_key);
 	check_key(c, h, s, "backup wrap", wrap_key);
 	check_key(c, h, s, "audit", cfg->audit_key);

@@ -121,4 +121,28 @@ nhi_err nhi_server_update_body_check(const struct nhi_update_info *info, const u
 nhi_err nhi_server_tls_in_force(const char *state_dir, char label[65], struct nhi_buf *chain,
 				unsigned long long *version) NHI_MUST_CHECK;
 
+/*
+ * The token-signing keys in service: every label is trusted and published in the
+ * JWKS; `signing` signs, except that `previous` (when set) still signs while
+ * now < sign_after, so that relying parties fetch the new kid before it is used.
+ * From config token_keys ([0] signs), or from the last applied token-keys package
+ * (nhi_server_token_keys_in_force).
+ */
+struct nhi_token_keys {
+	char labels[NHI_SERVER_LIST_MAX][65];
+	size_t n;
+	char signing[65];
+	char previous[65]; /* "" : none */
+	int64_t sign_after;
+};
+
+/*
+ * The token-signing keys in force for cfg: those of the committed token-keys package
+ * in cfg->state_dir, *version its package version, else config token_keys ([0] signs)
+ * and *version 0. Written to *out only on NHI_OK. What nhid loads at start and what
+ * `nhictl airgap check` checks. A committed body that cannot be read is an error naming it.
+ */
+nhi_err nhi_server_token_keys_in_force(const struct nhi_server_config *cfg, struct nhi_token_keys *out,
+				       unsigned long long *version) NHI_MUST_CHECK;
+
 #endif

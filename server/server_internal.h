@@ -107,20 +107,6 @@ void nhi_tls_close_notify_on_close(struct evhttp_connection *evcon);
  * once built and refcounted, so that the watcher swaps in a new one while workers
  * finish with the old (nhi_server_trust_get / nhi_trust_put).
  */
-/*
- * The token-signing keys in service: every label is trusted and published in the
- * JWKS; `signing` signs, except that `previous` (when set) still signs while
- * now < sign_after, so that relying parties fetch the new kid before it is used.
- * From config token_keys ([0] signs), or from the last applied token-keys package.
- */
-struct nhi_token_keys {
-	char labels[NHI_SERVER_LIST_MAX][65];
-	size_t n;
-	char signing[65];
-	char previous[65]; /* "" : none */
-	int64_t sign_after;
-};
-
 struct nhi_trust {
 	atomic_uint refs;
 	struct nhi_token_issuer *issuer;        /* signs with token_keys.signing */

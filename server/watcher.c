@@ -819,30 +819,33 @@ nhi_err nhi_token_keys_body_check(const uint8_t *body, size_t len)
 	return rv;
 }
 
-/* the token keys in service: the last applied token-keys body, else config token_keys */
-static nhi_err token_keys_load(struct nhi_server *s, const struct nhi_update_state *st)
+/* the token keys in force: the committed token-keys body, else config token_keys */
+static nhi_err token_keys_in_force(const struct nhi_server_config *cfg, const struct nhi_update_state *st,
+				   struct nhi_token_keys *out, unsigned long long *version)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf body = {0};
 	struct tk_body b = {0};
 	size_t i;
 
-	memset(&s->token_keys, 0, sizeof(s->token_keys));
+	*version = 0;
 	if (st->version[NHI_UPDATE_TOKEN_KEYS] == 0) {
-		for (i = 0; i < s->cfg.n_token_keys; i++)
-			memcpy(s->token_keys.labels[i], s->cfg.token_keys[i], sizeof(s->token_keys.labels[i]));
-		s->token_keys.n = s->cfg.n_token_keys;
-		memcpy(s->token_keys.signing, s->cfg.token_keys[0], sizeof(s->token_keys.signing));
+		memset(out, 0, sizeof(*out));
+		for (i = 0; i < cfg->n_token_keys; i++)
+			memcpy(out->labels[i], cfg->token_keys[i], sizeof(out->labels[i]));
+		out->n = cfg->n_token_keys;
+		memcpy(out->signing, cfg->token_keys[0], sizeof(out->signing));
 		return NHI_OK;
 	}
-	NHI_TRY(committed_body(s->cfg.state_dir, st, NHI_UPDATE_TOKEN_KEYS, &body));
+	NHI_TRY(committed_body(cfg->state_dir, st, NHI_UPDATE_TOKEN_KEYS, &body));
 	rv = tk_parse(body.data, body.len, &b);
 	if (rv != NHI_OK) {
 		nhi_err_wrap(rv, "the applied token-keys (version %llu)",
 			     (unsigned long long)st->version[NHI_UPDATE_TOKEN_KEYS]);
 		goto out;
 	}
-	s->token_keys = b.tk;
+	*out = b.tk;
+	*version = (unsigned long long)st->version[NHI_UPDATE_TOKEN_KEYS];
 	rv = NHI_OK;
 out:
 	tk_free(&b);
@@ -1281,37 +1284,71 @@ out:
 	return rv;
 }
 
-nhi_err nhi_server_tls_in_force(const char *state_dir, char label[65], struct nhi_buf *chain,
-				unsigned long long *version)
+/* the TLS identity a committed cert-rotation puts in force; *version 0 when none is */
+static nhi_err tls_in_force(const char *state_dir, const struct nhi_update_state *st, char label[65],
+			    struct nhi_buf *chain, unsigned long long *version)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_update_state st;
 	struct nhi_buf body = {0};
 	struct rotation r = {0};
 
 	label[0] = '\0';
 	*version = 0;
-	rv = nhi_update_state_load(state_dir, &st);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "update state in %s", state_dir);
-		goto out;
-	}
-	if (st.version[NHI_UPDATE_CERT_ROTATION] > 0) {
+	if (st->version[NHI_UPDATE_CERT_ROTATION] > 0) {
 		/* the committed rotation is the TLS identity, whatever cert_file says */
-		NHI_TRY(committed_body(state_dir, &st, NHI_UPDATE_CERT_ROTATION, &body));
+		NHI_TRY(committed_body(state_dir, st, NHI_UPDATE_CERT_ROTATION, &body));
 		rv = rotation_parse(body.data, body.len, &r);
 		if (rv != NHI_OK) {
-			nhi_err_wrap(rv, "the applied cert-rotation");
+			nhi_err_wrap(rv, "the applied cert-rotation (version %llu)",
+				     (unsigned long long)st->version[NHI_UPDATE_CERT_ROTATION]);
 			goto out;
 		}
 		NHI_TRY(nhi_buf_append(chain, r.chain, r.chain_len));
 		memcpy(label, r.label, sizeof(r.label));
-		*version = (unsigned long long)st.version[NHI_UPDATE_CERT_ROTATION];
+		*version = (unsigned long long)st->version[NHI_UPDATE_CERT_ROTATION];
 	}
 	rv = NHI_OK;
 out:
 	rotation_free(&r);
 	nhi_buf_free(&body);
+	return rv;
+}
+
+static nhi_err state_load(const char *state_dir, struct nhi_update_state *st)
+{
+	nhi_err rv = nhi_update_state_load(state_dir, st);
+
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "update state in %s", state_dir);
+	return rv;
+}
+
+nhi_err nhi_server_tls_in_force(const char *state_dir, char label[65], struct nhi_buf *chain,
+				unsigned long long *version)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+
+	label[0] = '\0';
+	*version = 0;
+	NHI_TRY(state_load(state_dir, &st));
+	NHI_TRY(tls_in_force(state_dir, &st, label, chain, version));
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+nhi_err nhi_server_token_keys_in_force(const struct nhi_server_config *cfg, struct nhi_token_keys *out,
+				       unsigned long long *version)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+
+	*version = 0;
+	NHI_TRY(state_load(cfg->state_dir, &st));
+	NHI_TRY(token_keys_in_force(cfg, &st, out, version));
+	rv = NHI_OK;
+out:
 	return rv;
 }
 
@@ -1321,13 +1358,9 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 	struct nhi_update_state st;
 	struct nhi_buf body = {0};
 	char label[65];
-	unsigned long long rot_version = 0;
+	unsigned long long rot_version = 0, tk_version = 0;
 
-	rv = nhi_update_state_load(s->cfg.state_dir, &st);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "update state in %s", s->cfg.state_dir);
-		goto out;
-	}
+	NHI_TRY(state_load(s->cfg.state_dir, &st));
 	if (s->cfg.updates_dir[0] != '\0') {
 		rv = nhi_update_load_bundle(s->cfg.state_dir, &s->bundle);
 		if (rv == NHI_ERR_NOT_FOUND)
@@ -1345,7 +1378,8 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 		NHI_TRY(watcher_new(s));
 	}
 	NHI_TRY(audit_in_force(s, &st));
-	NHI_TRY(token_keys_load(s, &st));
+	memset(&s->token_keys, 0, sizeof(s->token_keys));
+	NHI_TRY(token_keys_in_force(&s->cfg, &st, &s->token_keys, &tk_version));
 	if (st.version[NHI_UPDATE_REVOCATION] > 0) {
 		NHI_TRY(committed_body(s->cfg.state_dir, &st, NHI_UPDATE_REVOCATION, &body));
 		rv = nhi_trust_build(s, &s->token_keys, body.data, body.len, st.version[NHI_UPDATE_REVOCATION],
@@ -1359,7 +1393,7 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 	} else {
 		NHI_TRY(nhi_trust_build(s, &s->token_keys, NULL, 0, 0, &s->trust));
 	}
-	NHI_TRY(nhi_server_tls_in_force(s->cfg.state_dir, label, &s->tls_chain, &rot_version));
+	NHI_TRY(tls_in_force(s->cfg.state_dir, &st, label, &s->tls_chain, &rot_version));
 	if (rot_version > 0)
 		snprintf(s->tls_label, sizeof(s->tls_label), "%s", label);
 	rv = NHI_OK;

@@ -115,7 +115,7 @@ check "clients verifying against ca.crt keep working" curl_as admin /v1/health
 check "airgap check checks the committed cert-rotation nhid serves, not cert_file" \
 	grep -qF "serving the committed cert-rotation (version 1, key 'nhid-tls-2'), not cert_file" airgap.out
 check "... its certificate is current and for token key nhid-tls-2" bash -c \
-	"grep -q 'server certificate (the rotated chain of cert-rotation version 1) valid' airgap.out && grep -qF \"server certificate is for token key 'nhid-tls-2'\" airgap.out"
+	"grep -q 'server certificate the rotated certificate chain (cert-rotation version 1) valid' airgap.out && grep -qF \"server certificate is for token key 'nhid-tls-2'\" airgap.out"
 check "... and the rotated key's flags are checked" grep -qE "TLS \(rotated\) +'nhid-tls-2': present, sensitive, not extractable" airgap.out
 
 # --- bad rotations: no chain, key of another certificate ---

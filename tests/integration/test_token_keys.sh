@@ -115,6 +115,14 @@ check "the retiring package is applied" wait_for 20 test -e "$D/state/applied/tk
 check "only the new kid is published" wait_for 5 bash -c "[ \"\$(kids)\" = '$K2' ]"
 check_fails "a token of the retired key no longer resolves (kid_unknown)" "kid_unknown" resolve "$T1" --fail-with-body
 check "tokens of the new key still resolve" bash -c "resolve '$T2' | grep -q '\"sub\":\"demo-agent\"'"
+# nhictl airgap check looks at the token keys nhid uses: the committed package's, not config token_keys
+# (its other steps depend on this host's network; only the key lines count)
+"$NHICTL" airgap check --config "$D/nhid-up.conf" --allow-default-route >airgap.out 2>&1
+check "airgap check names the committed token-keys package it checks" \
+	grep -qF "token keys of the committed token-keys package (version 2), not config token_keys" airgap.out
+check "... checks the signing key in force, nhid-token-2" \
+	grep -qE "token signing +'nhid-token-2': present, sensitive, not extractable" airgap.out
+check "... and not the retired config key nhid-token-1" bash -c "! grep -q \"'nhid-token-1'\" airgap.out"
 stop_nhid
 check "the audit log verifies" "$NHICTL" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
 check "token_keys_rotated is audited with the kids" grep -q "\"event\":\"token_keys_rotated\".*\"kid\":\"$K2\"" "$D/state/audit.jsonl"
