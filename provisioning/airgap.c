@@ -26,7 +26,6 @@
 #include <unistd.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <openssl/x509_vfy.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -57,32 +56,22 @@ static void step_fail(struct check *c, const char *fmt, ...)
 
 /* ---- certificates ------------------------------------------------------------------- */
 
-/* the first certificate of a PEM chain in memory */
-static nhi_err first_cert(const struct nhi_buf *pem, const char *what, X509 **out)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	BIO *bio = BIO_new_mem_buf(pem->data, (int)pem->len);
-
-	*out = NULL;
-	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
-	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", what);
-	rv = NHI_OK;
-out:
-	BIO_free(bio);
-	return rv;
-}
-
+/* the first certificate of a PEM file (ca_file: the CA's own validity is checked) */
 static nhi_err read_cert(const char *path, X509 **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	struct nhi_buf b = {0};
+	BIO *bio = NULL;
 
 	*out = NULL;
 	NHI_TRY(nhi_file_read(path, NHI_CERT_MAX_BYTES * 4, &b));
-	NHI_TRY(first_cert(&b, path, out));
+	bio = BIO_new_mem_buf(b.data, (int)b.len);
+	NHI_CHECK_SSL(bio != NULL, NHI_ERR_NOMEM, "BIO");
+	*out = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	NHI_CHECK_SSL(*out != NULL, NHI_ERR_FORMAT, "%s holds no PEM certificate", path);
 	rv = NHI_OK;
 out:
+	BIO_free(bio);
 	nhi_buf_free(&b);
 	return rv;
 }
@@ -133,11 +122,29 @@ static nhi_err tls_in_force(const struct nhi_server_config *cfg, struct tls_in_f
 	return rv;
 }
 
+/* the chain nhid serves, as it reads it: leaf and intermediates (nhi_tls_chain_parse) */
+static nhi_err tls_chain_in_force(const struct nhi_server_config *cfg, struct tls_in_force *t, X509 **leaf,
+				  STACK_OF(X509) **rest)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+
+	if (t->version == 0) {
+		rv = nhi_file_read(cfg->cert_file, (size_t)NHI_CERT_MAX_BYTES * NHI_SERVER_CHAIN_CERTS_MAX, &t->chain);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "cert_file");
+			goto out;
+		}
+	}
+	NHI_TRY(nhi_tls_chain_parse(t->chain.data, t->chain.len, t->where, leaf, rest));
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 static void check_certs(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h)
 {
 	X509 *ca = NULL, *leaf = NULL;
-	X509_STORE *st = NULL;
-	X509_STORE_CTX *vc = NULL;
+	STACK_OF(X509) *rest = NULL;
 	struct nhi_hsm_key *k = NULL;
 	EVP_PKEY *tok = NULL;
 	struct tls_in_force t;
@@ -152,8 +159,8 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 		step_fail(c, "ca_file: %s", nhi_err_detail());
 		goto out;
 	}
-	if ((t.version > 0 ? first_cert(&t.chain, where, &leaf) : read_cert(cfg->cert_file, &leaf)) != NHI_OK) {
-		step_fail(c, "%s: %s", t.version > 0 ? "cert-rotation" : "cert_file", nhi_err_detail());
+	if (tls_chain_in_force(cfg, &t, &leaf, &rest) != NHI_OK) {
+		step_fail(c, "%s", nhi_err_detail());
 		goto out;
 	}
 	if (t.version > 0)
@@ -161,19 +168,13 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 		       t.key);
 	if (!cert_current(c, "CA certificate", cfg->ca_file, ca) || !cert_current(c, "server certificate", where, leaf))
 		goto out;
-	st = X509_STORE_new();
-	vc = X509_STORE_CTX_new();
-	if (st == NULL || vc == NULL || X509_STORE_add_cert(st, ca) != 1 ||
-	    X509_STORE_CTX_init(vc, st, leaf, NULL) != 1) {
-		step_fail(c, "OpenSSL could not set up verification (out of memory?)");
+	if (nhi_server_chain_verify(cfg->ca_file, "server certificate", leaf, rest) != NHI_OK) {
+		step_fail(c, "%s (%s, served with %d intermediate certificate%s)", nhi_err_detail(), where,
+			  sk_X509_num(rest), sk_X509_num(rest) == 1 ? "" : "s");
 		goto out;
 	}
-	if (X509_verify_cert(vc) != 1) {
-		step_fail(c, "server certificate %s does not chain to %s: %s", where, cfg->ca_file,
-			  X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
-		goto out;
-	}
-	printf("      server certificate chains to the CA\n");
+	printf("      server certificate chains to the CA (%d intermediate certificate%s served)\n", sk_X509_num(rest),
+	       sk_X509_num(rest) == 1 ? "" : "s");
 	if (h == NULL) {
 		printf("      (token not open: the certificate's key is not compared with '%s')\n", t.key);
 		goto out;
@@ -192,8 +193,7 @@ out:
 	nhi_buf_free(&t.chain);
 	EVP_PKEY_free(tok);
 	nhi_hsm_key_free(k);
-	X509_STORE_CTX_free(vc);
-	X509_STORE_free(st);
+	sk_X509_pop_free(rest, X509_free);
 	X509_free(leaf);
 	X509_free(ca);
 }

@@ -8,6 +8,8 @@
 
 #include "../common/nhi.h"
 
+#include <openssl/x509.h>
+
 #define NHI_SERVER_LIST_MAX 16
 
 /* One key of the signing service (/v1/sign, /v1/verify): config key signing_keys. */
@@ -144,5 +146,16 @@ struct nhi_token_keys {
  */
 nhi_err nhi_server_token_keys_in_force(const struct nhi_server_config *cfg, struct nhi_token_keys *out,
 				       unsigned long long *version) NHI_MUST_CHECK;
+
+/* Parse a PEM chain: *leaf and *rest (intermediates, maybe empty), owned by the caller. */
+nhi_err nhi_tls_chain_parse(const uint8_t *pem, size_t len, const char *what, X509 **leaf,
+			    STACK_OF(X509) **rest) NHI_MUST_CHECK;
+
+/*
+ * The X.509 path from a TLS server certificate (leaf, with the intermediates it is
+ * served with) to ca_file, as a client checks it: purpose TLS server, validity now.
+ * `what` names the certificate in the error (NHI_ERR_VERIFY, with OpenSSL's reason).
+ */
+nhi_err nhi_server_chain_verify(const char *ca_file, const char *what, X509 *leaf, STACK_OF(X509) *rest) NHI_MUST_CHECK;
 
 #endif

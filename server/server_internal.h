@@ -82,9 +82,6 @@ nhi_err nhi_tls_init(void) NHI_MUST_CHECK;
  */
 nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t len, const char *what, EVP_PKEY *pkey,
 			SSL_CTX **out) NHI_MUST_CHECK;
-/* Parse a PEM chain: *leaf and *rest (intermediates, maybe empty), owned by the caller. */
-nhi_err nhi_tls_chain_parse(const uint8_t *pem, size_t len, const char *what, X509 **leaf,
-			    STACK_OF(X509) **rest) NHI_MUST_CHECK;
 /* The connection record of an SSL (creating it on first use). */
 struct nhi_conn *nhi_tls_conn(SSL *ssl);
 int nhi_tls_conn_index(void);

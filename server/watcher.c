@@ -422,8 +422,7 @@ nhi_err nhi_rotation_body_check(const uint8_t *body, size_t len)
 	return rv;
 }
 
-/* X.509 path to ca_file for a TLS server (the check a client makes, made first) */
-static nhi_err chain_verify(const char *ca_file, X509 *leaf, STACK_OF(X509) *rest)
+nhi_err nhi_server_chain_verify(const char *ca_file, const char *what, X509 *leaf, STACK_OF(X509) *rest)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	X509_STORE *store = X509_STORE_new();
@@ -435,7 +434,7 @@ static nhi_err chain_verify(const char *ca_file, X509 *leaf, STACK_OF(X509) *res
 	NHI_CHECK_SSL(X509_STORE_CTX_set_purpose(vc, X509_PURPOSE_SSL_SERVER) == 1, NHI_ERR_CRYPTO, "server purpose");
 	if (X509_verify_cert(vc) != 1) {
 		ERR_clear_error();
-		NHI_FAIL(NHI_ERR_VERIFY, "the new server certificate does not verify against ca_file %s: %s", ca_file,
+		NHI_FAIL(NHI_ERR_VERIFY, "%s does not verify against ca_file %s: %s", what, ca_file,
 			 X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
 	}
 	rv = NHI_OK;
@@ -631,7 +630,7 @@ static nhi_err prepare_rotation(struct nhi_server *s, const uint8_t *body, size_
 		  NHI_ERR_FORMAT, "cert-rotation: key_label '%s' names one of the ceremony's keys", r.label);
 	NHI_TRY(nhi_tls_chain_parse((const uint8_t *)r.chain, r.chain_len, "cert-rotation: cert_chain_pem", &leaf, &rest));
 	NHI_CHECK(nhi_pkey_is_p256(X509_get0_pubkey(leaf)), NHI_ERR_FORMAT, "cert-rotation: the new certificate's key must be EC P-256");
-	NHI_TRY(chain_verify(s->cfg.ca_file, leaf, rest));
+	NHI_TRY(nhi_server_chain_verify(s->cfg.ca_file, "the new server certificate", leaf, rest));
 	NHI_TRY(unwrap_p256(s, "cert-rotation", r.label, r.wrapped_b64, X509_get0_pubkey(leaf),
 			    "the certificate's public key", &st->key, &st->key_created));
 	snprintf(st->label, sizeof(st->label), "%s", r.label);

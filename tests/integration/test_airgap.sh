@@ -68,9 +68,42 @@ fi
 conf_with expired "s|^cert_file .*|cert_file = $D/agents/expired-agent.crt|"
 check_fails "an expired server certificate: FAIL naming expiry" "server certificate $D/agents/expired-agent.crt has expired" \
 	"$NHICTL" airgap check --config "$T/expired.conf" "${ROUTE_FLAG[@]}"
-conf_with wrongcert "s|^cert_file .*|cert_file = $D/agents/demo-agent.crt|"
+# a server certificate issued by an intermediate CA: the intermediates in cert_file are
+# served (nhi_tls_chain_parse) and the check builds the path through them, as a client does
+X=$T/ich; mkdir -p "$X"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$X/root.key" -subj /CN=ich-root -days 2 \
+	-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out "$X/root.crt" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$X/int.key" -subj /CN=ich-int -out "$X/int.csr" 2>/dev/null
+openssl x509 -req -in "$X/int.csr" -CA "$X/root.crt" -CAkey "$X/root.key" -days 2 -out "$X/int.crt" \
+	-extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n') 2>/dev/null
+# the leaf carries the token's TLS public key (taken from the dev server certificate)
+openssl x509 -in "$D/server.crt" -noout -pubkey >"$X/tls.pub"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$X/throw.key" -subj /CN=nhid -out "$X/leaf.csr" 2>/dev/null
+openssl x509 -req -in "$X/leaf.csr" -CA "$X/int.crt" -CAkey "$X/int.key" -days 2 -force_pubkey "$X/tls.pub" -out "$X/leaf.crt" \
+	-extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n') 2>/dev/null
+cat "$X/leaf.crt" "$X/int.crt" >"$X/chain.crt"
+conf_with ichain "s|^cert_file .*|cert_file = $X/chain.crt|; s|^ca_file .*|ca_file = $X/root.crt|"
+"$NHICTL" airgap check --config "$T/ichain.conf" "${ROUTE_FLAG[@]}" >ichain.out 2>&1
+rc=$?
+check "a chain through an intermediate CA in cert_file: PASS, the intermediate named" \
+	bash -c "[ $rc = 0 ] && grep -q 'server certificate chains to the CA (1 intermediate certificate served)' ichain.out &&
+		grep -q \"server certificate is for token key 'nhid-tls'\" ichain.out"
+[ $rc = 0 ] || sed 's/^/#   /' ichain.out
+conf_with ileaf "s|^cert_file .*|cert_file = $X/leaf.crt|; s|^ca_file .*|ca_file = $X/root.crt|"
+check_fails "the same leaf without its intermediate: FAIL naming the missing issuer" \
+	"server certificate does not verify against ca_file $X/root.crt: unable to get local issuer certificate" \
+	"$NHICTL" airgap check --config "$T/ileaf.conf" "${ROUTE_FLAG[@]}"
+# a server certificate that chains but is for another key (throw.key, not the token's)
+openssl x509 -req -in "$X/leaf.csr" -CA "$X/int.crt" -CAkey "$X/int.key" -days 2 -out "$X/other.crt" \
+	-extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n') 2>/dev/null
+cat "$X/other.crt" "$X/int.crt" >"$X/other-chain.crt"
+conf_with wrongcert "s|^cert_file .*|cert_file = $X/other-chain.crt|; s|^ca_file .*|ca_file = $X/root.crt|"
 check_fails "a certificate for another key: FAIL naming the TLS key" "is not for key 'nhid-tls' in the token" \
 	"$NHICTL" airgap check --config "$T/wrongcert.conf" "${ROUTE_FLAG[@]}"
+conf_with clientcert "s|^cert_file .*|cert_file = $D/agents/demo-agent.crt|"
+check_fails "a client certificate as cert_file: FAIL, not a TLS server certificate" \
+	"server certificate does not verify against ca_file $D/ca.crt: unsuitable certificate purpose" \
+	"$NHICTL" airgap check --config "$T/clientcert.conf" "${ROUTE_FLAG[@]}"
 conf_with badtoken 's/^hsm_token .*/hsm_token = no-such-token/'
 check_fails "an unreachable token: FAIL naming it" "no PKCS#11 token matches 'no-such-token'" \
 	"$NHICTL" airgap check --config "$T/badtoken.conf" "${ROUTE_FLAG[@]}"
