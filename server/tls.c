@@ -269,6 +269,38 @@ static void info_cb(const SSL *ssl, int where, int ret)
 		fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
 }
 
+/*
+ * A resumed handshake verifies no certificate: OpenSSL takes the session's verification
+ * result as it was when the session was made. So no session outlives its client
+ * certificate: each one nhid caches ends at the certificate's notAfter. nhid's sessions
+ * are all in the SSL_CTX cache (TLS 1.2 session ids, TLS 1.3 stateful tickets; with
+ * SSL_OP_NO_TICKET there is no stateless ticket, so a ticket decrypt callback would never
+ * run), and OpenSSL checks a cached session's timeout on every resumption offered, both
+ * versions (ssl_get_prev_session): an expired one is a cache miss, the client gets a full
+ * handshake, which verifies the certificate and fails with certificate_expired, audited
+ * as handshake_rejected like any expired certificate. Resumable up to the last second
+ * the certificate verifies in (X509_cmp_time: notAfter itself is expired). A session
+ * made outside the validity (no certificate, a clock stepped back) is not kept at all.
+ * OpenSSL calls this once per new session, after adding it to the cache and without
+ * holding the cache's lock, which SSL_SESSION_set_timeout takes to re-sort it. A clock
+ * set back before notBefore after the session was made is left to routes.c caller(),
+ * which checks the validity on every request.
+ */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	X509 *peer = SSL_SESSION_get0_peer(sess);
+	long long made = SSL_SESSION_get_time(sess), not_before, not_after;
+
+	if (peer == NULL || !cert_time(X509_get0_notBefore(peer), &not_before) ||
+	    !cert_time(X509_get0_notAfter(peer), &not_after) || made < not_before || made >= not_after) {
+		(void)SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), sess);
+	} else if (not_after - 1 - made < SSL_SESSION_get_timeout(sess) &&
+		   SSL_SESSION_set_timeout(sess, (long)(not_after - 1 - made)) != 1) {
+		(void)SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), sess); /* not kept if it cannot be bounded */
+	}
+	return 0; /* OpenSSL keeps its reference; this keeps none */
+}
+
 /* connections over the limit are refused at the ClientHello, before any crypto */
 static int client_hello_cb(SSL *ssl, int *alert, void *arg)
 {
@@ -379,6 +411,7 @@ nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t l
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
 	SSL_CTX_sess_set_cache_size(ctx, s->cfg.tls_sessions); /* >= 1: OpenSSL reads 0 as unbounded */
 	SSL_CTX_set_timeout(ctx, 3600);
+	SSL_CTX_sess_set_new_cb(ctx, new_session_cb); /* and never past the client certificate's notAfter */
 	SSL_CTX_set_info_callback(ctx, info_cb);
 	SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
 	*out = ctx;

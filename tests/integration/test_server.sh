@@ -191,16 +191,40 @@ check "resolve returns the agent's attributes as imported: nested, non-ASCII, es
 	bash -c "curl_as inference-gw /v1/resolve -d '{\"token\":\"$ATTR_TOKEN\"}' | python3 attrs.py check"
 backup_as 7 "$D/test-agents.jsonl"
 
-# --- a client certificate that expires while its keep-alive connection and its TLS 1.3
-# session live: the handshake verified it once, every request checks its validity ---
+# --- a client certificate that expires while its keep-alive connection and its TLS
+# sessions live: the handshake verified it once, every request checks its validity, and
+# no session resumes past the certificate's notAfter (tls.c new_session_cb) ---
 "$NHICTL" enroll short-agent --testing-valid-seconds 12 --config "$D/ceremony.conf" --pin-file "$D/user.pin" >/dev/null || exit 1
 { cat "$D/test-agents.jsonl"; echo "{\"id\":\"short-agent\",\"roles\":[\"agent\"],\"audiences\":[\"inference\"],\"cert_pem_file\":\"$D/agents/short-agent.crt\"}"; } >short.jsonl
 backup_as 8 short.jsonl || not_ok "the backup with short-agent was not loaded"
 SHORT_ENDS=$(date -u -d "$(openssl x509 -enddate -noout -in "$D/agents/short-agent.crt" | cut -d= -f2)" +%s)
 past_short() { local w=$((SHORT_ENDS - $(date -u +%s) + 2)); [ "$w" -le 0 ] || sleep "$w"; }
 export -f past_short; export SHORT_ENDS
-openssl s_client -tls1_3 -ign_eof -sess_out short.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
-	-cert "$D/agents/short-agent.crt" -key "$D/agents/short-agent.key" <health.req >short1.out 2>/dev/null
+for v in 1_3 1_2; do
+	openssl s_client -tls$v -ign_eof -sess_out short$v.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
+		-cert "$D/agents/short-agent.crt" -key "$D/agents/short-agent.key" <health.req >short$v.out 2>/dev/null
+done
+# offer a saved session again, with the certificate and key for a full handshake if nhid wants one
+resume_short() { # 1_3|1_2 request out
+	timeout 20 openssl s_client -tls$1 -ign_eof -sess_in short$1.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
+		-cert "$D/agents/short-agent.crt" -key "$D/agents/short-agent.key" <"$2" >"$3" 2>&1
+}
+resumes_while_valid() { # 1_3|1_2
+	grep -q "^New, TLSv${1/_/.}" "short$1.out" && resume_short "$1" health.req "r$1.out" &&
+		grep -q "^Reused, TLSv${1/_/.}" "r$1.out" && grep -q '"status":"ok"' "r$1.out" || { s_client_gist "r$1.out"; false; }
+}
+refused_in_handshake() { # 1_3|1_2: not resumed; the full handshake fails: alert 45, no HTTP
+	resume_short "$1" tokens.req "x$1.out"
+	! grep -q '^Reused' "x$1.out" && grep -q 'alert certificate expired' "x$1.out" && ! grep -q 'HTTP/1' "x$1.out" ||
+		{ s_client_gist "x$1.out"; false; }
+}
+s_client_gist() { grep -E '^(New|Reused),|alert|error|^HTTP/1|"error"' "$1"; }
+expired_rejected_at_least() { # n: handshake_rejected records of an expired certificate
+	[ "$(grep -c '"event":"handshake_rejected".*"verify":"certificate has expired"' "$D/state/audit.jsonl")" -ge "$1" ]
+}
+for v in 1_3 1_2; do
+	check "short-agent's saved TLS ${v/_/.} session resumes while the certificate is valid" resumes_while_valid $v
+done
 check "short-agent (certificate valid 12 s) is served, over a keep-alive connection that outlives the certificate" \
 	timeout 60 python3 "$NHI_ROOT/tests/integration/keepalive.py" "$PORT" "$D/ca.crt" "$D/agents/short-agent.crt" \
 	"$D/agents/short-agent.key" 'req:POST:/v1/tokens:200:{"aud":"inference"}' "sh:past_short" \
@@ -208,10 +232,17 @@ check "short-agent (certificate valid 12 s) is served, over a keep-alive connect
 cp "$T/last.out" short-keepalive.out
 check "... the request after the certificate's notAfter is refused as certificate_expired" \
 	grep -q certificate_expired short-keepalive.out
-check "a TLS 1.3 session resumed after the certificate expired is refused at the request (403 certificate_expired)" \
-	bash -c "grep -q '^New, TLSv1.3' short1.out && openssl s_client -tls1_3 -ign_eof -sess_in short.sess -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' <tokens.req >short2.out 2>/dev/null; grep -q '^Reused, TLSv1.3' short2.out && grep -q '\"error\":\"certificate_expired\"' short2.out && ! grep -q '\"token\"' short2.out"
 check "... and audited as agent_refused naming the expiry" \
 	grep -q '"event":"agent_refused".*short-agent.*the client certificate expired at' "$D/state/audit.jsonl"
+# the same sessions offered after the notAfter: not resumed (a resumed handshake verifies
+# nothing), so a full handshake verifies the certificate and fails in the handshake
+E0=$(grep -c '"event":"handshake_rejected".*"verify":"certificate has expired"' "$D/state/audit.jsonl")
+for v in 1_3 1_2; do
+	check "TLS ${v/_/.}: that session offered after the notAfter is not resumed: the handshake fails (alert 45, no HTTP)" \
+		refused_in_handshake $v
+done
+check "... both audited as handshake_rejected, verify \"certificate has expired\" ($E0 such records before)" \
+	wait_for 10 expired_rejected_at_least $((E0 + 2))
 
 # --- a served client that closes without close_notify is not a refused handshake ---
 rejected() { curl_as admin /v1/metrics | awk '/^nhid_handshakes_rejected_total /{print $2}'; }
