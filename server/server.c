@@ -648,6 +648,8 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	NHI_TRY(nhi_server_audit(s, "startup", json_pack("{s:s, s:s, s:i, s:i}", "config_sha256", digest_hex,
 							 "listen", cfg->listen_host, "port", cfg->listen_port,
 							 "threads", (int)cfg->threads)));
+	/* a committed update is on the record before anything of it is loaded */
+	NHI_TRY(nhi_watcher_recover(s));
 	NHI_TRY(nhi_store_new(&s->store));
 	NHI_TRY(load_backup(s, "startup", true));
 	NHI_TRY(nhi_signing_load(s));

@@ -142,6 +142,15 @@ nhi_err nhi_trust_build(struct nhi_server *s, const struct nhi_token_keys *tk, c
 			uint64_t version, struct nhi_trust **out) NHI_MUST_CHECK;
 
 /*
+ * Startup, right after the audit log opens and before anything committed in state_dir
+ * is loaded: every committed package whose update_applied record is not known to be
+ * durable (update-state.json "recorded":false: nhid stopped between the commit and the
+ * record, or nhictl applied it offline) gets that record now, with "recovered":true,
+ * then the mark is cleared. An error (the record cannot be written) stops the start:
+ * nothing is served with a package that is not on the record.
+ */
+nhi_err nhi_watcher_recover(struct nhi_server *s) NHI_MUST_CHECK;
+/*
  * Startup, after TLS key and tokens: when updates_dir is set, load the trust bundle
  * from state_dir (missing: NHI_ERR_CONFIG naming `nhictl update init`); in any case
  * take the committed revocation and cert-rotation bodies of state_dir into service.

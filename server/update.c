@@ -23,19 +23,16 @@
 #define BUNDLE_FILE "trust-bundle.json"
 #define STATE_FORMAT 1
 
-/* Test builds only: NHI_TEST_UPDATE_CRASH_AT=K makes apply _exit at step K, so the
- * integration test can prove that every interruption leaves old-or-new state. */
 #ifdef NHI_TEST_BUILD
-static void crash_point(int k)
+void nhi_update_crash_point(int k)
 {
 	const char *s = getenv("NHI_TEST_UPDATE_CRASH_AT");
 
 	if (s != NULL && atoi(s) == k)
 		_exit(86);
 }
-#else
-#define crash_point(k) ((void)0)
 #endif
+#define crash_point(k) nhi_update_crash_point(k)
 
 /* ---- keysets ------------------------------------------------------------------ */
 
@@ -672,7 +669,7 @@ static nhi_err path_join(char *buf, size_t n, const char *a, const char *b)
 nhi_err nhi_update_state_load(const char *state_dir, struct nhi_update_state *out)
 {
 	static const char *const known[] = {"format", "time_high", "kinds", NULL};
-	static const char *const kknown[] = {"version", "package_sha256", NULL};
+	static const char *const kknown[] = {"version", "package_sha256", "recorded", NULL};
 	nhi_err rv = NHI_ERR_INTERNAL, e;
 	struct nhi_buf text = {0};
 	json_t *o = NULL, *kinds, *k, *h;
@@ -713,6 +710,11 @@ nhi_err nhi_update_state_load(const char *state_dir, struct nhi_update_state *ou
 				  "%s: %s.package_sha256 is not hex", path, name);
 			out->package_sha256[kind][i] = (uint8_t)byte;
 		}
+		/* absent: recorded (a state written before the mark existed, or cleared) */
+		h = json_object_get(k, "recorded");
+		NHI_CHECK(h == NULL || json_is_boolean(h), NHI_ERR_FORMAT, "%s: %s.recorded is not true or false", path,
+			  name);
+		out->unrecorded[kind] = h != NULL && json_is_false(h);
 	}
 	rv = NHI_OK;
 out:
@@ -739,6 +741,8 @@ static nhi_err state_save(const char *state_dir, const struct nhi_update_state *
 		k = json_pack("{s:I, s:s}", "version", (json_int_t)st->version[i], "package_sha256", hex);
 		NHI_CHECK(k != NULL && json_object_set_new(kinds, kind_names[i], k) == 0, NHI_ERR_NOMEM,
 			  "out of memory");
+		if (st->unrecorded[i])
+			NHI_CHECK(json_object_set_new(k, "recorded", json_false()) == 0, NHI_ERR_NOMEM, "out of memory");
 	}
 	o = json_pack("{s:i, s:I, s:O}", "format", STATE_FORMAT, "time_high", (json_int_t)st->time_high, "kinds",
 		      kinds);
@@ -752,6 +756,27 @@ out:
 	free(text);
 	json_decref(o);
 	json_decref(kinds);
+	return rv;
+}
+
+nhi_err nhi_update_state_mark_recorded(const char *state_dir, enum nhi_update_kind k,
+				       const uint8_t package_sha256[32])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+	char hex[65];
+
+	NHI_CHECK(nhi_update_kind_name(k) != NULL, NHI_ERR_ARG, "unknown kind");
+	NHI_TRY(nhi_update_state_load(state_dir, &st));
+	nhi_hex(package_sha256, 32, hex);
+	NHI_CHECK(st.version[k] > 0 && CRYPTO_memcmp(st.package_sha256[k], package_sha256, 32) == 0, NHI_ERR_NOT_FOUND,
+		  "%s package %s is not the committed one in %s/%s", kind_names[k], hex, state_dir, STATE_FILE);
+	if (st.unrecorded[k]) {
+		st.unrecorded[k] = false;
+		NHI_TRY(state_save(state_dir, &st));
+	}
+	rv = NHI_OK;
+out:
 	return rv;
 }
 
@@ -973,6 +998,7 @@ nhi_err nhi_update_apply_file(const struct nhi_update_apply_cfg *cfg, const char
 	next = st;
 	next.version[res->info.kind] = res->info.version;
 	memcpy(next.package_sha256[res->info.kind], res->info.package_sha256, 32);
+	next.unrecorded[res->info.kind] = true; /* until the receiver's record is durable */
 	NHI_TRY(nhi_update_state_body_path(cfg->state_dir, &next, res->info.kind, bpath, sizeof(bpath)));
 	NHI_TRY(nhi_file_write_atomic(bpath, body.data, body.len, 0600));
 	crash_point(2);

@@ -252,10 +252,26 @@ nhi_err nhi_update_verify(const uint8_t *doc, size_t len, const struct nhi_updat
 struct nhi_update_state {
 	uint64_t version[NHI_UPDATE_KIND__COUNT];
 	uint8_t package_sha256[NHI_UPDATE_KIND__COUNT][32];
+	/*
+	 * Committed, but the receiver's audit record of it is not known to be durable
+	 * ("recorded":false in the file): every commit sets it, the receiver clears it with
+	 * nhi_update_state_mark_recorded once its update_applied record is durable. nhid
+	 * finding it set at startup (a crash between the two, or an offline apply) writes
+	 * that record, marked recovered, before it serves anything.
+	 */
+	bool unrecorded[NHI_UPDATE_KIND__COUNT];
 	int64_t time_high; /* highest trusted time seen (clock rule) */
 };
 /* Load update-state.json; a missing file is the empty state. */
 nhi_err nhi_update_state_load(const char *state_dir, struct nhi_update_state *out) NHI_MUST_CHECK;
+/*
+ * The receiver's record of the committed package of kind `k` (named by its
+ * package_sha256) is durable: clear its unrecorded mark (update-state.json replaced
+ * atomically; nothing else in it changes). NHI_OK at once when the mark is clear;
+ * NHI_ERR_NOT_FOUND when that package is not the committed one of its kind.
+ */
+nhi_err nhi_update_state_mark_recorded(const char *state_dir, enum nhi_update_kind k,
+				       const uint8_t package_sha256[32]) NHI_MUST_CHECK;
 /* Path of the applied body of `kind` into buf ("" and NHI_ERR_NOT_FOUND if none). */
 nhi_err nhi_update_state_body_path(const char *state_dir, const struct nhi_update_state *st,
 				   enum nhi_update_kind k, char *buf, size_t n) NHI_MUST_CHECK;

@@ -23,6 +23,15 @@ nhi_err nhi_doc_wrap_json(json_t *payload, struct nhi_buf *out) NHI_MUST_CHECK;
 /* Strictly parse an envelope of at most `max` bytes (payload decoded into env). */
 nhi_err nhi_envelope_parse(const uint8_t *doc, size_t len, size_t max, struct nhi_envelope *env) NHI_MUST_CHECK;
 void nhi_envelope_free(struct nhi_envelope *env);
+
+/* Test builds only: NHI_TEST_UPDATE_CRASH_AT=K makes the apply _exit(86) at step K (1-5 in
+ * update.c, 6-7 in watcher.c), so the integration tests can prove that every interruption
+ * leaves old-or-new state and an audit log that agrees with it. */
+#ifdef NHI_TEST_BUILD
+void nhi_update_crash_point(int k);
+#else
+#define nhi_update_crash_point(k) ((void)0)
+#endif
 /* Distinct keys of ks with a valid signature on env (see nhi_doc_count_signers). */
 nhi_err nhi_envelope_count(enum nhi_doc_type t, const struct nhi_envelope *env, const struct nhi_keyset *ks,
 			   unsigned *n_valid) NHI_MUST_CHECK;

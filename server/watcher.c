@@ -3,9 +3,11 @@
  * thread over updates_dir, and what each kind of package does to the running
  * server. The library (update.h) verifies, commits and moves packages; here the
  * `prepare` hook stages the change (nothing in service is touched) and the scan
- * callback, told the package was committed, takes the staged change into service
- * and audits every outcome. What was committed is also what startup loads, so a
- * crash between commit and swap leaves nothing behind.
+ * callback, told the package was committed, makes its update_applied record durable,
+ * marks it recorded in update-state.json and only then takes the staged change into
+ * service; it audits every outcome. What was committed is also what startup loads
+ * (after nhi_watcher_recover has recorded a commit whose record a crash prevented),
+ * so a crash between commit and swap leaves nothing behind and nothing off the record.
  *
  *   revocation    {"agents":[id..],"cert_sha256":[hex..],"kids":[kid..]}: the
  *                 complete set (a later version replaces it) — a new trust
@@ -1075,6 +1077,96 @@ static void audit_or_log(struct nhi_server *s, const char *event, json_t *f)
 		fprintf(stderr, "nhid: audit %s: %s\n", event, nhi_err_detail());
 }
 
+/*
+ * The update_applied record of a committed package, durable on return (`f` stolen). Test
+ * builds: NHI_TEST_UPDATE_RECORD_DELAY_MS=N makes it N ms slower, as on a slow disk, and
+ * NHI_TEST_UPDATE_RECORD_FAIL=1 makes it fail, as a failed log would (test_rotation.sh:
+ * an update is in service only once its record is, and never when it cannot be).
+ */
+static nhi_err record_applied(struct nhi_server *s, json_t *f)
+{
+#ifdef NHI_TEST_BUILD
+	const char *v = getenv("NHI_TEST_UPDATE_RECORD_DELAY_MS");
+	int ms = v != NULL ? atoi(v) : 0;
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+	if (ms > 0)
+		nanosleep(&ts, NULL);
+	if (getenv("NHI_TEST_UPDATE_RECORD_FAIL") != NULL) {
+		json_decref(f);
+		return nhi_err_set(NHI_ERR_IO, "audit log unusable (test build: NHI_TEST_UPDATE_RECORD_FAIL is set)");
+	}
+#endif
+	return nhi_server_audit(s, "update_applied", f);
+}
+
+/* the committed package's change, staged by prepare, into service (its record is durable) */
+static void take_into_service(struct nhi_server *s, struct staged *st, const struct nhi_update_info *in)
+{
+	char who[NHI_UPDATE_ID_BUF + 16];
+
+	if (in->kind == NHI_UPDATE_TRUST_BUNDLE)
+		s->watcher->bundle_changed = true; /* swapped in after the scan */
+	if (!st->valid || st->kind != in->kind || st->version != in->version)
+		return;
+	if (in->kind == NHI_UPDATE_REVOCATION) {
+		trust_swap(s, st->trust);
+		st->trust = NULL;
+	} else if (in->kind == NHI_UPDATE_TOKEN_KEYS) {
+		token_keys_activate(s, st);
+	} else if (in->kind == NHI_UPDATE_CERT_ROTATION && rotation_activate(s, st) != NHI_OK) {
+		fprintf(stderr, "nhid: cert-rotation committed but not taken into service: %s (restart nhid)\n",
+			nhi_err_detail());
+	} else if (in->kind == NHI_UPDATE_IDENTITY_BACKUP) {
+		/* the committed body is now the newest backup: a reload takes it */
+		snprintf(who, sizeof(who), "update %s", in->id);
+		if (nhi_server_reload(s, who) != NHI_OK)
+			fprintf(stderr, "nhid: identity-backup committed but not loaded: %s (reload or restart nhid)\n",
+				nhi_err_detail());
+	}
+}
+
+/*
+ * A committed package: its update_applied record `f` (stolen) durable, the mark in
+ * update-state.json cleared, then the staged change into service. A record that
+ * cannot be written keeps the change out of service (the next start records it,
+ * marked recovered, and serves it) and says so as loudly as the log still allows.
+ */
+static void applied_cb(struct nhi_server *s, const char *base, const char *kind, const struct nhi_update_info *in,
+		       json_t *f)
+{
+	struct staged *st = &s->watcher->st;
+	char why[NHI_ERR_DETAIL_MAX], pkg_hex[65];
+
+	/* committed: the keys prepare unwrapped are the server's now, kept whatever follows */
+	st->key_created = false;
+	memset(st->tk_created, 0, sizeof(st->tk_created));
+	if (record_applied(s, f) != NHI_OK) {
+		snprintf(why, sizeof(why), "%s", nhi_err_detail());
+		nhi_hex(in->package_sha256, 32, pkg_hex);
+		fprintf(stderr,
+			"nhid: update %s (%s version %llu) is committed but NOT in service: its update_applied record "
+			"could not be written: %s. Fix the audit log (docs/audit.md, Failures) and restart nhid: the "
+			"start records it (recovered) before serving it\n",
+			base, kind, (unsigned long long)in->version, why);
+		audit_or_log(s, "update_not_in_force",
+			     json_pack("{s:s, s:s, s:I, s:s, s:s}", "file", base, "kind", kind, "version",
+				       (json_int_t)in->version, "package_sha256", pkg_hex, "detail", why));
+		staged_drop(s, st);
+		return;
+	}
+	nhi_update_crash_point(6); /* recorded, not yet marked: the next start records it again (recovered) */
+	if (nhi_update_state_mark_recorded(s->cfg.state_dir, in->kind, in->package_sha256) != NHI_OK)
+		fprintf(stderr,
+			"nhid: update %s: its update_applied record is durable, but update-state.json could not say so "
+			"(%s): the next start records it once more, marked recovered\n",
+			base, nhi_err_detail());
+	nhi_update_crash_point(7); /* recorded and marked, not yet in service: the next start serves it */
+	take_into_service(s, st, in);
+	staged_drop(s, st);
+	fprintf(stderr, "nhid: update %s applied: %s version %llu\n", base, kind, (unsigned long long)in->version);
+}
+
 static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_update_result *res)
 {
 	struct nhi_server *s = arg;
@@ -1105,38 +1197,19 @@ static void scan_cb(void *arg, const char *path, nhi_err e, const struct nhi_upd
 						     ? (unsigned)in->kind
 						     : NHI_UPDATE_KIND__COUNT][res->applied ? 0 : res->moved_to[0] ? 1 : 2],
 			 1);
+	if (res->applied && in->committed) {
+		/* committed by an earlier run that stopped before the move: that run's
+		 * update_applied record, or the one nhi_watcher_recover wrote at this start,
+		 * is the package's; startup took it into service. Moved only. */
+		w->last_failure[0] = '\0';
+		staged_drop(s, st);
+		audit_or_log(s, "update_found_committed", f);
+		fprintf(stderr, "nhid: update %s found committed (applied before a restart): moved to applied/\n", base);
+		return;
+	}
 	if (res->applied) {
 		w->last_failure[0] = '\0';
-		/* committed: what prepare staged goes into service (a package found already
-		 * committed by an earlier run was taken into service at startup) */
-		if (st->valid && st->kind == in->kind && st->version == in->version) {
-			if (in->kind == NHI_UPDATE_REVOCATION) {
-				trust_swap(s, st->trust);
-				st->trust = NULL;
-			} else if (in->kind == NHI_UPDATE_TOKEN_KEYS) {
-				token_keys_activate(s, st);
-			} else if (in->kind == NHI_UPDATE_CERT_ROTATION && rotation_activate(s, st) != NHI_OK) {
-				fprintf(stderr, "nhid: cert-rotation committed but not taken into service: %s (restart nhid)\n",
-					nhi_err_detail());
-			} else if (in->kind == NHI_UPDATE_IDENTITY_BACKUP) {
-				char who[NHI_UPDATE_ID_BUF + 16];
-
-				/* the committed body is now the newest backup: a reload takes it */
-				snprintf(who, sizeof(who), "update %s", in->id);
-				if (nhi_server_reload(s, who) != NHI_OK)
-					fprintf(stderr, "nhid: identity-backup committed but not loaded: %s (reload or restart "
-							"nhid)\n",
-						nhi_err_detail());
-			}
-		}
-		if (in->kind == NHI_UPDATE_TRUST_BUNDLE)
-			w->bundle_changed = true;
-		st->key_created = false; /* committed: the keys are the server's now */
-		memset(st->tk_created, 0, sizeof(st->tk_created));
-		staged_drop(s, st);
-		audit_or_log(s, "update_applied", f);
-		fprintf(stderr, "nhid: update %s applied: %s version %llu\n", base, kind ? kind : "?",
-			(unsigned long long)in->version);
+		applied_cb(s, base, kind, in, f);
 		return;
 	}
 	staged_drop(s, st);
@@ -1280,6 +1353,62 @@ static nhi_err audit_in_force(struct nhi_server *s, const struct nhi_update_stat
 	rv = NHI_OK;
 out:
 	json_decref(kinds);
+	return rv;
+}
+
+nhi_err nhi_watcher_recover(struct nhi_server *s)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_update_state st;
+	struct nhi_buf body = {0};
+	char pkg_hex[65], body_hex[65];
+	uint8_t h[32];
+	json_t *f;
+	unsigned k;
+
+	rv = nhi_update_state_load(s->cfg.state_dir, &st);
+	if (rv != NHI_OK) {
+		nhi_err_wrap(rv, "update state in %s", s->cfg.state_dir);
+		goto out;
+	}
+	for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++) {
+		const char *name = nhi_update_kind_name((enum nhi_update_kind)k);
+
+		if (st.version[k] == 0 || !st.unrecorded[k])
+			continue;
+		nhi_buf_reset(&body);
+		NHI_TRY(committed_body(s->cfg.state_dir, &st, (enum nhi_update_kind)k, &body));
+		NHI_TRY(nhi_sha256(body.data, body.len, h));
+		nhi_hex(h, 32, body_hex);
+		nhi_hex(st.package_sha256[k], 32, pkg_hex);
+		/* the file and id are the package's, not the commit's: the scan's
+		 * update_found_committed names them if the package is still in updates_dir */
+		f = json_pack("{s:s, s:I, s:s, s:s, s:b, s:s, s:b, s:s}", "kind", name, "version",
+			      (json_int_t)st.version[k], "package_sha256", pkg_hex, "body_sha256", body_hex, "applied", 1,
+			      "reason", "recovered", "recovered", 1, "detail",
+			      "committed without a durable update_applied record (nhid stopped between the commit and "
+			      "the record, or nhictl applied it offline): recorded at this start, before it is served");
+		NHI_CHECK(f != NULL, NHI_ERR_NOMEM, "out of memory");
+		rv = nhi_server_audit(s, "update_applied", f);
+		if (rv != NHI_OK) {
+			nhi_err_wrap(rv, "the update_applied record of the committed %s version %llu (nothing is served "
+					 "until it is written)",
+				     name, (unsigned long long)st.version[k]);
+			goto out;
+		}
+		fprintf(stderr, "nhid: committed %s version %llu had no durable update_applied record: recorded now "
+				"(recovered)\n",
+			name, (unsigned long long)st.version[k]);
+		if (s->audit != NULL &&
+		    nhi_update_state_mark_recorded(s->cfg.state_dir, (enum nhi_update_kind)k, st.package_sha256[k]) != NHI_OK)
+			fprintf(stderr,
+				"nhid: %s version %llu: recorded, but update-state.json could not say so (%s): the next "
+				"start records it once more\n",
+				name, (unsigned long long)st.version[k], nhi_err_detail());
+	}
+	rv = NHI_OK;
+out:
+	nhi_buf_free(&body);
 	return rv;
 }
 

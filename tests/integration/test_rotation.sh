@@ -4,7 +4,10 @@
 # a few scan periods (and surviving a restart), under-signed and malformed packages
 # rejected with reasons and nothing changed, a cert rotation under keep-alive load
 # with zero failed requests, the new certificate seen by `openssl s_client` and kept
-# across a restart, and bad rotations (no chain, key/cert mismatch) leaving no key.
+# across a restart, and bad rotations (no chain, key/cert mismatch) leaving no key. An
+# update's update_applied record is durable before it is in service (read at once when
+# the revocation is seen in force, with that record slowed down); one whose record fails
+# stays out of service until a restart records it (recovered), then serves it.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
 deploy_in_t
@@ -33,7 +36,9 @@ printf 'updates_dir = %s\n' "$D/state" >>"$D/nhid-bad.conf"
 check_fails "updates_dir = state_dir is refused" "must not be state_dir" "$NHID" --config "$D/nhid-bad.conf" --check
 check "update init installs the pinned bundle" "$NHICTL" update init --state-dir "$D/state" --bundle b1.json --pin "$BPIN"
 
-start_nhid "$D/nhid-up.conf"
+# test builds: every update_applied record takes 300 ms longer to be durable (a slow
+# disk), so an update in service before its record is caught below, not once in a while
+NHI_TEST_UPDATE_RECORD_DELAY_MS=300 start_nhid "$D/nhid-up.conf"
 check "GET /v1/trust-bundle serves the bundle byte for byte" bash -c "curl_as demo-agent /v1/trust-bundle >tb.json && cmp tb.json b1.json"
 check "demo-agent gets a token before the revocation" curl_as demo-agent /v1/tokens -d '{"aud":"inference"}'
 TOK=$(curl_as demo-agent /v1/tokens -d '{"aud":"inference"}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
@@ -43,17 +48,26 @@ echo '{"agents":["demo-agent"]}' >rev1.body
 pkg rev1.json revocation 1 rev1.body 1 2
 drop rev1.json
 refused() { [ "$(curl_as_raw demo-agent /v1/tokens -d '{"aud":"inference"}' -o /dev/null -w '%{http_code}')" = 403 ]; }
-check "a revocation package: demo-agent refused (403) within a few scan periods" wait_for 10 refused
+applied_rec() { grep '"event":"update_applied"' "$D/state/audit.jsonl" | grep '"kind":"revocation"' | grep '"signers":2' | grep -q package_sha256; }
+# the moment the revocation is seen in force, its update_applied record is read at once:
+# it is durable before the revocation takes effect (watcher.c applied_cb)
+REC_AT_REFUSAL=none
+for _ in $(seq 100); do
+	if refused; then applied_rec && REC_AT_REFUSAL=yes || REC_AT_REFUSAL=no; break; fi
+	sleep 0.1
+done
+check "a revocation package: demo-agent refused (403) within a few scan periods" test "$REC_AT_REFUSAL" != none
 check "the refusal says agent_not_active and names the revocation" \
 	bash -c "curl_as_raw demo-agent /v1/tokens -d '{\"aud\":\"inference\"}' | grep -q 'agent_not_active.*revoked by revocation package version 1'"
 check "demo-agent's earlier token no longer resolves (401 revoked)" \
 	bash -c "curl_as_raw inference-gw /v1/resolve -d '{\"token\":\"$TOK\"}' | grep -q '\"detail\":\"revoked\"'"
 check "the package moved to applied/" bash -c "[ -f '$D/state/applied/rev1.json' ] && [ ! -e '$D/incoming/rev1.json' ]"
-# the revocation is in service just before its update_applied record is durable (watcher.c
-# scan_cb): once failed in a clean-clone CI run when read at once, so read within a bound
-applied_rec() { grep '"event":"update_applied"' "$D/state/audit.jsonl" | grep '"kind":"revocation"' | grep '"signers":2' | grep -q package_sha256; }
-export -f applied_rec
-check "the audit log has the applied package (kind, version, signers, sha256)" wait_for 10 applied_rec
+check "the audit log has the applied package (kind, version, signers, sha256) when the revocation is first seen in force" \
+	test "$REC_AT_REFUSAL" = yes
+check "... once, not marked recovered, and update-state.json says it is recorded" bash -c \
+	"[ \$(grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep -c '\"kind\":\"revocation\"') = 1 ] &&
+	 ! grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep -q '\"recovered\"' &&
+	 ! grep -q recorded '$D/state/update-state.json'"
 check "other agents are not affected" curl_as inference-gw /v1/tokens -d '{"aud":"inference"}'
 
 # --- refusals: nothing changes ---
@@ -159,5 +173,35 @@ check "after a restart: demo-agent still revoked" refused
 check "after a restart: the trust bundle is served" bash -c "curl_as admin /v1/trust-bundle | cmp - b1.json"
 stop_nhid
 check "nhid stopped cleanly after the restart (no sanitizer report)" test "$NHID_RC" -eq 0
+
+# --- an update whose update_applied record cannot be written stays out of service ---
+# (test builds: NHI_TEST_UPDATE_RECORD_FAIL fails that record as a failed audit log would)
+NHI_TEST_UPDATE_RECORD_FAIL=1 start_nhid "$D/nhid-up.conf"
+echo '{"agents":[]}' >rev4.body
+pkg rev4.json revocation 2 rev4.body 1 2
+drop rev4.json
+not_in_force_rec() { grep '"event":"update_not_in_force"' "$D/state/audit.jsonl" | grep '"file":"rev4.json"' | grep -q 'audit log unusable'; }
+check "a revocation lifting demo-agent's whose record cannot be written: update_not_in_force, naming the cause" \
+	wait_for 10 not_in_force_rec
+check "... committed (applied/, update-state.json says not recorded), with no update_applied record" bash -c \
+	"[ -f '$D/state/applied/rev4.json' ] && grep -q '\"recorded\": false' '$D/state/update-state.json' &&
+	 ! grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep -q '\"version\":2'"
+check "... and not in service: demo-agent is still refused" refused
+stop_nhid
+check "nhid stopped cleanly (rc $NHID_RC)" test "$NHID_RC" -eq 0
+start_nhid "$D/nhid-up.conf"
+check "after a restart: the committed revocation v2 recorded once, marked recovered, right after startup" \
+	python3 - "$D/state/audit.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+at = [i for i, r in enumerate(recs) if r["event"] == "update_applied" and r.get("kind") == "revocation"
+      and r.get("version") == 2]
+assert len(at) == 1 and recs[at[0]].get("recovered") is True, [recs[i] for i in at]
+assert recs[at[0] - 1]["event"] == "startup", recs[at[0] - 1]
+PY
+check "... then in service: demo-agent gets a token again" curl_as demo-agent /v1/tokens -d '{"aud":"inference"}'
+check "... and update-state.json says it is recorded" bash -c "! grep -q recorded '$D/state/update-state.json'"
+stop_nhid
+check "nhid stopped cleanly after the recovery (no sanitizer report)" test "$NHID_RC" -eq 0
 check "the audit log verifies" "$NHICTL" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
 finish

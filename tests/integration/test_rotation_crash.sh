@@ -4,18 +4,22 @@
 # verifies"). Each round starts from the same pristine deployment (state_dir, audit log
 # and the SoftHSM2 token directory restored), drops one signed rotation package into
 # updates_dir and crashes nhid during its apply: an `_exit` injected at every step of
-# the apply (NHI_TEST_UPDATE_CRASH_AT=1..5, test builds), then `kill -9` with keep-alive
+# the apply (NHI_TEST_UPDATE_CRASH_AT=1..7, test builds: the library's five steps, then
+# after nhid's update_applied record and after its mark in update-state.json), then `kill -9` with keep-alive
 # clients connected: at the moment the apply creates the new key's first and second
 # object in the token, and at 4 random moments spread over the apply. After each crash:
 # the audit chain verifies; nhid restarts; `openssl s_client` sees the old or the new
 # certificate, as update-state.json says; the watcher finishes the package exactly once
 # (committed v1, applied/, one key in the token, nothing rejected) and the audit log
-# records it; tokens still issue and resolve; nhid stops cleanly (no sanitizer report)
+# agrees (update_applied once before the rotation took effect, or once marked recovered at
+# the restart when the crash came between the commit and that record; see audited);
+# tokens still issue and resolve; nhid stops cleanly (no sanitizer report)
 # and the audit chain verifies again. docs/updates.md "Apply: state_dir and crash safety".
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/server_lib.sh"
 deploy_in_t
-STEPS=5      # the steps of nhi_update_apply_file (server/update.c crash_point 1..5)
+STEPS=7      # the steps of an apply: nhi_update_apply_file (server/update.c crash points 1-5),
+             # then nhid's record and mark (server/watcher.c applied_cb, 6 and 7)
 KILLS=4      # kill -9 rounds at random moments of the apply (and two at token writes)
 
 # --- two custodians (threshold 2), a pinned trust bundle, updates on (server_lib.sh) ---
@@ -143,19 +147,48 @@ settled() {
 	applied_once
 }
 serves() { [ "$(served_fp)" = "$1" ]; }
-# audited: the audit log records the rotation as applied (update_applied naming the
-# package and its sha256) at least once: a rotation in service is never off the record
+# audited V0 [K]: the audit log and update-state.json agree about the package. It is never
+# in service off the record: update_applied is durable before the rotation takes effect
+# (before tls_rotated), and a commit whose record a crash prevented (V0=1) is recorded at the
+# restart, marked recovered, before it is served. At most one of each; both only when nhid
+# died between the record and update-state.json saying so (K=6). Nothing left "recorded":false.
+# K (the step rounds) says which: 1-2 before the commit, 3-5 after it and before the record,
+# 6 after the record, 7 after the mark. Says what is wrong otherwise.
 audited() {
-	local n
-	n=$(grep '"event":"update_applied"' "$D/state/audit.jsonl" | grep '"file":"rot1.json"' | grep -c "$PKGSHA")
-	[ "$n" -ge 1 ] && return 0
-	# a crash between the commit and the apply's own record: the next startup's
-	# updates_in_force record names the committed package before it is served
-	n=$(grep '"event":"updates_in_force"' "$D/state/audit.jsonl" | grep '"kind":"cert-rotation"' | grep -c "\"package_sha256\":\"$PKGSHA\"")
-	[ "$n" -ge 1 ] && return 0
-	echo "no update_applied or updates_in_force record for rot1.json; the log has: $(grep -o '"event":"[a-z_]*"' "$D/state/audit.jsonl" |
-		cut -d'"' -f4 | uniq -c | tr -s ' \n' ' ')"
-	return 1
+	local v0=$1 k=${2:-} all n r f want_n want_r
+	all=$(grep '"event":"update_applied"' "$D/state/audit.jsonl" | grep "\"package_sha256\":\"$PKGSHA\"")
+	r=$(grep -c '"recovered":true' <<<"$all")
+	n=$(($(grep -c . <<<"$all") - r))
+	f=$(grep '"event":"update_found_committed"' "$D/state/audit.jsonl" | grep -c '"file":"rot1.json"')
+	case $k in
+	1 | 2) want_n=1 want_r=0 ;;
+	3 | 4 | 5) want_n=0 want_r=1 ;;
+	6) want_n=1 want_r=1 ;;
+	7) want_n=1 want_r=0 ;;
+	*) want_n=any want_r=any ;;
+	esac
+	if [ "$n" -gt 1 ] || [ "$r" -gt 1 ] || [ $((n + r)) -lt 1 ] || { [ "$v0" = 0 ] && [ "$r" != 0 ]; } ||
+		{ [ "$want_n" != any ] && { [ "$n" != "$want_n" ] || [ "$r" != "$want_r" ]; }; }; then
+		echo "update_applied for rot1.json: $n by the apply, $r recovered (want ${want_n}, ${want_r}; v$v0 at the crash); the log has: $(grep -o '"event":"[a-z_]*"' "$D/state/audit.jsonl" |
+			cut -d'"' -f4 | uniq -c | tr -s ' \n' ' ')"
+		return 1
+	fi
+	# found committed in updates_dir (K=3, 4: died before the move): moved and said so, once
+	if { [ "$k" = 3 ] || [ "$k" = 4 ]; } && [ "$f" != 1 ]; then echo "$f update_found_committed records for rot1.json"; return 1; fi
+	[ "$f" -le 1 ] || { echo "$f update_found_committed records for rot1.json"; return 1; }
+	if grep -q '"recorded"' "$D/state/update-state.json"; then
+		echo "update-state.json still says not recorded:"; cat "$D/state/update-state.json"; return 1
+	fi
+	# the apply's own record comes before the change it announces
+	python3 - "$D/state/audit.jsonl" "$PKGSHA" <<'PY' || return 1
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+rec = [r["seq"] for r in recs if r["event"] == "update_applied" and r.get("package_sha256") == sys.argv[2]
+       and not r.get("recovered")]
+rot = [r["seq"] for r in recs if r["event"] == "tls_rotated" and r.get("tls_key") == "nhid-tls-2"]
+if rec and rot and rot[0] < rec[0]:
+    sys.exit(f"tls_rotated (seq {rot[0]}) before the package's update_applied (seq {rec[0]})")
+PY
 }
 nlog_lines() { sed 's/^/nhid: /' "$NLOG" | tail -12; }
 log_tail() { nlog_lines | sed 's/^/#   /'; }
@@ -226,7 +259,8 @@ after_crash() {
 		settled
 	check "$label: then s_client sees the new certificate" within 5 serves "$NEWFP"
 	check "$label: tokens issue and resolve (a fresh one and one issued before the crash)" token_ok
-	check "$label: the audit log records the applied rotation (update_applied rot1.json)" audited
+	check "$label: the audit log agrees with the state (update_applied once, or recovered once at the restart)" \
+		audited "$v0" "${K:-}"
 	down
 	check "$label: nhid stops cleanly after the recovery (rc $NHID_RC, no sanitizer report)" \
 		bash -c "[ '$NHID_RC' = 0 ] && ! grep -q Sanitizer '$NLOG'"
@@ -253,10 +287,10 @@ for k in $(seq $STEPS); do
 	v0=$(committed)
 	w=$(where)
 	[ "$k" -ge 3 ] && want=1 || want=0 # steps 1-2 before the commit (step 3), 3-5 after
-	[ "$k" -ge 5 ] && wantw=applied/ || wantw=updates_dir # moved at step 5
+	[ "$k" -ge 5 ] && wantw=applied/ || wantw=updates_dir # moved at step 5, recorded at 6, marked at 7
 	check "step $k: nhid died in the apply $dt ms after the drop (rc $EXIT_RC, want 86) leaving v$v0 committed (want v$want), the package in $w (want $wantw)" \
 		eval 'test "$EXIT_RC" = 86 -a "$v0" = "$want" -a "$w" = "$wantw" && state_whole'
-	HIDDEN=1 after_crash "step $k" "$v0"
+	HIDDEN=1 K=$k after_crash "step $k" "$v0"
 done
 
 # --- kill -9 while keep-alive clients are connected: at the moment the apply creates its

@@ -757,6 +757,99 @@ static void test_apply_commits_and_refuses(void **state)
 	nhi_bundle_free(b);
 }
 
+#define HEX64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+/* whether update-state.json holds `text` */
+static bool state_has(const char *text)
+{
+	struct nhi_buf f = {0};
+	char path[600];
+	bool has;
+
+	snprintf(path, sizeof(path), "%s/update-state.json", g.dir);
+	assert_int_equal(nhi_file_read(path, 65536, &f), NHI_OK);
+	has = strstr((const char *)f.data, text) != NULL;
+	nhi_buf_free(&f);
+	return has;
+}
+
+/*
+ * Every commit says "recorded":false until the receiver's audit record is durable and
+ * it calls nhi_update_state_mark_recorded (nhid at startup records a commit still
+ * unrecorded, marked recovered): only that kind's mark, only for the committed package.
+ */
+static void test_apply_unrecorded_until_marked(void **state)
+{
+	struct nhi_bundle *b;
+	struct nhi_update_apply_cfg cfg = {0};
+	struct nhi_update_result res;
+	struct nhi_update_state st;
+	struct nhi_buf doc = {0}, bad = {0};
+	uint8_t rev_sha[32], other[32];
+	char path[600];
+
+	(void)state;
+	b = apply_cfg(&cfg, NOW);
+	make_pkg(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", NOW, NOW + DAY);
+	signed2(&doc);
+	drop("rev-3.json", &doc, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	memcpy(rev_sha, res.info.package_sha256, 32);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_true(st.unrecorded[NHI_UPDATE_REVOCATION]);
+	assert_false(st.unrecorded[NHI_UPDATE_MODEL_MANIFEST]);
+	assert_true(state_has("\"recorded\": false"));
+	/* another package's hash is not the committed one: refused, the mark stays */
+	memcpy(other, rev_sha, 32);
+	other[0] ^= 1;
+	assert_int_equal(nhi_update_state_mark_recorded(g.dir, NHI_UPDATE_REVOCATION, other), NHI_ERR_NOT_FOUND);
+	assert_non_null(strstr(nhi_err_detail(), "is not the committed one"));
+	assert_int_equal(nhi_update_state_mark_recorded(g.dir, NHI_UPDATE_CERT_ROTATION, rev_sha), NHI_ERR_NOT_FOUND);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_true(st.unrecorded[NHI_UPDATE_REVOCATION]);
+	/* the right one: cleared, nothing else changed; again: a no-op */
+	assert_int_equal(nhi_update_state_mark_recorded(g.dir, NHI_UPDATE_REVOCATION, rev_sha), NHI_OK);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_false(st.unrecorded[NHI_UPDATE_REVOCATION]);
+	assert_int_equal(st.version[NHI_UPDATE_REVOCATION], 3);
+	assert_memory_equal(st.package_sha256[NHI_UPDATE_REVOCATION], rev_sha, 32);
+	assert_int_equal(st.time_high, NOW);
+	assert_false(state_has("recorded"));
+	assert_int_equal(nhi_update_state_mark_recorded(g.dir, NHI_UPDATE_REVOCATION, rev_sha), NHI_OK);
+	/* the committed package found again is only moved: no new mark */
+	drop("rev-3.json", &doc, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_true(res.info.committed);
+	assert_false(state_has("recorded"));
+	nhi_buf_free(&doc);
+	/* the next commit marks its own kind only */
+	make_pkg(&doc, NHI_UPDATE_MODEL_MANIFEST, 1, "mm-1", "manifest", NOW, NOW + DAY);
+	signed2(&doc);
+	drop("mm-1.json", &doc, path, sizeof(path));
+	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_true(st.unrecorded[NHI_UPDATE_MODEL_MANIFEST]);
+	assert_false(st.unrecorded[NHI_UPDATE_REVOCATION]);
+	/* "recorded" is a boolean (true: as if absent) */
+	snprintf(path, sizeof(path), "%s/update-state.json", g.dir);
+	assert_int_equal(nhi_buf_append_str(&bad, "{\"format\":1,\"time_high\":0,\"kinds\":{\"revocation\":{\"version\":1,"
+					     "\"package_sha256\":\"" HEX64 "\",\"recorded\":true}}}"),
+			 NHI_OK);
+	write_file(path, &bad);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
+	assert_false(st.unrecorded[NHI_UPDATE_REVOCATION]);
+	nhi_buf_reset(&bad);
+	assert_int_equal(nhi_buf_append_str(&bad, "{\"format\":1,\"time_high\":0,\"kinds\":{\"revocation\":{\"version\":1,"
+					     "\"package_sha256\":\"" HEX64 "\",\"recorded\":\"no\"}}}"),
+			 NHI_OK);
+	write_file(path, &bad);
+	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "revocation.recorded is not true or false"));
+	nhi_buf_free(&bad);
+	nhi_buf_free(&doc);
+	nhi_bundle_free(b);
+}
+
 static nhi_err refuse_prepare(void *arg, const struct nhi_update_info *info, const uint8_t *body, size_t len)
 {
 	(void)arg, (void)info, (void)body, (void)len;
@@ -1142,6 +1235,7 @@ int main(void)
 		cmocka_unit_test(test_bundle_chain_of_three_and_skips),
 		cmocka_unit_test(test_bundle_format_refusals),
 		cmocka_unit_test_setup(test_apply_commits_and_refuses, dir_setup),
+		cmocka_unit_test_setup(test_apply_unrecorded_until_marked, dir_setup),
 		cmocka_unit_test_setup(test_apply_prepare_hook_and_kind_filter, dir_setup),
 		cmocka_unit_test_setup(test_apply_trust_bundle_rotation, dir_setup),
 		cmocka_unit_test_setup(test_scan_orders_versions, dir_setup),
