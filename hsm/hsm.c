@@ -353,19 +353,25 @@ static bool recoverable(CK_RV r)
 	       r == CKR_DEVICE_REMOVED || r == CKR_TOKEN_NOT_PRESENT;
 }
 
+/*
+ * The one object of class `cls` labelled `label` (and, when id_len > 0, with that
+ * CKA_ID). CKR_OK with *out = CK_INVALID_HANDLE when there is none; CKR_GENERAL_ERROR
+ * when there are several (ambiguous: reported by the caller).
+ */
 static CK_RV find_one(struct nhi_hsm *h, CK_SESSION_HANDLE s, const char *label, CK_OBJECT_CLASS cls,
-		      CK_OBJECT_HANDLE *out)
+		      const uint8_t *id, size_t id_len, CK_OBJECT_HANDLE *out)
 {
 	CK_ATTRIBUTE t[] = {
 		{CKA_LABEL, (void *)label, strlen(label)},
 		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_ID, (void *)id, id_len},
 	};
 	CK_OBJECT_HANDLE found[2];
 	CK_ULONG n = 0;
 	CK_RV r;
 
 	*out = CK_INVALID_HANDLE;
-	r = h->f->C_FindObjectsInit(s, t, 2);
+	r = h->f->C_FindObjectsInit(s, t, id_len > 0 ? 3 : 2);
 	if (r != CKR_OK)
 		return r;
 	r = h->f->C_FindObjects(s, found, 2, &n);
@@ -375,7 +381,7 @@ static CK_RV find_one(struct nhi_hsm *h, CK_SESSION_HANDLE s, const char *label,
 	if (n == 1)
 		*out = found[0];
 	else if (n > 1)
-		return CKR_GENERAL_ERROR; /* ambiguous: reported by the caller */
+		return CKR_GENERAL_ERROR;
 	return CKR_OK;
 }
 
@@ -388,13 +394,14 @@ static CK_RV refresh_handles(struct nhi_hsm *h, CK_SESSION_HANDLE s, struct nhi_
 		return CKR_OK;
 	/* a reset token took the session-object copy with it: sign with the token object */
 	atomic_store(&k->fast, CK_INVALID_HANDLE);
-	r = find_one(h, s, k->label, k->kind == NHI_KEY_AES256 ? CKO_SECRET_KEY : CKO_PRIVATE_KEY, &o);
+	r = find_one(h, s, k->label, k->kind == NHI_KEY_AES256 ? CKO_SECRET_KEY : CKO_PRIVATE_KEY, k->id,
+		     k->id_len, &o);
 	if (r != CKR_OK)
 		return r;
 	if (o != CK_INVALID_HANDLE)
 		atomic_store(&k->priv, o);
 	if (k->kind != NHI_KEY_AES256) {
-		r = find_one(h, s, k->label, CKO_PUBLIC_KEY, &o);
+		r = find_one(h, s, k->label, CKO_PUBLIC_KEY, k->id, k->id_len, &o);
 		if (r == CKR_OK)
 			atomic_store(&k->pub, o);
 	}
@@ -584,23 +591,41 @@ out:
 
 struct find_ctx {
 	struct nhi_hsm_key *k;
-	bool ambiguous;
+	const char *refused; /* why the object under the label is not a key nhid can use */
 };
+
+/* CKA_EC_PARAMS forms nhid accepts: its own OIDs, and RFC 8410's name as PKCS#11 3.0
+ * also allows for Ed25519 (PrintableString "edwards25519", as pkcs11-tool writes it) */
+static bool ec_params_ok(enum nhi_key_kind kind, const uint8_t *p, CK_ULONG len)
+{
+	static const uint8_t ed25519_name[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9'};
+
+	if (kind == NHI_KEY_EC_P256)
+		return len == sizeof(nhi_hsm_oid_p256) && memcmp(p, nhi_hsm_oid_p256, len) == 0;
+	return (len == sizeof(oid_ed25519) && memcmp(p, oid_ed25519, len) == 0) ||
+	       (len == sizeof(ed25519_name) && memcmp(p, ed25519_name, len) == 0);
+}
 
 static CK_RV op_find(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 {
 	struct find_ctx *c = vctx;
 	struct nhi_hsm_key *k = c->k;
-	CK_OBJECT_HANDLE o = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE o = CK_INVALID_HANDLE, sec = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
 	CK_KEY_TYPE kt = 0;
+	uint8_t params[64];
 	CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_ID, k->id, sizeof(k->id)}};
+	CK_ATTRIBUTE pa = {CKA_EC_PARAMS, params, sizeof(params)};
 	CK_RV r;
 
-	r = find_one(h, s, k->label, CKO_PRIVATE_KEY, &o);
-	if (r == CKR_OK && o == CK_INVALID_HANDLE)
-		r = find_one(h, s, k->label, CKO_SECRET_KEY, &o);
-	if (r == CKR_GENERAL_ERROR)
-		c->ambiguous = true;
+	r = find_one(h, s, k->label, CKO_PRIVATE_KEY, NULL, 0, &o);
+	if (r == CKR_OK)
+		r = find_one(h, s, k->label, CKO_SECRET_KEY, NULL, 0, &sec);
+	if (r == CKR_GENERAL_ERROR || (o != CK_INVALID_HANDLE && sec != CK_INVALID_HANDLE)) {
+		c->refused = "several private/secret keys carry this label: labels must be unique";
+		return CKR_GENERAL_ERROR;
+	}
+	if (o == CK_INVALID_HANDLE)
+		o = sec;
 	if (r != CKR_OK || o == CK_INVALID_HANDLE)
 		return r;
 	r = h->f->C_GetAttributeValue(s, o, a, 2);
@@ -614,10 +639,23 @@ static CK_RV op_find(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	} else if (kt == CKK_AES) {
 		k->kind = NHI_KEY_AES256;
 	} else {
+		c->refused = "its key type is not EC, EdDSA or AES";
 		return CKR_KEY_TYPE_INCONSISTENT;
 	}
 	if (k->kind != NHI_KEY_AES256) {
-		r = find_one(h, s, k->label, CKO_PUBLIC_KEY, &pub);
+		/* the curve decides the signature size: a P-384 key is not a P-256 one */
+		r = h->f->C_GetAttributeValue(s, o, &pa, 1);
+		if (r != CKR_OK && r != CKR_BUFFER_TOO_SMALL)
+			return r;
+		if (r == CKR_BUFFER_TOO_SMALL || !ec_params_ok(k->kind, params, pa.ulValueLen)) {
+			c->refused = k->kind == NHI_KEY_EC_P256 ? "it is an EC key on a curve other than P-256"
+								: "it is an EdDSA key on a curve other than Ed25519";
+			return CKR_CURVE_NOT_SUPPORTED;
+		}
+		/* the public half is the one of the same key pair (CKA_ID), not any object with the label */
+		r = find_one(h, s, k->label, CKO_PUBLIC_KEY, k->id, k->id_len, &pub);
+		if (r == CKR_GENERAL_ERROR)
+			c->refused = "several public keys with its label and CKA_ID are in the token";
 		if (r != CKR_OK)
 			return r;
 	}
@@ -691,8 +729,10 @@ nhi_err nhi_hsm_find(struct nhi_hsm *h, const char *label, struct nhi_hsm_key **
 	c.k = key_new(0, label);
 	NHI_CHECK(c.k != NULL, NHI_ERR_NOMEM, "out of memory");
 	rv = nhi_hsm_run(h, "finding a key", NULL, op_find, &c);
-	NHI_CHECK(!c.ambiguous, NHI_ERR_CONFIG, "several private/secret keys are labelled '%s' in %s: "
-		  "labels must be unique", label, h->desc);
+	if (c.refused != NULL) {
+		rv = nhi_err_wrap(NHI_ERR_CONFIG, "key '%s' in %s cannot be used: %s", label, h->desc, c.refused);
+		goto out;
+	}
 	if (rv != NHI_OK)
 		goto out;
 	NHI_CHECK(atomic_load(&c.k->priv) != CK_INVALID_HANDLE, NHI_ERR_NOT_FOUND,

@@ -69,8 +69,10 @@ nhi_err nhi_hsm_generate(struct nhi_hsm *h, enum nhi_key_kind kind, const char *
 			 struct nhi_hsm_key **out) NHI_MUST_CHECK;
 
 /*
- * Find a key by label: the private key (EC/Ed25519) or the secret key (AES), with
- * its public key object where there is one. NHI_ERR_NOT_FOUND if absent.
+ * Find a key by label: the private key (EC P-256/Ed25519) or the secret key (AES),
+ * with the public key object of the same pair (same label and CKA_ID) where there is
+ * one. NHI_ERR_NOT_FOUND if absent; NHI_ERR_CONFIG when several private/secret keys
+ * carry the label, or the key is on another curve (e.g. P-384).
  */
 nhi_err nhi_hsm_find(struct nhi_hsm *h, const char *label, struct nhi_hsm_key **out) NHI_MUST_CHECK;
 /* NHI_OK when an object with `label` exists, NHI_ERR_NOT_FOUND when none does. */

@@ -232,6 +232,104 @@ static void test_duplicate_label_refused(void **state)
 	nhi_hsm_free(h);
 }
 
+static CK_SESSION_HANDLE raw_session(struct nhi_hsm *h, CK_FUNCTION_LIST **f)
+{
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+
+	*f = nhi_hsm_raw_functions(h, &slot);
+	assert_int_equal((*f)->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	return s;
+}
+
+/* a P-384 key pair made behind nhid's back (as pkcs11-tool could); its private handle */
+static CK_OBJECT_HANDLE make_p384(struct nhi_hsm *h, const char *label)
+{
+	static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+	CK_FUNCTION_LIST *f;
+	CK_SESSION_HANDLE s = raw_session(h, &f);
+	CK_BBOOL yes = CK_TRUE;
+	CK_MECHANISM m = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+	CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &yes, 1}, {CKA_VERIFY, &yes, 1},
+			     {CKA_EC_PARAMS, (void *)oid_p384, sizeof(oid_p384)}, {CKA_LABEL, (void *)label, strlen(label)}};
+	CK_ATTRIBUTE st[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_SIGN, &yes, 1},
+			     {CKA_LABEL, (void *)label, strlen(label)}};
+	CK_OBJECT_HANDLE pub, priv;
+
+	assert_int_equal(f->C_GenerateKeyPair(s, &m, pt, 4, st, 4, &pub, &priv), CKR_OK);
+	(void)f->C_CloseSession(s);
+	return priv;
+}
+
+/* an EC key on another curve is not taken for a P-256 one (its signatures do not fit) */
+static void test_find_refuses_other_curve(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = NULL;
+
+	(void)state;
+	(void)make_p384(h, "t-p384-find");
+	assert_int_equal(nhi_hsm_find(h, "t-p384-find", &k), NHI_ERR_CONFIG);
+	assert_null(k);
+	assert_non_null(strstr(nhi_err_detail(), "key 't-p384-find'"));
+	assert_non_null(strstr(nhi_err_detail(), "a curve other than P-256"));
+	assert_non_null(strstr(nhi_err_detail(), "CKR_CURVE_NOT_SUPPORTED"));
+	nhi_hsm_free(h);
+}
+
+/*
+ * The public key of a found key is the one of its pair (same CKA_ID), not another
+ * public key object that carries the label; a private and a secret key under one
+ * label are refused as ambiguous.
+ */
+static void test_find_public_key_of_the_pair(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *a = key_for(h, NHI_KEY_EC_P256, "t-pair-a"), *b = key_for(h, NHI_KEY_EC_P256, "t-pair-b");
+	struct nhi_hsm_key *a2 = NULL, *d = NULL;
+	CK_FUNCTION_LIST *f;
+	CK_SESSION_HANDLE s = raw_session(h, &f);
+	CK_ATTRIBUTE lab = {CKA_LABEL, (void *)"t-pair-a", 8};
+	CK_BBOOL yes = CK_TRUE;
+	CK_ULONG len = 32;
+	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_ATTRIBUTE at[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_LABEL, (void *)"t-pair-d", 8}};
+	CK_OBJECT_HANDLE aes;
+	EVP_PKEY *pub = NULL;
+	uint8_t sig[64];
+	size_t n;
+
+	(void)state;
+	/* b's public key object relabelled t-pair-a: two public keys under that label */
+	assert_int_equal(f->C_SetAttributeValue(s, atomic_load(&b->pub), &lab, 1), CKR_OK);
+	assert_int_equal(nhi_hsm_find(h, "t-pair-a", &a2), NHI_OK);
+	assert_int_equal(atomic_load(&a2->pub), atomic_load(&a->pub));
+	assert_int_equal(nhi_hsm_sign(h, a2, (const uint8_t *)"m", 1, sig, &n), NHI_OK);
+	assert_int_equal(nhi_hsm_pubkey(h, a2, &pub), NHI_OK);
+	assert_int_equal(nhi_pkey_es256_verify(pub, (const uint8_t *)"m", 1, sig), NHI_OK);
+	EVP_PKEY_free(pub);
+	nhi_hsm_key_free(a2);
+	a2 = NULL;
+	/* a's own public object gone: b's is not taken for it */
+	assert_int_equal(f->C_DestroyObject(s, atomic_load(&a->pub)), CKR_OK);
+	assert_int_equal(nhi_hsm_find(h, "t-pair-a", &a2), NHI_OK);
+	assert_int_equal(atomic_load(&a2->pub), CK_INVALID_HANDLE);
+	pub = NULL;
+	assert_int_equal(nhi_hsm_pubkey(h, a2, &pub), NHI_ERR_NOT_FOUND);
+	assert_null(pub);
+	/* a private key and a secret key under one label */
+	nhi_hsm_key_free(key_for(h, NHI_KEY_EC_P256, "t-pair-d"));
+	assert_int_equal(f->C_GenerateKey(s, &m, at, 3, &aes), CKR_OK);
+	assert_int_equal(nhi_hsm_find(h, "t-pair-d", &d), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "labels must be unique"));
+	assert_null(d);
+	(void)f->C_CloseSession(s);
+	nhi_hsm_key_free(a2);
+	nhi_hsm_key_free(a);
+	nhi_hsm_key_free(b);
+	nhi_hsm_free(h);
+}
+
 static void test_wrap_unwrap_gcm(void **state)
 {
 	struct nhi_hsm *h = open_ok();
@@ -722,6 +820,8 @@ int main(void)
 		cmocka_unit_test(test_uri),
 		cmocka_unit_test(test_private_value_is_sensitive),
 		cmocka_unit_test(test_duplicate_label_refused),
+		cmocka_unit_test(test_find_refuses_other_curve),
+		cmocka_unit_test(test_find_public_key_of_the_pair),
 		cmocka_unit_test(test_wrap_unwrap_gcm),
 		cmocka_unit_test(test_unwrap_ec_into_token),
 		cmocka_unit_test(test_recovery_after_sessions_closed), cmocka_unit_test(test_key_cache),
