@@ -19,6 +19,7 @@
 #define NHI_HSM_SESSIONS_MAX 64
 #define NHI_HSM_LABEL_MAX_BYTES 64
 #define NHI_HSM_WRAPPED_MAX_BYTES 4096                  /* a wrapped key blob */
+#define NHI_HSM_SIG_SPILL_MAX_BYTES 16384               /* finishing a C_Sign that wanted more than 64 bytes */
 #define NHI_HSM_SESSION_WAIT_MS 10000                   /* max wait for a free pooled session */
 #define NHI_SOFTHSM2_MODULE_PATH "/usr/lib/softhsm/libsofthsm2.so"
 

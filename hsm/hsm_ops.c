@@ -8,6 +8,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/param_build.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const CK_BBOOL ck_true = CK_TRUE;
@@ -22,7 +23,39 @@ struct sign_ctx {
 	size_t in_len;
 	uint8_t *sig;
 	CK_ULONG sig_len;
+	bool too_small; /* C_Sign wanted more than 64 bytes (sig_len says how many) */
 };
+
+/*
+ * C_SignInit + C_Sign into c->sig (64 bytes). PKCS#11 2.40 §5.2: a C_Sign that returns
+ * CKR_BUFFER_TOO_SMALL leaves the operation active, and the pooled session would then
+ * answer every later C_SignInit with CKR_OPERATION_ACTIVE. So the operation is
+ * finished into a buffer of the size the token asked for (a signature is no secret);
+ * c->sig_len keeps that size for the message and the CKR is reported.
+ */
+static CK_RV sign_with(struct nhi_hsm *h, CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE o,
+		       struct sign_ctx *c)
+{
+	uint8_t *spill = NULL;
+	CK_ULONG n;
+	CK_RV r;
+
+	c->sig_len = 64;
+	r = h->f->C_SignInit(s, m, o);
+	if (r != CKR_OK)
+		return r;
+	r = h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, &c->sig_len);
+	if (r == CKR_BUFFER_TOO_SMALL) {
+		c->too_small = true;
+		n = c->sig_len;
+		if (n > 64 && n <= NHI_HSM_SIG_SPILL_MAX_BYTES)
+			spill = malloc(n);
+		if (spill == NULL || h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, spill, &n) == CKR_BUFFER_TOO_SMALL)
+			(void)h->f->C_CloseSession(s); /* cannot end it: the next use of s recovers a new one */
+		free(spill);
+	}
+	return r;
+}
 
 static CK_RV op_sign(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 {
@@ -33,22 +66,17 @@ static CK_RV op_sign(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	struct nhi_hsm_key *k = (struct nhi_hsm_key *)c->k;
 	CK_OBJECT_HANDLE fast = atomic_load(&k->fast);
 
-	c->sig_len = 64;
 	if (fast != CK_INVALID_HANDLE) {
-		r = h->f->C_SignInit(s, &m, fast);
-		if (r == CKR_OK) {
-			atomic_fetch_add(&h->cached_signs, 1);
-			return h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, &c->sig_len);
-		}
-		if (r != CKR_KEY_HANDLE_INVALID && r != CKR_OBJECT_HANDLE_INVALID)
+		r = sign_with(h, s, &m, fast, c);
+		if (r != CKR_KEY_HANDLE_INVALID && r != CKR_OBJECT_HANDLE_INVALID) {
+			if (r == CKR_OK)
+				atomic_fetch_add(&h->cached_signs, 1);
 			return r;
+		}
 		/* the copy is gone (keeper session lost): the token object signs from now on */
 		atomic_compare_exchange_strong(&k->fast, &fast, CK_INVALID_HANDLE);
 	}
-	r = h->f->C_SignInit(s, &m, atomic_load(&k->priv));
-	if (r != CKR_OK)
-		return r;
-	return h->f->C_Sign(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, &c->sig_len);
+	return sign_with(h, s, &m, atomic_load(&k->priv), c);
 }
 
 static CK_RV op_verify(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
@@ -70,7 +98,12 @@ nhi_err nhi_hsm_sign_digest(struct nhi_hsm *h, const struct nhi_hsm_key *key, co
 	struct sign_ctx c = {key, CKM_ECDSA, digest, 32, sig, 0};
 
 	NHI_CHECK(key->kind == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", key->label);
-	NHI_TRY(nhi_hsm_run(h, "C_Sign(CKM_ECDSA)", key, op_sign, &c));
+	rv = nhi_hsm_run(h, "C_Sign(CKM_ECDSA)", key, op_sign, &c);
+	if (rv != NHI_OK && c.too_small)
+		nhi_err_wrap(rv, "key '%s' makes %lu-byte signatures, not the 64 of P-256", key->label,
+			     (unsigned long)c.sig_len);
+	if (rv != NHI_OK)
+		goto out;
 	NHI_CHECK(c.sig_len == 64, NHI_ERR_HSM, "token returned a %lu-byte ECDSA signature, expected 64",
 		  (unsigned long)c.sig_len);
 	atomic_fetch_add(&h->signs, 1);
@@ -93,7 +126,12 @@ nhi_err nhi_hsm_sign(struct nhi_hsm *h, const struct nhi_hsm_key *key, const uin
 		*sig_len = 64;
 	} else {
 		NHI_CHECK(key->kind == NHI_KEY_ED25519, NHI_ERR_ARG, "key '%s' cannot sign", key->label);
-		NHI_TRY(nhi_hsm_run(h, "C_Sign(CKM_EDDSA)", key, op_sign, &c));
+		rv = nhi_hsm_run(h, "C_Sign(CKM_EDDSA)", key, op_sign, &c);
+		if (rv != NHI_OK && c.too_small)
+			nhi_err_wrap(rv, "key '%s' makes %lu-byte signatures, not the 64 of Ed25519", key->label,
+				     (unsigned long)c.sig_len);
+		if (rv != NHI_OK)
+			goto out;
 		*sig_len = c.sig_len;
 		atomic_fetch_add(&h->signs, 1);
 	}

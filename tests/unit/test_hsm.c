@@ -278,6 +278,42 @@ static void test_find_refuses_other_curve(void **state)
 }
 
 /*
+ * A C_Sign that answers CKR_BUFFER_TOO_SMALL leaves the operation active (PKCS#11
+ * §5.2): the error names it, and the one pooled session still signs afterwards
+ * (it answered CKR_OPERATION_ACTIVE to every later C_SignInit).
+ */
+static void test_sign_buffer_too_small_keeps_session(void **state)
+{
+	struct nhi_hsm_config c = fx.cfg;
+	struct nhi_hsm *h = NULL;
+	struct nhi_hsm_key *good, *big;
+	struct nhi_hsm_stats st;
+	uint8_t sig[64];
+	size_t n;
+	int i;
+
+	(void)state;
+	c.sessions = 1;
+	assert_int_equal(nhi_hsm_open(&c, &h), NHI_OK);
+	good = key_for(h, NHI_KEY_EC_P256, "t-ec");
+	big = nhi_hsm_key_new_internal(NHI_KEY_EC_P256, "t-p384-sign");
+	assert_non_null(big);
+	atomic_store(&big->priv, make_p384(h, "t-p384-sign"));
+	for (i = 0; i < 2; i++) {
+		assert_int_equal(nhi_hsm_sign(h, big, (const uint8_t *)"x", 1, sig, &n), NHI_ERR_HSM);
+		assert_non_null(strstr(nhi_err_detail(), "CKR_BUFFER_TOO_SMALL"));
+		assert_int_equal(nhi_hsm_sign(h, good, (const uint8_t *)"x", 1, sig, &n), NHI_OK);
+	}
+	assert_int_equal(nhi_hsm_sign(h, big, (const uint8_t *)"x", 1, sig, &n), NHI_ERR_HSM);
+	assert_non_null(strstr(nhi_err_detail(), "key 't-p384-sign' makes 96-byte signatures"));
+	nhi_hsm_get_stats(h, &st);
+	assert_int_equal(st.recoveries, 0);
+	nhi_hsm_key_free(big);
+	nhi_hsm_key_free(good);
+	nhi_hsm_free(h);
+}
+
+/*
  * The public key of a found key is the one of its pair (same CKA_ID), not another
  * public key object that carries the label; a private and a secret key under one
  * label are refused as ambiguous.
@@ -821,6 +857,7 @@ int main(void)
 		cmocka_unit_test(test_private_value_is_sensitive),
 		cmocka_unit_test(test_duplicate_label_refused),
 		cmocka_unit_test(test_find_refuses_other_curve),
+		cmocka_unit_test(test_sign_buffer_too_small_keeps_session),
 		cmocka_unit_test(test_find_public_key_of_the_pair),
 		cmocka_unit_test(test_wrap_unwrap_gcm),
 		cmocka_unit_test(test_unwrap_ec_into_token),
