@@ -75,7 +75,9 @@ static nhi_agent_err read_file(const char *what, const char *path, size_t max_by
 	ssize_t n;
 	int fd = -1;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (secret ? O_NOFOLLOW : 0));
+	/* O_NONBLOCK: a FIFO (or a device) must be refused below by fstat, not block open()
+	 * forever, out of reach of the timeouts; a regular file reads the same with it */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (secret ? O_NOFOLLOW : 0));
 	AG_CHECK(fd >= 0, NHI_AGENT_E_FILE, "cannot open %s %s: %s%s", what, path, strerror(errno),
 		 errno == ELOOP ? " (a symlink: point at the file itself)" : "");
 	AG_CHECK(fstat(fd, &st) == 0, NHI_AGENT_E_FILE, "cannot stat %s %s: %s", what, path, strerror(errno));

@@ -589,6 +589,23 @@ static void test_config_refused(void **state)
 	REFUSE(key_file, P("nonexistent.key"), NHI_AGENT_E_FILE, "No such file");
 }
 
+/*
+ * A FIFO in place of a file is refused at once: open() used to block until a writer
+ * came, with no timeout (the alarm turns such a hang into a failure).
+ */
+static void test_fifo_files_refused(void **state)
+{
+	struct nhi_agent_config cfg;
+
+	(void)state;
+	sh("rm -f fifo.key fifo.crt && mkfifo -m 600 fifo.key && mkfifo -m 600 fifo.crt");
+	alarm(20);
+	REFUSE(key_file, P("fifo.key"), NHI_AGENT_E_FILE, "fifo.key is not a regular file");
+	REFUSE(cert_file, P("fifo.crt"), NHI_AGENT_E_FILE, "fifo.crt is not a regular file");
+	REFUSE(ca_file, P("fifo.crt"), NHI_AGENT_E_FILE, "fifo.crt is not a regular file");
+	alarm(0);
+}
+
 static void test_key_file_mode(void **state)
 {
 	static const mode_t bad[] = {0644, 0640, 0604, 0620, 0602, 0610, 0601, 0660};
@@ -1313,6 +1330,7 @@ int main(void)
 		cmocka_unit_test(test_json_objects),
 		cmocka_unit_test(test_config_valid),
 		cmocka_unit_test(test_config_refused),
+		cmocka_unit_test(test_fifo_files_refused),
 		cmocka_unit_test(test_key_file_mode),
 		cmocka_unit_test(test_s_server_fetch),
 		cmocka_unit_test(test_s_server_missing_file),
