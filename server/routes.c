@@ -9,6 +9,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <openssl/pem.h>
 #include <stdio.h>
@@ -38,6 +39,8 @@ static const char *reason_phrase(int status)
 	case 409: return "Conflict";
 	case 422: return "Unprocessable Content";
 	case 413: return "Payload Too Large";
+	case 431: return "Request Header Fields Too Large";
+	case 501: return "Not Implemented";
 	case 503: return "Service Unavailable";
 	default: return status >= 500 ? "Internal Server Error" : "Error";
 	}
@@ -50,7 +53,8 @@ static json_t *error_body(const char *code, const char *detail)
 }
 
 /* one place that answers: headers (no caching, connection policy), body, metrics.
- * `b` (may be NULL: empty body) is the caller's and may be freed after. */
+ * `b` (may be NULL: empty body) is the caller's and may be freed after; `s` NULL:
+ * not counted. */
 static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum nhi_route route,
 			const struct timespec *t0, bool close_conn, int status, const char *content_type,
 			struct evbuffer *b)
@@ -68,8 +72,9 @@ static void send_buffer(struct nhi_server *s, struct evhttp_request *req, enum n
 	if (bev != NULL)
 		nhi_tls_write_now(bev);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	nhi_metrics_observe(&s->metrics, route, status,
-			    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
+	if (s != NULL) /* NULL: evhttp_send_error for a connection without its record (cannot happen) */
+		nhi_metrics_observe(&s->metrics, route, status,
+				    (unsigned long long)((t1.tv_sec - t0->tv_sec) * 1000000LL + (t1.tv_nsec - t0->tv_nsec) / 1000));
 }
 
 /* the compact text of a reply body (steals body); empty when there is none or it
@@ -108,6 +113,59 @@ static void send_json(struct nhi_server *s, struct evhttp_request *req, enum nhi
 
 	send_text(s, req, route, t0, close_conn, status, (const char *)text.data, text.len);
 	nhi_buf_free(&text);
+}
+
+/*
+ * What evhttp refuses before routing it answers with evhttp_send_error, whose body is
+ * an HTML page: a request line or header it cannot parse (Content-Length with
+ * Transfer-Encoding too), headers over header_max_bytes, a body over body_max_bytes
+ * (declared, chunked, or announced with Expect: 100-continue), a method it does not
+ * know. Every error of nhid's API is JSON, so nhid defines evhttp_send_error itself:
+ * the executable's definition comes first in symbol lookup and libevent's own calls
+ * go through its PLT (as with getpid in common/pid.c). The reply keeps what
+ * libevent's did, HTTP/1.1 and Connection: close (after a refused request the stream
+ * is not at a request boundary), and is JSON, no-store and counted (route "other").
+ * Headers over the limit are 431 rather than libevent's 400: evhttp counts the header
+ * bytes read so far (CRLFs excluded) in headers_size, plus what waits unparsed.
+ */
+void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon != NULL ? evhttp_connection_get_bufferevent(evcon) : NULL;
+	struct nhi_conn *conn = bev != NULL ? nhi_tls_conn(bufferevent_openssl_get_ssl(bev)) : NULL;
+	struct nhi_server *s = conn != NULL ? conn->srv : NULL;
+	struct timespec t0;
+	const char *code = "http_error", *detail = reason != NULL ? reason : reason_phrase(error);
+	char text[160];
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (error == 400 && s != NULL && bev != NULL &&
+	    req->headers_size + evbuffer_get_length(bufferevent_get_input(bev)) > s->cfg.header_max_bytes) {
+		error = 431;
+		code = "headers_too_large";
+		snprintf(text, sizeof(text), "the request headers are over header_max_bytes (%zu)", s->cfg.header_max_bytes);
+		detail = text;
+	} else if (error == 400) {
+		code = "bad_request";
+		detail = "malformed HTTP request: request line (or one longer than header_max_bytes), a header, "
+			 "Content-Length or Transfer-Encoding";
+	} else if (error == 413) {
+		code = "too_large";
+		snprintf(text, sizeof(text), "request body is over the limit (body_max_bytes %zu)",
+			 s != NULL ? s->cfg.body_max_bytes : 0);
+		detail = text;
+	} else if (error == 501) {
+		code = "not_implemented";
+		detail = "unknown HTTP method";
+	} else if (error == 404) {
+		code = "not_found";
+	}
+	if (req->major == 0 && req->minor == 0) { /* refused before the version was read */
+		req->major = 1;
+		req->minor = 1;
+	}
+	evhttp_clear_headers(evhttp_request_get_output_headers(req));
+	send_json(s, req, NHI_ROUTE_OTHER, &t0, true, error, error_body(code, detail));
 }
 
 static bool closing(const struct ctx *c)

@@ -305,8 +305,11 @@ static nhi_err worker_init(struct nhi_server *s, struct nhi_worker *w, unsigned 
 	evhttp_set_max_body_size(w->http, (ev_ssize_t)s->cfg.body_max_bytes);
 	evhttp_set_max_headers_size(w->http, (ev_ssize_t)s->cfg.header_max_bytes);
 	evhttp_set_timeout_tv(w->http, &tv);
+	/* every method evhttp knows reaches the routes (404, or 405 with Allow); one it
+	 * does not know is 501 (routes.c evhttp_send_error) */
 	evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-						    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+						    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
+						    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
 	fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
 	NHI_CHECK(fd >= 0, NHI_ERR_IO, "dup of the listening socket: %s", strerror(errno));
 	w->bound = evhttp_accept_socket_with_handle(w->http, fd);

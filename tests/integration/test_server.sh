@@ -93,6 +93,35 @@ check_fails "duplicate JSON members are 400" '"error":"bad_request"' curl_as_fai
 check_fails "unknown members are 400" "unknown member" curl_as_fail demo-agent /v1/tokens -d '{"aud":"inference","admin":true}'
 head -c 100000 /dev/zero | tr '\0' 'a' >big.json
 check "a body over the cap is 413" bash -c "curl_as_raw demo-agent /v1/tokens --data-binary @big.json -o /dev/null -w '%{http_code}' | grep -q 413"
+# what evhttp refuses before routing is JSON too, not its HTML page (routes.c evhttp_send_error)
+json_err() { # status error curl args...: the reply has that status and is {"error":ERROR,...} JSON, no-store
+	local st=$1 e=$2 out; shift 2
+	out=$(curl_as_raw demo-agent "$@" -i) || return 1
+	printf '%s\n' "$out"
+	printf '%s' "$out" | head -1 | grep -q " $st " &&
+		printf '%s' "$out" | grep -qi '^content-type: application/json' &&
+		printf '%s' "$out" | grep -qi '^cache-control: no-store' &&
+		printf '%s' "$out" | tail -1 | python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["error"]==sys.argv[1] and j["detail"], j' "$e"
+}
+export -f json_err
+check "nhid defines evhttp_send_error, so libevent's own refusals reach nhid's JSON one" \
+	bash -c "nm -D --defined-only '$BIN/nhid' | grep -qw evhttp_send_error"
+check "a body declared over the cap is 413 JSON too_large" json_err 413 too_large /v1/tokens --data-binary @big.json
+check "a chunked body over the cap is 413 JSON too_large" \
+	json_err 413 too_large /v1/tokens -H 'Transfer-Encoding: chunked' --data-binary @big.json
+check "a body over the cap after Expect: 100-continue is 413 JSON too_large" \
+	json_err 413 too_large /v1/tokens -H 'Expect: 100-continue' --data-binary @big.json
+check "headers over header_max_bytes are 431 JSON headers_too_large" \
+	json_err 431 headers_too_large /v1/health -H "X-Big: $(head -c 9000 /dev/zero | tr '\0' a)"
+check "an unknown method is 501 JSON not_implemented" json_err 501 not_implemented /v1/health -X BREW
+check "TRACE reaches the routes: 405 JSON with Allow" bash -c \
+	"json_err 405 method_not_allowed /v1/health -X TRACE && curl_as_raw demo-agent /v1/health -i -X TRACE | grep -qi '^allow: GET'"
+check "a request line evhttp cannot parse is 400 JSON bad_request" bash -c \
+	"printf 'hello\r\n\r\n' | openssl s_client -quiet -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>/dev/null | tee /dev/stderr | grep -q '^{\"error\":\"bad_request\"'"
+check "Content-Length with Transfer-Encoding is 400 JSON bad_request" \
+	json_err 400 bad_request /v1/tokens -H 'Transfer-Encoding: chunked' -H 'Content-Length: 5' -d '{"aud":"inference"}'
+check "those refusals are counted: nhid_requests_total{route=\"other\"} 4xx >= 7, 5xx >= 1" bash -c \
+	"curl_as demo-agent /v1/metrics | awk '/^nhid_requests_total{route=\"other\",code=\"4xx\"}/ {a=\$2} /^nhid_requests_total{route=\"other\",code=\"5xx\"}/ {b=\$2} END {exit !(a >= 7 && b >= 1)}'"
 check "jwks lists the ES256 signing key" bash -c "curl_as demo-agent /v1/jwks | grep -q '\"alg\":\"ES256\"'"
 check "metrics are Prometheus text with request counters" bash -c "curl_as demo-agent /v1/metrics | grep -q '^nhid_requests_total{route=\"tokens\",code=\"2xx\"}'"
 check "nhid answers getpid from memory: the executable defines it, so libcrypto and the PKCS#11 module call that one" \
@@ -290,4 +319,5 @@ check "the audit log never holds a token" bash -c "! grep -qE 'eyJ[A-Za-z0-9_-]{
 check "the audit log holds a token_issued record with the jti" grep -q '"event":"token_issued"' "$D/state/audit.jsonl"
 check "refused handshakes are audited" grep -q '"event":"handshake_rejected"' "$D/state/audit.jsonl"
 check "the expired certificate's refusal names the cause in the audit log" grep -q 'certificate has expired' "$D/state/audit.jsonl"
+
 finish
