@@ -79,8 +79,8 @@
 #define NHI_SERVER_BODY_MAX_BYTES (1024 * 1024)
 #define NHI_SERVER_HEADER_DEFAULT_BYTES (8 * 1024)     /* all request headers together */
 #define NHI_SERVER_HEADER_MAX_BYTES (64 * 1024)
-#define NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S 30           /* read/idle/write timeout per connection */
-#define NHI_SERVER_HANDSHAKE_TIMEOUT_S 10              /* a TLS handshake must finish within */
+#define NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S 30           /* read/idle/write timeout; 2 without a request: closed */
+#define NHI_SERVER_HANDSHAKE_TIMEOUT_S 10              /* a TLS handshake must finish within, from the accept */
 #define NHI_SERVER_REQUESTS_PER_CONN_DEFAULT 10000     /* then Connection: close */
 #define NHI_SERVER_DRAIN_GRACE_S 2                     /* SIGTERM: longest wait for open connections */
 #define NHI_SERVER_DRAIN_POLL_MS 50                    /* ... checked this often; none open: stop */

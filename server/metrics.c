@@ -115,6 +115,9 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 			       "# TYPE nhid_connections_active gauge\nnhid_connections_active %llu\n"
 			       "# TYPE nhid_connections_total counter\nnhid_connections_total %llu\n"
 			       "# TYPE nhid_connections_refused_total counter\nnhid_connections_refused_total %llu\n"
+			       "# HELP nhid_connections_timed_out_total Connections closed because their TLS handshake"
+			       " or a request did not finish in time.\n"
+			       "# TYPE nhid_connections_timed_out_total counter\nnhid_connections_timed_out_total %llu\n"
 			       "# TYPE nhid_handshakes_rejected_total counter\nnhid_handshakes_rejected_total %llu\n"
 			       "# TYPE nhid_reloads_total counter\nnhid_reloads_total{result=\"ok\"} %llu\n"
 			       "nhid_reloads_total{result=\"failed\"} %llu\n"
@@ -122,7 +125,8 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 			       "# TYPE nhid_identity_backup_serial gauge\nnhid_identity_backup_serial %llu\n"
 			       "# TYPE nhid_start_time_seconds gauge\nnhid_start_time_seconds %lld\n",
 			       atomic_load(&m->connections_active), atomic_load(&m->connections_total),
-			       atomic_load(&m->connections_refused), atomic_load(&m->handshakes_rejected),
+			       atomic_load(&m->connections_refused), atomic_load(&m->connections_timed_out),
+			       atomic_load(&m->handshakes_rejected),
 			       atomic_load(&m->reloads), atomic_load(&m->reload_failures), (unsigned long long)si.agents,
 			       (unsigned long long)si.serial, s->started_at));
 	NHI_TRY(nhi_buf_append_str(o, "# HELP nhid_worker_connections Open connections of each worker loop (spread evenly).\n"

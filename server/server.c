@@ -45,6 +45,36 @@ SSL_CTX *nhi_server_ctx_get(struct nhi_server *s)
 	return ctx;
 }
 
+/*
+ * A connection's deadline: one timer per connection, nothing per request. evhttp's
+ * read timeout (idle_timeout_s) starts again with every byte read, TLS records that
+ * carry no HTTP byte included, so a client sending a byte now and then held its slot
+ * for hours: in the TLS handshake, before presenting any certificate (max_connections
+ * of them and every other client was refused), or inside a request's head or body.
+ * So the handshake must be done NHI_SERVER_HANDSHAKE_TIMEOUT_S after the accept, and
+ * then a request must be dispatched in one of every two idle_timeout_s periods: a
+ * client idle longer than one period is closed by evhttp already, so a connection
+ * that passes two with none is one trickling a request (or leaving its replies
+ * unread). It is closed as evhttp's own timeout closes one (evhttp_error_cb), and
+ * counted in nhid_connections_timed_out_total.
+ */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct nhi_conn *c = arg;
+	struct timeval tv = {(time_t)c->srv->cfg.idle_timeout_s, 0};
+
+	(void)fd;
+	(void)what;
+	if (c->handshake_done && (c->requests != c->requests_seen || !c->stalled)) {
+		c->stalled = c->requests == c->requests_seen;
+		c->requests_seen = c->requests;
+		if (event_add(c->deadline, &tv) == 0)
+			return;
+	}
+	atomic_fetch_add(&c->srv->metrics.connections_timed_out, 1);
+	bufferevent_trigger_event(c->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, 0);
+}
+
 /* evhttp asks for a bufferevent per accepted connection: a TLS one, always */
 static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 {
@@ -54,6 +84,7 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 	SSL *ssl = SSL_new(ctx);
 	struct nhi_conn *c = calloc(1, sizeof(*c));
 	struct bufferevent *bev;
+	struct timeval handshake = {NHI_SERVER_HANDSHAKE_TIMEOUT_S, 0};
 	unsigned long long active;
 
 	SSL_CTX_free(ctx); /* the SSL holds its own reference */
@@ -80,6 +111,12 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 		abort();
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	c->bev = bev;
+	c->deadline = evtimer_new(base, deadline_cb, c);
+	if (c->deadline == NULL || evtimer_add(c->deadline, &handshake) != 0) {
+		fprintf(stderr, "nhid: out of memory arming a connection's deadline: stopping\n");
+		abort();
+	}
 	return bev;
 }
 

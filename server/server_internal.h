@@ -41,6 +41,7 @@ struct nhi_metrics {
 	atomic_ullong latency_sum_us[NHI_ROUTE__COUNT];
 	atomic_ullong token_errors[NHI_TOKEN_E__COUNT];
 	atomic_ullong handshakes_rejected, connections_refused, connections_active, connections_total;
+	atomic_ullong connections_timed_out; /* closed by their deadline (server.c deadline_cb) */
 	atomic_ullong reloads, reload_failures;
 	/* [kind, or NHI_UPDATE_KIND__COUNT when none was parsed][0 applied, 1 rejected, 2 failed] */
 	atomic_ullong updates[NHI_UPDATE_KIND__COUNT + 1][3];
@@ -68,6 +69,12 @@ struct nhi_conn {
 	 * resumed session or a kept-alive connection never verifies the certificate again */
 	long long cert_not_before, cert_not_after;
 	bool handshake_done; /* alerts after it are not refused handshakes */
+	/* the connection's deadline (server.c deadline_cb): the handshake's, then the
+	 * check that requests keep being dispatched; freed with the connection */
+	struct bufferevent *bev;
+	struct event *deadline;
+	unsigned requests_seen; /* `requests` at the last check */
+	bool stalled;           /* no request dispatched since the check before */
 	/* the caller's record as the store gave it (routes.c caller()); kept while the
 	 * store's generation is the same, freed with the connection */
 	struct nhi_agent *caller;

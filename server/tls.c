@@ -125,6 +125,8 @@ static void conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 		atomic_fetch_sub(&c->w->conns, 1);
 		nhi_server_balance(c->srv, c->w);
 	}
+	if (c->deadline != NULL)
+		event_free(c->deadline);
 	free(c->cert_der);
 	nhi_agent_free(c->caller);
 	free(c);

@@ -320,4 +320,21 @@ check "the audit log holds a token_issued record with the jti" grep -q '"event":
 check "refused handshakes are audited" grep -q '"event":"handshake_rejected"' "$D/state/audit.jsonl"
 check "the expired certificate's refusal names the cause in the audit log" grep -q 'certificate has expired' "$D/state/audit.jsonl"
 
+# --- a client trickling bytes cannot hold a slot: evhttp's read timeout restarts with
+# every byte, so the handshake has a deadline (10 s, NHI_SERVER_HANDSHAKE_TIMEOUT_S) and
+# a request must be dispatched within two idle periods (server.c deadline_cb); here all
+# max_connections slots are taken by tricklers, which held them for hours before ---
+sed -e 's/^max_connections .*/max_connections = 4/' -e 's/^idle_timeout_s .*/idle_timeout_s = 2/' "$D/nhid.conf" >limits.conf
+chmod 600 limits.conf
+start_nhid "$T/limits.conf"
+check "4 connections trickling a ClientHello (no certificate) hold all 4 slots, are closed within 12 s, then a client is served" \
+	timeout 60 python3 "$NHI_ROOT/tests/integration/slowloris.py" "$PORT" "$D/ca.crt" "$D/agents/demo-agent.crt" \
+	"$D/agents/demo-agent.key" handshake 4 12
+check "4 mTLS connections trickling a request head hold all 4 slots, are closed within 10 + 2 idle periods, then a client is served" \
+	timeout 60 python3 "$NHI_ROOT/tests/integration/slowloris.py" "$PORT" "$D/ca.crt" "$D/agents/demo-agent.crt" \
+	"$D/agents/demo-agent.key" request 4 17
+check "... and counted: nhid_connections_timed_out_total is 8" bash -c \
+	"curl_as demo-agent /v1/metrics | grep -qx 'nhid_connections_timed_out_total 8'"
+stop_nhid
+check "SIGTERM after the tricklers: exits 0" test "$NHID_RC" = 0
 finish
