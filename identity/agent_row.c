@@ -336,6 +336,8 @@ nhi_err nhi_agent_row_parse(const char *line, size_t len, const char *base_dir, 
 		NHI_CHECK(n > 0 && n <= NHI_AGENT_ATTRIBUTES_MAX_BYTES, NHI_ERR_LIMIT,
 			  "\"attributes\" is over %d bytes as compact JSON", NHI_AGENT_ATTRIBUTES_MAX_BYTES);
 		row->attributes[n] = '\0';
+		/* the rule an import applies, on the text the image will hold */
+		NHI_TRY(nhi_agent_attributes_check(row->attributes, n));
 	}
 	rv = NHI_OK;
 out:
@@ -400,11 +402,11 @@ nhi_err nhi_agent_stored_check(const struct nhi_agent_stored *r)
 	NHI_CHECK(r->certs_len > 0 && r->certs_len % 32 == 0 && r->certs_len <= 32 * NHI_AGENT_CERTS_MAX,
 		  NHI_ERR_FORMAT, "agent '%.*s': %zu bytes of certificate thumbprints, not 1-%d of 32 bytes", idn, id,
 		  r->certs_len, NHI_AGENT_CERTS_MAX);
-	NHI_CHECK(r->attributes != NULL && r->attributes_len <= NHI_AGENT_ATTRIBUTES_MAX_BYTES, NHI_ERR_FORMAT,
-		  "agent '%.*s': attributes are missing or over %d bytes", idn, id, NHI_AGENT_ATTRIBUTES_MAX_BYTES);
-	NHI_CHECK(r->attributes_object && memchr(r->attributes, '\0', r->attributes_len) == NULL &&
-			  nhi_jsonw_utf8_valid(r->attributes, r->attributes_len),
-		  NHI_ERR_FORMAT, "agent '%.*s': attributes are not a JSON object in UTF-8", idn, id);
+	rv = nhi_agent_attributes_check(r->attributes, r->attributes_len);
+	if (rv != NHI_OK) {
+		rv = nhi_err_wrap(rv, "agent '%.*s'", idn, id);
+		goto out;
+	}
 	rv = NHI_OK;
 out:
 	return rv;

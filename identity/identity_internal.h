@@ -65,12 +65,22 @@ struct nhi_agent_row {
 nhi_err nhi_agent_row_parse(const char *line, size_t len, const char *base_dir, struct nhi_agent_row *row) NHI_MUST_CHECK;
 bool nhi_agent_id_valid(const char *s, size_t len);
 
+/*
+ * An agent's attributes text (`len` bytes, need not be NUL-terminated) as the store may
+ * hold it, wherever it comes from (nhictl's JSONL, an imported image): one JSON object,
+ * RFC 8259, compact, valid UTF-8, at most NHI_AGENT_ATTRIBUTES_MAX_BYTES, the keys of
+ * every object (nested ones too) sorted by their decoded bytes and none listed twice,
+ * no \u0000 or unpaired surrogate, numbers that jansson reads (int64, finite double):
+ * text that every JSON reader reads alike. NHI_ERR_FORMAT naming the cause and where
+ * ("attributes: key \"team\" is listed twice ..."); the caller adds the agent.
+ */
+nhi_err nhi_agent_attributes_check(const char *text, size_t len) NHI_MUST_CHECK;
+
 /* One agents row of an image as stored (column bytes, not NUL-terminated strings). */
 struct nhi_agent_stored {
 	const char *id, *status, *roles, *audiences, *attributes;
 	size_t id_len, status_len, roles_len, audiences_len, attributes_len, certs_len;
 	long long not_before, not_after;
-	bool attributes_object; /* the caller's strict JSON check: a JSON object */
 };
 /*
  * The rules of nhi_agent_row_parse, on a row as the image holds it: an image signed

@@ -360,10 +360,11 @@ out:
 
 /*
  * Every agents row against the JSONL's rules (nhi_agent_stored_check; attributes
- * through SQLite's strict json_valid, an object when that text starts with '{': a
- * tree per row would double a 1M-agent import), and the certificate index: as many 32-byte thumbprints as the rows have
- * slots. That each index row names an agent listing it is checked where it is used
- * (store.c lookup), which costs nothing there and a join of every row here.
+ * by nhi_agent_attributes_check, one pass without a tree: a tree per row would double
+ * a 1M-agent import, and SQLite's json_valid would let duplicate keys through), and
+ * the certificate index: as many 32-byte thumbprints as the rows have slots. That
+ * each index row names an agent listing it is checked where it is used (store.c
+ * lookup), which costs nothing there and a join of every row here.
  */
 static nhi_err check_rows(sqlite3 *db)
 {
@@ -375,8 +376,8 @@ static nhi_err check_rows(sqlite3 *db)
 	int rc;
 
 	if (sqlite3_prepare_v2(db,
-			       "SELECT id, status, not_before, not_after, roles, audiences, attributes, length(certs), "
-			       "json_valid(attributes) FROM agents",
+			       "SELECT id, status, not_before, not_after, roles, audiences, attributes, length(certs) "
+			       "FROM agents",
 			       -1, &st, NULL) != SQLITE_OK)
 		NHI_FAIL(NHI_ERR_FORMAT, "identity image: agents: %s", sqlite3_errmsg(db));
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -393,8 +394,6 @@ static nhi_err check_rows(sqlite3 *db)
 		r.attributes = (const char *)sqlite3_column_text(st, 6);
 		r.attributes_len = (size_t)sqlite3_column_bytes(st, 6);
 		r.certs_len = (size_t)sqlite3_column_int64(st, 7);
-		r.attributes_object = sqlite3_column_int(st, 8) == 1 && r.attributes != NULL &&
-				      r.attributes[strspn(r.attributes, " \t\r\n")] == '{';
 		rv = nhi_agent_stored_check(&r);
 		if (rv != NHI_OK) {
 			rv = nhi_err_wrap(rv, "identity image");

@@ -419,6 +419,15 @@ static void test_jsonl_line_rules(void **state)
 		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":[]}", "must be a JSON object"},
 		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"cert_pem_file\":\"rel.pem\"}", "no base directory"},
 		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"id2\":\"\\u0000\"}", "not JSON"},
+		/* a key listed twice in the attributes, at any depth, spelt alike or not */
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"team\":\"a\",\"team\":\"b\"}}", "duplicate"},
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"team\":\"a\",\"te\\u0061m\":\"b\"}}", "duplicate"},
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"n\":{\"x\":1,\"x\":2}}}", "duplicate"},
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"n\":[{\"x\":1,\"y\":2,\"x\":3}]}}", "duplicate"},
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"n\":1e400}}", "not JSON"},
+		{"{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"z\":{\"b\":1, \"a\":[2.5,-0,\"\\u00e9\\ud83d\\ude00\"]},"
+		 "\"a\":true}}",
+		 NULL},
 	};
 	struct nhi_agent_row *row = malloc(sizeof(*row));
 	char line[1024];
@@ -439,6 +448,12 @@ static void test_jsonl_line_rules(void **state)
 					 cases[i].why);
 		}
 	}
+	/* attributes are stored compact, keys sorted at every depth: the form an import checks */
+	expand("{\"id\":\"a\",\"cert_sha256\":\"@TP@\",\"attributes\":{\"z\":{\"b\":1, \"a\":[2.5,\"\\u00e9\"]},\"a\":true}}",
+	       tp_hex("x"), line, sizeof(line));
+	assert_int_equal(nhi_agent_row_parse(line, strlen(line), NULL, row), NHI_OK);
+	assert_string_equal(row->attributes, "{\"a\":true,\"z\":{\"a\":[2.5,\"\xc3\xa9\"],\"b\":1}}");
+	assert_int_equal(nhi_agent_attributes_check(row->attributes, strlen(row->attributes)), NHI_OK);
 	/* the OpenSSL fingerprint form with colons is accepted and means the same */
 	{
 		const char *hex = tp_hex("x");
@@ -455,6 +470,121 @@ static void test_jsonl_line_rules(void **state)
 		assert_memory_equal(row->certs[0], tp, 32);
 	}
 	free(row);
+}
+
+/*
+ * nhi_agent_attributes_check, the one rule for attributes wherever they enter the
+ * store: each case refused with its cause, or accepted (why NULL).
+ */
+static void test_attributes_rules(void **state)
+{
+	static const struct {
+		const char *text;
+		const char *why;
+	} cases[] = {
+		{"{}", NULL},
+		{"{\"a\":1}", NULL},
+		{"{\"a\":{\"b\":[1,2,{\"c\":null}]},\"b\":\"x\",\"c\":[],\"d\":{},\"e\":true,\"f\":false}", NULL},
+		{"{\"\":1,\"A\":2,\"a\":3,\"ab\":4,\"b\":5}", NULL}, /* sorted by bytes, a prefix first */
+		{"{\"z\":1,\"\xc3\xa9\":2}", NULL},                  /* U+00E9 sorts after 'z' */
+		{"{\"z\":1,\"\\u00e9\":2}", NULL},
+		{"{\"\\u0041\":1,\"B\":2}", NULL},                    /* decoded: "A" < "B" */
+		{"{\"k\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00 \xf0\x9f\x98\x80\"}", NULL},
+		{"{\"x\":{\"x\":{\"x\":1}}}", NULL},                  /* the same key at other depths */
+		{"{\"n\":[{\"x\":1},{\"x\":2}]}", NULL},              /* and in sibling objects */
+		{"{\"a\":-0,\"b\":0.5,\"c\":1e5,\"d\":1E-5,\"e\":-1.5e+10,\"f\":1e308,\"g\":1e-400}", NULL},
+		{"{\"a\":9223372036854775807,\"b\":-9223372036854775808,\"c\":123456789012345678}", NULL},
+		/* a key listed twice: named, at any depth, however it is spelt */
+		{"{\"team\":\"a\",\"team\":\"b\"}", "key \"team\" is listed twice in one object (byte 12)"},
+		{"{\"team\":\"a\",\"te\\u0061m\":\"b\"}", "key \"te\\u0061m\" is listed twice in one object"},
+		{"{\"\\u00e9\":1,\"\xc3\xa9\":2}", "key \"??\" is listed twice"},
+		{"{\"n\":{\"x\":1,\"x\":2}}", "key \"x\" is listed twice in one nested object"},
+		{"{\"n\":[{\"x\":1},{\"x\":2,\"x\":3}]}", "key \"x\" is listed twice in one nested object"},
+		{"{\"a\":{\"z\":1},\"a\":2}", "key \"a\" is listed twice in one object"},
+		{"{\"a\":[{\"z\":1}],\"a\":2}", "key \"a\" is listed twice in one object"},
+		{"{\"\":1,\"\":2}", "key \"\" is listed twice"},
+		/* keys out of order: the format stores them sorted */
+		{"{\"b\":1,\"a\":2}", "key \"a\" (byte 7) is out of order"},
+		{"{\"b\":{\"a\":1},\"a\":2}", "key \"a\" (byte 13) is out of order"},
+		{"{\"ab\":1,\"a\":2}", "is out of order"},
+		{"{\"\xc3\xa9\":1,\"z\":2}", "key \"z\" (byte 8) is out of order"},
+		/* not compact */
+		{"{ \"a\":1}", "whitespace (not compact) at byte 1"},
+		{"{\"a\": 1}", "whitespace (not compact) at byte 5"},
+		{"{\"a\":1 }", "whitespace (not compact) at byte 6"},
+		{"{\"a\":1}\n", "whitespace (not compact) at byte 7"},
+		{" {}", "whitespace (not compact) at byte 0"},
+		/* what jansson refuses, read alike by no two readers */
+		{"{\"a\":\"\\u0000\"}", "\\u0000 (jansson refuses it) at byte 6"},
+		{"{\"\\u0000\":1}", "\\u0000"},
+		{"{\"a\":\"\\ud800\"}", "an unpaired UTF-16 surrogate escape at byte 6"},
+		{"{\"a\":\"\\udc00\\ud800\"}", "an unpaired UTF-16 surrogate escape"},
+		{"{\"a\":\"\\ud800\\u0041\"}", "an unpaired UTF-16 surrogate escape"},
+		{"{\"a\":9223372036854775808}", "an integer beyond 64 bits (jansson refuses it) at byte 5"},
+		{"{\"a\":-9223372036854775809}", "an integer beyond 64 bits"},
+		{"{\"a\":1e400}", "a number beyond a double (jansson refuses it) at byte 5"},
+		{"{\"a\":-1.5e99999}", "a number beyond a double"},
+		/* not JSON */
+		{"", "not an object at byte 0"},
+		{"[1]", "not an object"},
+		{"\"a\"", "not an object"},
+		{"{\"a\":1}x", "bytes after the object"},
+		{"{\"a\":1}{}", "bytes after the object"},
+		{"{\"a\":1,}", "a key (a string) expected at byte 7"},
+		{"{,}", "a key (a string) expected"},
+		{"{\"a\"1}", "':' expected after a key at byte 4"},
+		{"{\"a\":}", "a value expected at byte 5"},
+		{"{\"a\":1", "',' or '}' expected at byte 6"},
+		{"{\"a\":[1}", "',' or ']' expected at byte 7"},
+		{"{\"a\":[1,]}", "a value expected at byte 8"},
+		{"{\"a\":\"x", "an unterminated string"},
+		{"{\"a\":\"\t\"}", "a control character in a string at byte 6"},
+		{"{\"a\":\"\\x\"}", "an invalid escape at byte 6"},
+		{"{\"a\":\"\\u12\"}", "an invalid escape"},
+		{"{\"a\":01}", "',' or '}' expected at byte 6"},
+		{"{\"a\":1.}", "a number without digits after '.'"},
+		{"{\"a\":.5}", "a value expected"},
+		{"{\"a\":-}", "a number without digits"},
+		{"{\"a\":1e}", "a number without exponent digits"},
+		{"{\"a\":+1}", "a value expected"},
+		{"{\"a\":tru}", "an unknown literal at byte 5"},
+		{"{\"a\":nul", "an unknown literal"},
+		{"{\"a\":NaN}", "a value expected"},
+		{"{\"a\":\"\xff\"}", "not valid UTF-8"},
+		{"{\"a\":\"\xed\xa0\x80\"}", "not valid UTF-8"}, /* a surrogate in UTF-8 */
+		{"{\"a\":\"\xc0\xaf\"}", "not valid UTF-8"},     /* overlong */
+	};
+	static char big[NHI_AGENT_ATTRIBUTES_MAX_BYTES + 2];
+	size_t i, n, d;
+	nhi_err e;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		e = nhi_agent_attributes_check(cases[i].text, strlen(cases[i].text));
+		if (cases[i].why == NULL ? e != NHI_OK : e != NHI_ERR_FORMAT || strstr(nhi_err_detail(), cases[i].why) == NULL)
+			fail_msg("case %zu (%s): got %s '%s', want '%s'", i, cases[i].text, nhi_err_name(e),
+				 e == NHI_OK ? "" : nhi_err_detail(), cases[i].why ? cases[i].why : "accepted");
+	}
+	/* a NUL byte: the length counts, not the terminator */
+	assert_int_equal(nhi_agent_attributes_check("{}\0", 3), NHI_ERR_FORMAT);
+	assert_int_equal(nhi_agent_attributes_check("{\"a\":\"\0\"}", 8), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "a control character in a string"));
+	assert_int_equal(nhi_agent_attributes_check(NULL, 0), NHI_ERR_FORMAT);
+	/* as deep as 4096 bytes can nest, and one byte more than the limit */
+	d = (NHI_AGENT_ATTRIBUTES_MAX_BYTES - 6) / 2;
+	n = (size_t)snprintf(big, 8, "{\"a\":");
+	memset(big + n, '[', d);
+	memset(big + n + d, ']', d);
+	memcpy(big + n + 2 * d, "}", 2);
+	assert_int_equal(strlen(big), NHI_AGENT_ATTRIBUTES_MAX_BYTES);
+	if (nhi_agent_attributes_check(big, strlen(big)) != NHI_OK)
+		fail_msg("deepest: %s", nhi_err_detail());
+	memset(big + n, '[', NHI_AGENT_ATTRIBUTES_MAX_BYTES - n);
+	assert_int_equal(nhi_agent_attributes_check(big, NHI_AGENT_ATTRIBUTES_MAX_BYTES), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "nesting deeper than the text could close"));
+	memset(big, ' ', NHI_AGENT_ATTRIBUTES_MAX_BYTES + 1);
+	assert_int_equal(nhi_agent_attributes_check(big, NHI_AGENT_ATTRIBUTES_MAX_BYTES + 1), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "attributes are missing or over 4096 bytes"));
 }
 
 static void test_rfc3339_vectors(void **state)
@@ -932,6 +1062,50 @@ static void test_hostile_rows(void **state)
 	nhi_store_free(s);
 }
 
+/*
+ * Attributes a broken or hostile signing host could put in a signed image: a key
+ * listed twice (SQLite's json_valid takes it; json_extract, jansson and the reply's
+ * reader would each pick their own value), at any depth; and the other texts JSON
+ * readers disagree on. Refused at import, the agent and the key named, the loaded
+ * store untouched.
+ */
+static void test_hostile_attributes(void **state)
+{
+	static const struct sql_case cases[] = {
+		{"UPDATE agents SET attributes='{\"team\":\"a\",\"team\":\"b\"}'",
+		 "identity image: agent 'demo-agent': attributes: key \"team\" is listed twice in one object"},
+		{"UPDATE agents SET attributes='{\"team\":\"a\",\"te\\u0061m\":\"b\"}'",
+		 "agent 'demo-agent': attributes: key \"te\\u0061m\" is listed twice"},
+		{"UPDATE agents SET attributes='{\"n\":{\"role\":\"user\",\"role\":\"admin\"}}'",
+		 "agent 'demo-agent': attributes: key \"role\" is listed twice in one nested object"},
+		{"UPDATE agents SET attributes='{\"n\":[1,{\"a\":1,\"b\":2,\"b\":3}]}'",
+		 "agent 'demo-agent': attributes: key \"b\" is listed twice in one nested object"},
+		{"UPDATE agents SET attributes='{\"team\":\"b\",\"site\":\"a\"}'", "agent 'demo-agent': attributes: key \"site\""},
+		{"UPDATE agents SET attributes='{\"a\": 1}'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes=' {}'", "attributes are not a JSON object in UTF-8"},
+		{"UPDATE agents SET attributes='{\"a\":\"\\u0000\"}'", "\\u0000"},
+		{"UPDATE agents SET attributes='{\"a\":\"\\udfff\"}'", "unpaired UTF-16 surrogate"},
+		{"UPDATE agents SET attributes='{\"a\":99999999999999999999}'", "an integer beyond 64 bits"},
+		{"UPDATE agents SET attributes='{\"a\":1e999}'", "a number beyond a double"},
+	};
+	struct nhi_store *s = loaded_store(10);
+	struct nhi_buf b = {0};
+	struct nhi_agent *a = NULL;
+
+	(void)state;
+	expect_each_refused(s, cases, sizeof(cases) / sizeof(cases[0]), 200, "hostile attributes");
+	/* the control: nested, sorted at every depth, escapes and numbers: imported and served as stored */
+	sealed_image("UPDATE agents SET attributes='{\"a\":{\"x\":[1,-2.5e3,{\"x\":null}],\"y\":\"\\u00e9\"},\"b\":true}'",
+		     230, 0, 0, &b);
+	if (nhi_store_import(s, hsm, b.data, b.len, NULL, NULL) != NHI_OK)
+		fail_msg("control: %s", nhi_err_detail());
+	assert_int_equal(nhi_store_find_id(s, "demo-agent", &a), NHI_OK);
+	assert_string_equal(a->attributes, "{\"a\":{\"x\":[1,-2.5e3,{\"x\":null}],\"y\":\"\\u00e9\"},\"b\":true}");
+	nhi_agent_free(a);
+	nhi_buf_free(&b);
+	nhi_store_free(s);
+}
+
 /* Chunks are bound to their index and the header even when the signature is redone. */
 static void test_chunks_defense_in_depth(void **state)
 {
@@ -1343,6 +1517,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_lookup_policy),
 		cmocka_unit_test(test_jsonl_line_rules),
+		cmocka_unit_test(test_attributes_rules),
 		cmocka_unit_test(test_rfc3339_vectors),
 		cmocka_unit_test(test_jsonl_file_errors_nothing_written),
 		cmocka_unit_test(test_cert_pem_file),
@@ -1350,6 +1525,7 @@ int main(void)
 		cmocka_unit_test(test_wrong_wrap_key),
 		cmocka_unit_test(test_hostile_images),
 		cmocka_unit_test(test_hostile_rows),
+		cmocka_unit_test(test_hostile_attributes),
 		cmocka_unit_test(test_import_commit),
 		cmocka_unit_test(test_chunks_defense_in_depth),
 		cmocka_unit_test(test_rollback),
