@@ -161,6 +161,16 @@ nhi_err nhi_backup_open(struct nhi_hsm *h, const uint8_t *data, size_t len, cons
 			void *ctx, struct nhi_backup_opened *out) NHI_MUST_CHECK;
 void nhi_backup_opened_clear(struct nhi_backup_opened *o);
 
+#ifdef NHI_TEST_BUILD
+/*
+ * Tests and fuzz targets only (no token): swap in a plaintext image (copied) after the
+ * checks of an import's step 6 (nhi_image_check, its meta standing in for a header),
+ * so that the store's lookups run on what an import would have accepted. No signature,
+ * no decryption, no rollback check: never in a release build.
+ */
+nhi_err nhi_store_insecure_load_image(struct nhi_store *s, const uint8_t *image, size_t len) NHI_MUST_CHECK;
+#endif
+
 /* Monotonic seconds, for the stage timings of an import. */
 double nhi_now_s(void);
 
