@@ -168,6 +168,19 @@ out:
 
 /* ---- store ------------------------------------------------------------------------ */
 
+/* sn becomes the snapshot readers get; the one it replaces is returned, for snap_put */
+static struct snapshot *snap_install(struct nhi_store *s, struct snapshot *sn)
+{
+	struct snapshot *old;
+
+	pthread_mutex_lock(&s->mu);
+	old = s->cur;
+	s->cur = sn;
+	atomic_store(&s->generation, sn->generation);
+	pthread_mutex_unlock(&s->mu);
+	return old;
+}
+
 nhi_err nhi_store_new(struct nhi_store **out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -285,11 +298,7 @@ static nhi_err import_common(struct nhi_store *s, struct nhi_hsm *h, const uint8
 	if (o != NULL && o->commit != NULL)
 		NHI_TRY(o->commit(o->commit_arg, &r));
 	/* the swap: readers that started before keep the old snapshot until they finish */
-	pthread_mutex_lock(&s->mu);
-	old = s->cur;
-	s->cur = sn;
-	atomic_store(&s->generation, sn->generation);
-	pthread_mutex_unlock(&s->mu);
+	old = snap_install(s, sn);
 	sn = NULL;
 	r.total_s = nhi_now_s() - t0;
 	if (res != NULL)
@@ -315,11 +324,7 @@ nhi_err nhi_store_insecure_load_image(struct nhi_store *s, const uint8_t *image,
 	pthread_mutex_lock(&s->import_mu);
 	NHI_TRY(nhi_buf_append(&img, image, len));
 	NHI_TRY(snap_new(&img, NULL, &sn));
-	pthread_mutex_lock(&s->mu);
-	old = s->cur;
-	s->cur = sn;
-	atomic_store(&s->generation, sn->generation);
-	pthread_mutex_unlock(&s->mu);
+	old = snap_install(s, sn);
 	sn = NULL;
 	rv = NHI_OK;
 out:
