@@ -79,6 +79,8 @@
 #define NHI_SERVER_BODY_MAX_BYTES (1024 * 1024)
 #define NHI_SERVER_HEADER_DEFAULT_BYTES (8 * 1024)     /* all request headers together */
 #define NHI_SERVER_HEADER_MAX_BYTES (64 * 1024)
+#define NHI_SERVER_HEADER_COUNT_DEFAULT 64             /* request header lines (431 past it) */
+#define NHI_SERVER_HEADER_COUNT_MAX 1024
 #define NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S 30           /* read/idle/write timeout; 2 without a request: closed */
 #define NHI_SERVER_HANDSHAKE_TIMEOUT_S 10              /* a TLS handshake must finish within, from the accept */
 #define NHI_SERVER_REQUESTS_PER_CONN_DEFAULT 10000     /* then Connection: close */

@@ -24,7 +24,7 @@ static const char *const known_keys[] = {
 	"audit_checkpoint_s", "admin_token_hash", "max_connections", "body_max_bytes",
 	"header_max_bytes", "idle_timeout_s",  "requests_per_connection", "trust_domain",
 	"updates_dir",     "update_scan_s",    "clock_skew_s",      "signing_keys",
-	"manifest_role",   "verify_memo_entries", "tls_sessions",
+	"manifest_role",   "verify_memo_entries", "tls_sessions", "header_max_count",
 };
 
 static bool valid_label(const char *s)
@@ -277,6 +277,8 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 		return set_size(&c->header_max_bytes, key, val, 1024, NHI_SERVER_HEADER_MAX_BYTES);
 	if (strcmp(key, "idle_timeout_s") == 0)
 		return set_uint(&c->idle_timeout_s, key, val, 1, 3600);
+	if (strcmp(key, "header_max_count") == 0)
+		return set_uint(&c->header_max_count, key, val, 8, NHI_SERVER_HEADER_COUNT_MAX);
 	if (strcmp(key, "requests_per_connection") == 0)
 		return set_uint(&c->requests_per_connection, key, val, 1, 1000000);
 	if (strcmp(key, "tls_sessions") == 0)
@@ -303,6 +305,7 @@ nhi_err nhi_server_config_parse(const char *text, size_t len, struct nhi_server_
 	c->max_connections = NHI_SERVER_CONNECTIONS_DEFAULT;
 	c->body_max_bytes = NHI_SERVER_BODY_DEFAULT_BYTES;
 	c->header_max_bytes = NHI_SERVER_HEADER_DEFAULT_BYTES;
+	c->header_max_count = NHI_SERVER_HEADER_COUNT_DEFAULT;
 	c->idle_timeout_s = NHI_SERVER_IDLE_TIMEOUT_DEFAULT_S;
 	c->requests_per_connection = NHI_SERVER_REQUESTS_PER_CONN_DEFAULT;
 	c->verify_memo_entries = NHI_SERVER_VERIFY_MEMO_DEFAULT;

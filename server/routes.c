@@ -875,6 +875,37 @@ out:
 	nhi_api_manifest_req_free(&q);
 }
 
+/*
+ * The request's header lines, as evhttp parsed them: at most header_max_count (evhttp
+ * bounds only their bytes, and counts no line ends), and one Content-Length (evhttp
+ * takes the first of several; RFC 9112 6.3 says refuse, and the stream is not at a
+ * known request boundary after it, so the connection closes). One walk of the list,
+ * which a request's few headers make a few comparisons. 0 when the request may go on.
+ */
+static int headers_refused(struct ctx *c)
+{
+	const struct evkeyval *h;
+	unsigned n = 0, lengths = 0;
+	char text[128];
+
+	for (h = evhttp_request_get_input_headers(c->req)->tqh_first; h != NULL; h = h->next.tqe_next) {
+		n++;
+		lengths += evutil_ascii_strcasecmp(h->key, "Content-Length") == 0;
+	}
+	if (lengths > 1) {
+		c->conn->requests = c->s->cfg.requests_per_connection; /* then Connection: close */
+		reply_error(c, 400, "bad_request", "Content-Length is given more than once");
+		return 400;
+	}
+	if (n > c->s->cfg.header_max_count) {
+		snprintf(text, sizeof(text), "%u request headers, over header_max_count (%u)", n,
+			 c->s->cfg.header_max_count);
+		reply_error(c, 431, "too_many_headers", text);
+		return 431;
+	}
+	return 0;
+}
+
 static void (*const handlers[NHI_ROUTE__COUNT])(struct ctx *c) = {
 	[NHI_ROUTE_HEALTH] = h_health, [NHI_ROUTE_TOKENS] = h_tokens,   [NHI_ROUTE_RESOLVE] = h_resolve,
 	[NHI_ROUTE_JWKS] = h_jwks,     [NHI_ROUTE_METRICS] = h_metrics, [NHI_ROUTE_RELOAD] = h_reload,
@@ -907,6 +938,8 @@ void nhi_routes_handle(struct evhttp_request *req, void *arg)
 		reply_error(&c, 503, "shutting_down", "nhid is stopping; retry on another instance or later");
 		return;
 	}
+	if (headers_refused(&c) != 0)
+		return;
 	if (r == NULL) {
 		reply_error(&c, 404, "not_found", "no such endpoint");
 		return;

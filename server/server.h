@@ -61,6 +61,7 @@ struct nhi_server_config {
 	unsigned max_connections;
 	size_t body_max_bytes, header_max_bytes;
 	unsigned idle_timeout_s, requests_per_connection;
+	unsigned header_max_count; /* request header lines */
 	unsigned verify_memo_entries; /* token memo slots; 0: every signature checked, every claims set parsed */
 	unsigned tls_sessions;        /* resumable TLS sessions kept in memory */
 };

@@ -106,7 +106,12 @@ json_err() { # status error curl args...: the reply has that status and is {"err
 export -f json_err
 check "nhid defines evhttp_send_error, so libevent's own refusals reach nhid's JSON one" \
 	bash -c "nm -D --defined-only '$BIN/nhid' | grep -qw evhttp_send_error"
-check "a body declared over the cap is 413 JSON too_large" json_err 413 too_large /v1/tokens --data-binary @big.json
+# declared only, no body sent: curl sending the body raced nhid's reply and close (EPIPE, no reply read)
+check "a body declared over the cap is 413 JSON too_large, before any of it is read" bash -c \
+	"printf 'POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n' |
+	 timeout 20 openssl s_client -quiet -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>/dev/null >declared.out;
+	 cat declared.out; grep -q '^HTTP/1.1 413' declared.out && grep -qi '^content-type: application/json' declared.out &&
+	 grep -q '{\"error\":\"too_large\"' declared.out"
 check "a chunked body over the cap is 413 JSON too_large" \
 	json_err 413 too_large /v1/tokens -H 'Transfer-Encoding: chunked' --data-binary @big.json
 check "a body over the cap after Expect: 100-continue is 413 JSON too_large" \
@@ -120,6 +125,16 @@ check "a request line evhttp cannot parse is 400 JSON bad_request" bash -c \
 	"printf 'hello\r\n\r\n' | openssl s_client -quiet -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>/dev/null | tee /dev/stderr | grep -q '^{\"error\":\"bad_request\"'"
 check "Content-Length with Transfer-Encoding is 400 JSON bad_request" \
 	json_err 400 bad_request /v1/tokens -H 'Transfer-Encoding: chunked' -H 'Content-Length: 5' -d '{"aud":"inference"}'
+# header lines are bounded by count too (header_max_count, 64 by default; evhttp bounds only bytes)
+check "70 request headers are 431 JSON too_many_headers, naming the limit" bash -c \
+	'a=(); for i in $(seq 70); do a+=(-H "X-H$i: v"); done; json_err 431 too_many_headers /v1/health "${a[@]}" | grep -q "over header_max_count (64)"'
+check "55 request headers (with curl's own, under 64) are served" bash -c \
+	'a=(); for i in $(seq 55); do a+=(-H "X-H$i: v"); done; curl_as_raw demo-agent /v1/health "${a[@]}" -o /dev/null -w "%{http_code}" | grep -qx 200'
+check "Content-Length given twice is 400 JSON bad_request, and the connection closes" bash -c \
+	"printf 'POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\nContent-Length: 19\r\n\r\n{\"aud\":\"inference\"}' |
+	 timeout 20 openssl s_client -quiet -connect 127.0.0.1:$PORT -CAfile '$D/ca.crt' -cert '$D/agents/demo-agent.crt' -key '$D/agents/demo-agent.key' 2>/dev/null >dupcl.out;
+	 cat dupcl.out; grep -q '^HTTP/1.1 400' dupcl.out && grep -qi '^connection: close' dupcl.out &&
+	 grep -q '{\"error\":\"bad_request\",\"detail\":\"Content-Length is given more than once\"}' dupcl.out && ! grep -q token dupcl.out"
 check "those refusals are counted: nhid_requests_total{route=\"other\"} 4xx >= 7, 5xx >= 1" bash -c \
 	"curl_as demo-agent /v1/metrics | awk '/^nhid_requests_total{route=\"other\",code=\"4xx\"}/ {a=\$2} /^nhid_requests_total{route=\"other\",code=\"5xx\"}/ {b=\$2} END {exit !(a >= 7 && b >= 1)}'"
 check "jwks lists the ES256 signing key" bash -c "curl_as demo-agent /v1/jwks | grep -q '\"alg\":\"ES256\"'"

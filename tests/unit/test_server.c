@@ -64,6 +64,7 @@ static void test_good_config_and_defaults(void **state)
 	assert_int_equal(c.body_max_bytes, NHI_SERVER_BODY_DEFAULT_BYTES);
 	assert_int_equal(c.verify_memo_entries, NHI_SERVER_VERIFY_MEMO_DEFAULT);
 	assert_int_equal(c.tls_sessions, NHI_SERVER_TLS_SESSIONS_DEFAULT);
+	assert_int_equal(c.header_max_count, NHI_SERVER_HEADER_COUNT_DEFAULT);
 	assert_string_equal(c.tls_key, "nhid-tls");
 	assert_int_equal(parse_with("verify_memo_entries = 0\n", &c), NHI_OK); /* off: every signature checked */
 	assert_int_equal(c.verify_memo_entries, 0);
@@ -116,6 +117,8 @@ static void test_bad_configs_name_the_key(void **state)
 		{"verify_memo_entries = 4194305\n", "'verify_memo_entries'"},
 		{"verify_memo_entries = -1\n", "'verify_memo_entries'"},
 		{"tls_sessions = 0\n", "'tls_sessions'"},
+		{"header_max_count = 7\n", "'header_max_count' must be a whole number from 8 to 1024"},
+		{"header_max_count = 1025\n", "'header_max_count'"},
 		{"tls_sessions = 200001\n", "'tls_sessions'"},
 		{"token_ttl_max_s = 7200\n", "'token_ttl_max_s'"},
 		{"token_ttl_default_s = 600\ntoken_ttl_max_s = 300\n", "above token_ttl_max_s"},
