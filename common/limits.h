@@ -17,6 +17,7 @@
 /* PKCS#11 */
 #define NHI_HSM_SESSIONS_DEFAULT 4
 #define NHI_HSM_SESSIONS_MAX 64
+#define NHI_HSM_KEY_ID_MAX_BYTES 64 /* a key's CKA_ID (pkcs11-tool --id, nhictl: 16 or 20) */
 #define NHI_HSM_LABEL_MAX_BYTES 64
 #define NHI_HSM_WRAPPED_MAX_BYTES 4096                  /* a wrapped key blob */
 #define NHI_HSM_SIG_SPILL_MAX_BYTES 16384               /* finishing a C_Sign that wanted more than 64 bytes */

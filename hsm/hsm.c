@@ -191,12 +191,17 @@ static CK_RV login(struct nhi_hsm *h, CK_SESSION_HANDLE s)
 	return r == CKR_USER_ALREADY_LOGGED_IN ? CKR_OK : r;
 }
 
-static CK_RV open_session(struct nhi_hsm *h, CK_SESSION_HANDLE *s)
+/* *step (may be NULL): the call that failed, for the message */
+static CK_RV open_session(struct nhi_hsm *h, CK_SESSION_HANDLE *s, const char **step)
 {
 	CK_RV r = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s);
 
+	if (step != NULL)
+		*step = "C_OpenSession";
 	if (r != CKR_OK)
 		return r;
+	if (step != NULL)
+		*step = "C_Login";
 	r = login(h, *s);
 	if (r != CKR_OK) {
 		(void)h->f->C_CloseSession(*s);
@@ -211,6 +216,7 @@ nhi_err nhi_hsm_open(const struct nhi_hsm_config *cfg, struct nhi_hsm **out)
 	struct nhi_hsm *h = NULL;
 	const char *path;
 	CK_SESSION_HANDLE s;
+	const char *step = "C_OpenSession";
 	unsigned want, i;
 	CK_RV r;
 
@@ -232,9 +238,9 @@ nhi_err nhi_hsm_open(const struct nhi_hsm_config *cfg, struct nhi_hsm **out)
 	NHI_CHECK(h->f != NULL, NHI_ERR_CONFIG, "%s", nhi_err_detail());
 	NHI_TRY(find_slot(h->f, cfg->token, &h->slot, h->desc, sizeof(h->desc)));
 	for (i = 0; i < want; i++) {
-		r = open_session(h, &s);
+		r = open_session(h, &s, &step);
 		if (r != CKR_OK) {
-			rv = nhi_hsm_fail(r, i == 0 ? "C_Login" : "C_OpenSession");
+			rv = nhi_hsm_fail(r, step);
 			nhi_err_wrap(rv, "%s", h->desc);
 			goto out;
 		}
@@ -323,7 +329,7 @@ static nhi_err acquire(struct nhi_hsm *h, CK_SESSION_HANDLE *s)
 		/* a session was lost earlier: refill the pool now */
 		h->n_sessions++;
 		pthread_mutex_unlock(&h->mu);
-		r = open_session(h, s);
+		r = open_session(h, s, NULL);
 		if (r == CKR_OK)
 			return NHI_OK;
 		pthread_mutex_lock(&h->mu);
@@ -424,7 +430,7 @@ nhi_err nhi_hsm_run(struct nhi_hsm *h, const char *what, const struct nhi_hsm_ke
 		 * one new login, handles looked up again, one more try */
 		atomic_fetch_add(&h->recoveries, 1);
 		(void)h->f->C_CloseSession(s);
-		r = open_session(h, &s);
+		r = open_session(h, &s, NULL);
 		if (r == CKR_OK)
 			r = refresh_handles(h, s, (struct nhi_hsm_key *)key);
 		if (r == CKR_OK)
@@ -606,6 +612,10 @@ static bool ec_params_ok(enum nhi_key_kind kind, const uint8_t *p, CK_ULONG len)
 	       (len == sizeof(ed25519_name) && memcmp(p, ed25519_name, len) == 0);
 }
 
+#define KEY_ID_TEXT_(n) #n
+#define KEY_ID_TEXT(n) KEY_ID_TEXT_(n)
+#define KEY_ID_MAX_TEXT KEY_ID_TEXT(NHI_HSM_KEY_ID_MAX_BYTES)
+
 static CK_RV op_find(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 {
 	struct find_ctx *c = vctx;
@@ -629,6 +639,10 @@ static CK_RV op_find(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	if (r != CKR_OK || o == CK_INVALID_HANDLE)
 		return r;
 	r = h->f->C_GetAttributeValue(s, o, a, 2);
+	if (r == CKR_BUFFER_TOO_SMALL) { /* the key type always fits: it is the CKA_ID */
+		c->refused = "its CKA_ID is longer than " KEY_ID_MAX_TEXT " bytes: give the key a shorter one";
+		return CKR_GENERAL_ERROR;
+	}
 	if (r != CKR_OK)
 		return r;
 	k->id_len = a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[1].ulValueLen;
@@ -695,13 +709,13 @@ nhi_err nhi_hsm_key_cache(struct nhi_hsm *h, struct nhi_hsm_key *key, bool *cach
 		return (*cached = true, NHI_OK);
 	pthread_mutex_lock(&h->mu);
 	if (h->keeper == CK_INVALID_HANDLE)
-		r = open_session(h, &h->keeper);
+		r = open_session(h, &h->keeper, NULL);
 	if (r == CKR_OK)
 		r = h->f->C_CopyObject(h->keeper, atomic_load(&key->priv), t, 2, &copy);
 	if (recoverable(r)) { /* the keeper died with a token reset: one new one */
 		(void)h->f->C_CloseSession(h->keeper);
 		h->keeper = CK_INVALID_HANDLE;
-		r = open_session(h, &h->keeper);
+		r = open_session(h, &h->keeper, NULL);
 		if (r == CKR_OK)
 			r = h->f->C_CopyObject(h->keeper, atomic_load(&key->priv), t, 2, &copy);
 	}

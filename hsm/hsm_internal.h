@@ -33,7 +33,7 @@ struct nhi_hsm {
 struct nhi_hsm_key {
 	enum nhi_key_kind kind;
 	char label[NHI_HSM_LABEL_MAX_BYTES + 1];
-	uint8_t id[32];
+	uint8_t id[NHI_HSM_KEY_ID_MAX_BYTES]; /* CKA_ID; a longer one is refused by name */
 	size_t id_len;
 	bool session_object; /* lives only as long as the pool; cannot be re-found */
 	/* handles are refreshed after a recovery, possibly by another thread */

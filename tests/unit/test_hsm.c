@@ -366,6 +366,42 @@ static void test_find_public_key_of_the_pair(void **state)
 	nhi_hsm_free(h);
 }
 
+/* a CKA_ID up to NHI_HSM_KEY_ID_MAX_BYTES is used (the pair found by it); a longer one is refused by name */
+static void test_find_long_key_id(void **state)
+{
+	struct nhi_hsm *h = open_ok();
+	struct nhi_hsm_key *k = key_for(h, NHI_KEY_EC_P256, "t-longid"), *k2 = NULL;
+	CK_FUNCTION_LIST *f;
+	CK_SESSION_HANDLE s = raw_session(h, &f);
+	uint8_t id[NHI_HSM_KEY_ID_MAX_BYTES + 1];
+	CK_ATTRIBUTE at = {CKA_ID, id, 48};
+	EVP_PKEY *pub = NULL;
+	uint8_t sig[64];
+	size_t n;
+
+	(void)state;
+	memset(id, 0x5a, sizeof(id));
+	/* 48 bytes, on both halves of the pair: found, signs, its own public key verifies */
+	assert_int_equal(f->C_SetAttributeValue(s, atomic_load(&k->priv), &at, 1), CKR_OK);
+	assert_int_equal(f->C_SetAttributeValue(s, atomic_load(&k->pub), &at, 1), CKR_OK);
+	assert_int_equal(nhi_hsm_find(h, "t-longid", &k2), NHI_OK);
+	assert_int_equal(nhi_hsm_sign(h, k2, (const uint8_t *)"m", 1, sig, &n), NHI_OK);
+	assert_int_equal(nhi_hsm_pubkey(h, k2, &pub), NHI_OK);
+	assert_int_equal(nhi_pkey_es256_verify(pub, (const uint8_t *)"m", 1, sig), NHI_OK);
+	EVP_PKEY_free(pub);
+	nhi_hsm_key_free(k2);
+	k2 = NULL;
+	/* one byte over the limit: refused, naming CKA_ID and the limit */
+	at.ulValueLen = sizeof(id);
+	assert_int_equal(f->C_SetAttributeValue(s, atomic_load(&k->priv), &at, 1), CKR_OK);
+	assert_int_equal(nhi_hsm_find(h, "t-longid", &k2), NHI_ERR_CONFIG);
+	assert_non_null(strstr(nhi_err_detail(), "its CKA_ID is longer than 64 bytes"));
+	assert_null(k2);
+	(void)f->C_CloseSession(s);
+	nhi_hsm_key_free(k);
+	nhi_hsm_free(h);
+}
+
 static void test_wrap_unwrap_gcm(void **state)
 {
 	struct nhi_hsm *h = open_ok();
@@ -859,6 +895,7 @@ int main(void)
 		cmocka_unit_test(test_find_refuses_other_curve),
 		cmocka_unit_test(test_sign_buffer_too_small_keeps_session),
 		cmocka_unit_test(test_find_public_key_of_the_pair),
+		cmocka_unit_test(test_find_long_key_id),
 		cmocka_unit_test(test_wrap_unwrap_gcm),
 		cmocka_unit_test(test_unwrap_ec_into_token),
 		cmocka_unit_test(test_recovery_after_sessions_closed), cmocka_unit_test(test_key_cache),
