@@ -688,6 +688,18 @@ static void drop(const char *name, const struct nhi_buf *doc, char *path, size_t
 	write_file(path, doc);
 }
 
+/* a package (valid NOW to NOW + DAY) signed by two of the keys, dropped as ID.json */
+static void drop_signed(struct nhi_buf *doc, enum nhi_update_kind kind, uint64_t version, const char *id,
+			const char *body, char *path, size_t n)
+{
+	char name[128];
+
+	make_pkg(doc, kind, version, id, body, NOW, NOW + DAY);
+	signed2(doc);
+	snprintf(name, sizeof(name), "%s.json", id);
+	drop(name, doc, path, n);
+}
+
 static void test_apply_commits_and_refuses(void **state)
 {
 	struct nhi_bundle *b;
@@ -699,9 +711,7 @@ static void test_apply_commits_and_refuses(void **state)
 
 	(void)state;
 	b = apply_cfg(&cfg, NOW);
-	make_pkg(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("rev-3.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
 	assert_true(res.applied);
 	assert_true(exists("applied/rev-3.json"));
@@ -723,9 +733,7 @@ static void test_apply_commits_and_refuses(void **state)
 	nhi_buf_free(&doc);
 
 	/* a different package with the same version: replayed, to rejected/ with its reason */
-	make_pkg(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3b", "revoke all", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("rev-3b.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3b", "revoke all", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_ERR_ROLLBACK);
 	assert_false(res.applied);
 	assert_int_equal(res.why, NHI_UPDATE_E_REPLAYED);
@@ -736,9 +744,7 @@ static void test_apply_commits_and_refuses(void **state)
 	assert_non_null(strstr((const char *)body.data, "rejected: replayed"));
 	nhi_buf_free(&doc);
 	/* older */
-	make_pkg(&doc, NHI_UPDATE_REVOCATION, 2, "rev-2", "revoke", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("rev-2.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_REVOCATION, 2, "rev-2", "revoke", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_ERR_ROLLBACK);
 	assert_int_equal(res.why, NHI_UPDATE_E_ROLLBACK);
 	nhi_buf_free(&doc);
@@ -790,9 +796,7 @@ static void test_apply_unrecorded_until_marked(void **state)
 
 	(void)state;
 	b = apply_cfg(&cfg, NOW);
-	make_pkg(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("rev-3.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_REVOCATION, 3, "rev-3", "revoke agent-9", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
 	memcpy(rev_sha, res.info.package_sha256, 32);
 	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
@@ -823,9 +827,7 @@ static void test_apply_unrecorded_until_marked(void **state)
 	assert_false(state_has("recorded"));
 	nhi_buf_free(&doc);
 	/* the next commit marks its own kind only */
-	make_pkg(&doc, NHI_UPDATE_MODEL_MANIFEST, 1, "mm-1", "manifest", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("mm-1.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_MODEL_MANIFEST, 1, "mm-1", "manifest", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_OK);
 	assert_int_equal(nhi_update_state_load(g.dir, &st), NHI_OK);
 	assert_true(st.unrecorded[NHI_UPDATE_MODEL_MANIFEST]);
@@ -868,9 +870,7 @@ static void test_apply_prepare_hook_and_kind_filter(void **state)
 	(void)state;
 	b = apply_cfg(&cfg, NOW);
 	cfg.prepare = refuse_prepare;
-	make_pkg(&doc, NHI_UPDATE_CERT_ROTATION, 1, "tls-1", "chain", NOW, NOW + DAY);
-	signed2(&doc);
-	drop("tls-1.json", &doc, path, sizeof(path));
+	drop_signed(&doc, NHI_UPDATE_CERT_ROTATION, 1, "tls-1", "chain", path, sizeof(path));
 	assert_int_equal(nhi_update_apply_file(&cfg, path, &res), NHI_ERR_VERIFY);
 	assert_int_equal(res.why, NHI_UPDATE_E_PREPARE);
 	assert_non_null(strstr(res.detail, "does not chain"));
