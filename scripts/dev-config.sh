@@ -35,6 +35,7 @@ audit_checkpoint_s  = 10
 max_connections     = 1024
 body_max_bytes      = 16384
 header_max_bytes    = 8192
+header_max_count    = 64
 idle_timeout_s      = 30
 requests_per_connection = 10000
 CONF
