@@ -91,6 +91,17 @@ static CK_RV op_verify(struct nhi_hsm *h, CK_SESSION_HANDLE s, void *vctx)
 	return h->f->C_Verify(s, (CK_BYTE_PTR)c->in, c->in_len, c->sig, c->sig_len);
 }
 
+/* op_sign through the pool; a signature longer than 64 bytes is named with its size */
+static nhi_err run_sign(struct nhi_hsm *h, const char *what, const char *alg, struct sign_ctx *c)
+{
+	nhi_err rv = nhi_hsm_run(h, what, c->k, op_sign, c);
+
+	if (rv != NHI_OK && c->too_small)
+		nhi_err_wrap(rv, "key '%s' makes %lu-byte signatures, not the 64 of %s", c->k->label,
+			     (unsigned long)c->sig_len, alg);
+	return rv;
+}
+
 nhi_err nhi_hsm_sign_digest(struct nhi_hsm *h, const struct nhi_hsm_key *key, const uint8_t digest[32],
 			    uint8_t sig[64])
 {
@@ -98,12 +109,7 @@ nhi_err nhi_hsm_sign_digest(struct nhi_hsm *h, const struct nhi_hsm_key *key, co
 	struct sign_ctx c = {key, CKM_ECDSA, digest, 32, sig, 0};
 
 	NHI_CHECK(key->kind == NHI_KEY_EC_P256, NHI_ERR_ARG, "key '%s' is not an EC P-256 key", key->label);
-	rv = nhi_hsm_run(h, "C_Sign(CKM_ECDSA)", key, op_sign, &c);
-	if (rv != NHI_OK && c.too_small)
-		nhi_err_wrap(rv, "key '%s' makes %lu-byte signatures, not the 64 of P-256", key->label,
-			     (unsigned long)c.sig_len);
-	if (rv != NHI_OK)
-		goto out;
+	NHI_TRY(run_sign(h, "C_Sign(CKM_ECDSA)", "P-256", &c));
 	NHI_CHECK(c.sig_len == 64, NHI_ERR_HSM, "token returned a %lu-byte ECDSA signature, expected 64",
 		  (unsigned long)c.sig_len);
 	atomic_fetch_add(&h->signs, 1);
@@ -126,12 +132,7 @@ nhi_err nhi_hsm_sign(struct nhi_hsm *h, const struct nhi_hsm_key *key, const uin
 		*sig_len = 64;
 	} else {
 		NHI_CHECK(key->kind == NHI_KEY_ED25519, NHI_ERR_ARG, "key '%s' cannot sign", key->label);
-		rv = nhi_hsm_run(h, "C_Sign(CKM_EDDSA)", key, op_sign, &c);
-		if (rv != NHI_OK && c.too_small)
-			nhi_err_wrap(rv, "key '%s' makes %lu-byte signatures, not the 64 of Ed25519", key->label,
-				     (unsigned long)c.sig_len);
-		if (rv != NHI_OK)
-			goto out;
+		NHI_TRY(run_sign(h, "C_Sign(CKM_EDDSA)", "Ed25519", &c));
 		*sig_len = c.sig_len;
 		atomic_fetch_add(&h->signs, 1);
 	}
