@@ -98,7 +98,9 @@ static bool cert_current(struct check *c, const char *what, const char *path, X5
 
 /*
  * The TLS identity nhid serves: a committed cert-rotation's key and chain, else
- * cert_file and tls_key (nhi_server_tls_in_force). `where` names it in messages.
+ * cert_file and tls_key (nhi_server_tls_in_force). `where` names it in messages. Read
+ * once for the keys and the certificates steps; `error` says why the committed
+ * rotation could not be read ("" when it could, or there is none).
  */
 struct tls_in_force {
 	char label[65];
@@ -106,20 +108,21 @@ struct tls_in_force {
 	char where[160];
 	struct nhi_buf chain;
 	unsigned long long version;
+	char error[NHI_ERR_DETAIL_MAX];
 };
 
-static nhi_err tls_in_force(const struct nhi_server_config *cfg, struct tls_in_force *t)
+static void tls_in_force(const struct nhi_server_config *cfg, struct tls_in_force *t)
 {
-	nhi_err rv;
-
 	memset(t, 0, sizeof(*t));
-	rv = nhi_server_tls_in_force(cfg->state_dir, t->label, &t->chain, &t->version);
+	if (nhi_server_tls_in_force(cfg->state_dir, t->label, &t->chain, &t->version) != NHI_OK) {
+		snprintf(t->error, sizeof(t->error), "%s", nhi_err_detail());
+		nhi_err_clear();
+	}
 	t->key = t->version > 0 ? t->label : cfg->tls_key;
 	if (t->version > 0)
 		snprintf(t->where, sizeof(t->where), "the rotated certificate chain (cert-rotation version %llu)", t->version);
 	else
 		snprintf(t->where, sizeof(t->where), "%s", cfg->cert_file);
-	return rv;
 }
 
 /* the chain nhid serves, as it reads it: leaf and intermediates (nhi_tls_chain_parse) */
@@ -141,31 +144,31 @@ out:
 	return rv;
 }
 
-static void check_certs(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h)
+static void check_certs(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h,
+			struct tls_in_force *t)
 {
 	X509 *ca = NULL, *leaf = NULL;
 	STACK_OF(X509) *rest = NULL;
 	struct nhi_hsm_key *k = NULL;
 	EVP_PKEY *tok = NULL;
-	struct tls_in_force t;
-	const char *where = t.where;
+	const char *where = t->where;
 
 	step_begin(c, "trust material: CA and server certificates");
-	if (tls_in_force(cfg, &t) != NHI_OK) {
-		step_fail(c, "%s", nhi_err_detail());
+	if (t->error[0] != '\0') {
+		step_fail(c, "%s", t->error);
 		goto out;
 	}
 	if (read_cert(cfg->ca_file, &ca) != NHI_OK) {
 		step_fail(c, "ca_file: %s", nhi_err_detail());
 		goto out;
 	}
-	if (tls_chain_in_force(cfg, &t, &leaf, &rest) != NHI_OK) {
+	if (tls_chain_in_force(cfg, t, &leaf, &rest) != NHI_OK) {
 		step_fail(c, "%s", nhi_err_detail());
 		goto out;
 	}
-	if (t.version > 0)
-		printf("      serving the committed cert-rotation (version %llu, key '%s'), not cert_file\n", t.version,
-		       t.key);
+	if (t->version > 0)
+		printf("      serving the committed cert-rotation (version %llu, key '%s'), not cert_file\n", t->version,
+		       t->key);
 	if (!cert_current(c, "CA certificate", cfg->ca_file, ca) || !cert_current(c, "server certificate", where, leaf))
 		goto out;
 	if (nhi_server_chain_verify(cfg->ca_file, "server certificate", leaf, rest) != NHI_OK) {
@@ -176,21 +179,20 @@ static void check_certs(struct check *c, const struct nhi_server_config *cfg, st
 	printf("      server certificate chains to the CA (%d intermediate certificate%s served)\n", sk_X509_num(rest),
 	       sk_X509_num(rest) == 1 ? "" : "s");
 	if (h == NULL) {
-		printf("      (token not open: the certificate's key is not compared with '%s')\n", t.key);
+		printf("      (token not open: the certificate's key is not compared with '%s')\n", t->key);
 		goto out;
 	}
-	if (nhi_hsm_find(h, t.key, &k) != NHI_OK || nhi_hsm_pubkey(h, k, &tok) != NHI_OK) {
-		step_fail(c, "TLS key '%s': %s", t.key, nhi_err_detail());
+	if (nhi_hsm_find(h, t->key, &k) != NHI_OK || nhi_hsm_pubkey(h, k, &tok) != NHI_OK) {
+		step_fail(c, "TLS key '%s': %s", t->key, nhi_err_detail());
 		goto out;
 	}
 	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), tok) != 1) {
-		step_fail(c, "server certificate %s is not for key '%s' in the token: %s", where, t.key,
-			  t.version > 0 ? "apply a new cert-rotation" : "point cert_file at that key's certificate");
+		step_fail(c, "server certificate %s is not for key '%s' in the token: %s", where, t->key,
+			  t->version > 0 ? "apply a new cert-rotation" : "point cert_file at that key's certificate");
 		goto out;
 	}
-	printf("      server certificate is for token key '%s'\n", t.key);
+	printf("      server certificate is for token key '%s'\n", t->key);
 out:
-	nhi_buf_free(&t.chain);
 	EVP_PKEY_free(tok);
 	nhi_hsm_key_free(k);
 	sk_X509_pop_free(rest, X509_free);
@@ -256,12 +258,12 @@ static void check_key(struct check *c, struct nhi_hsm *h, CK_SESSION_HANDLE s, c
 	nhi_hsm_key_free(k);
 }
 
-static void check_keys(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h, const char *wrap_key)
+static void check_keys(struct check *c, const struct nhi_server_config *cfg, struct nhi_hsm *h, const char *wrap_key,
+		       const struct tls_in_force *t)
 {
 	CK_SLOT_ID slot;
 	CK_FUNCTION_LIST *f;
 	CK_SESSION_HANDLE s;
-	struct tls_in_force t;
 	struct nhi_token_keys tk;
 	unsigned long long tk_version = 0;
 	size_t i;
@@ -278,10 +280,7 @@ static void check_keys(struct check *c, const struct nhi_server_config *cfg, str
 		return;
 	}
 	/* the key nhid serves with: a committed rotation's (its errors are the certificate step's) */
-	if (tls_in_force(cfg, &t) != NHI_OK)
-		nhi_err_clear();
-	check_key(c, h, s, t.version > 0 ? "TLS (rotated)" : "TLS", t.key);
-	nhi_buf_free(&t.chain);
+	check_key(c, h, s, t->version > 0 ? "TLS (rotated)" : "TLS", t->key);
 	/* the token keys nhid signs and verifies with: a committed token-keys package's, else config's */
 	if (nhi_server_token_keys_in_force(cfg, &tk, &tk_version) != NHI_OK) {
 		step_fail(c, "%s: the token keys nhid would use are unknown; restore the applied body or apply a new "
@@ -467,6 +466,7 @@ static int cmd_check(int argc, char **argv)
 	struct nhi_server_config cfg;
 	struct nhi_hsm_config hc = {0};
 	struct nhi_hsm *h = NULL;
+	struct tls_in_force tif;
 	struct check c = {0};
 	uint8_t digest[32];
 	nhi_err e;
@@ -525,8 +525,10 @@ static int cmd_check(int argc, char **argv)
 		return nhictl_fail("airgap", "no-egress filter", e);
 	}
 	if (cfg_ok) {
-		check_keys(&c, &cfg, h, wrap_key);
-		check_certs(&c, &cfg, h);
+		tls_in_force(&cfg, &tif);
+		check_keys(&c, &cfg, h, wrap_key, &tif);
+		check_certs(&c, &cfg, h, &tif);
+		nhi_buf_free(&tif.chain);
 		check_bundle(&c, &cfg);
 	} else {
 		step_begin(&c, "expected keys");
