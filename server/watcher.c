@@ -1356,6 +1356,15 @@ out:
 	return rv;
 }
 
+static nhi_err state_load(const char *state_dir, struct nhi_update_state *st)
+{
+	nhi_err rv = nhi_update_state_load(state_dir, st);
+
+	if (rv != NHI_OK)
+		nhi_err_wrap(rv, "update state in %s", state_dir);
+	return rv;
+}
+
 nhi_err nhi_watcher_recover(struct nhi_server *s)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -1366,11 +1375,7 @@ nhi_err nhi_watcher_recover(struct nhi_server *s)
 	json_t *f;
 	unsigned k;
 
-	rv = nhi_update_state_load(s->cfg.state_dir, &st);
-	if (rv != NHI_OK) {
-		nhi_err_wrap(rv, "update state in %s", s->cfg.state_dir);
-		goto out;
-	}
+	NHI_TRY(state_load(s->cfg.state_dir, &st));
 	for (k = 0; k < NHI_UPDATE_KIND__COUNT; k++) {
 		const char *name = nhi_update_kind_name((enum nhi_update_kind)k);
 
@@ -1439,15 +1444,6 @@ static nhi_err tls_in_force(const char *state_dir, const struct nhi_update_state
 out:
 	rotation_free(&r);
 	nhi_buf_free(&body);
-	return rv;
-}
-
-static nhi_err state_load(const char *state_dir, struct nhi_update_state *st)
-{
-	nhi_err rv = nhi_update_state_load(state_dir, st);
-
-	if (rv != NHI_OK)
-		nhi_err_wrap(rv, "update state in %s", state_dir);
 	return rv;
 }
 
