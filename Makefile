@@ -21,6 +21,8 @@ TEST_CFLAGS := $(BASE_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=address,und
 LDFLAGS_REL := -pie -Wl,-z,relro,-z,now
 LDFLAGS_TEST := -fsanitize=address,undefined
 LIBS    := $(PKG_LIBS) -lseccomp -lpthread -lm
+# check/run/bench build with one compiler per core (JOBS=1 for a serial build)
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
 # sources: every module's .c files form libnhi; programs add their mains
 LIB_SRCS    := $(wildcard common/*.c hsm/*.c identity/*.c tokens/*.c) \
@@ -113,16 +115,16 @@ deps-bench: ; @scripts/deps.sh bench
 
 test-build: $(PROGS_TEST) $(UNIT_BINS) $(FUZZ_BINS) $(PROGS_REL)
 check: deps-check
-	@$(MAKE) --no-print-directory test-build
+	@$(MAKE) --no-print-directory -j$(JOBS) test-build
 	@TST_DIR=$(TST) REL_DIR=$(REL) tests/run.sh
 
 run: deps-run
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@scripts/dev-deploy.sh
 	@scripts/dev-run.sh
 
 bench: deps-bench
-	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@$(MAKE) --no-print-directory -j$(JOBS) all $(BENCH_BINS)
 	@bench/run.sh
 
 clean:
