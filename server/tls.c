@@ -288,19 +288,48 @@ static void info_cb(const SSL *ssl, int where, int ret)
  * set back before notBefore after the session was made is left to routes.c caller(),
  * which checks the validity on every request.
  */
-static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+/* how long a session may be resumed: its timeout, capped at the last second its client
+ * certificate verifies in; -1 for one made outside the certificate's validity */
+static long long session_life(SSL_SESSION *sess)
 {
 	X509 *peer = SSL_SESSION_get0_peer(sess);
-	long long made = SSL_SESSION_get_time(sess), not_before, not_after;
+	long long made = SSL_SESSION_get_time(sess), life = SSL_SESSION_get_timeout(sess), not_before, not_after;
 
 	if (peer == NULL || !cert_time(X509_get0_notBefore(peer), &not_before) ||
-	    !cert_time(X509_get0_notAfter(peer), &not_after) || made < not_before || made >= not_after) {
-		(void)SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), sess);
-	} else if (not_after - 1 - made < SSL_SESSION_get_timeout(sess) &&
-		   SSL_SESSION_set_timeout(sess, (long)(not_after - 1 - made)) != 1) {
+	    !cert_time(X509_get0_notAfter(peer), &not_after) || made < not_before || made >= not_after)
+		life = -1;
+	else if (not_after - 1 - made < life)
+		life = not_after - 1 - made;
+	return life;
+}
+
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	long long life = session_life(sess);
+
+	if (life < 0 || (life < SSL_SESSION_get_timeout(sess) && SSL_SESSION_set_timeout(sess, (long)life) != 1))
 		(void)SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), sess); /* not kept if it cannot be bounded */
-	}
 	return 0; /* OpenSSL keeps its reference; this keeps none */
+}
+
+/*
+ * TLS 1.3: the NewSessionTicket's lifetime hint is the session's timeout when the ticket
+ * is built, which is before new_session_cb (OpenSSL caches the session after sending the
+ * ticket). The timeout is capped here too, so a client is not told to keep a ticket past
+ * its certificate's notAfter (it would offer it, miss, and make a full handshake that
+ * fails). The session is not in the cache yet, so SSL_SESSION_set_timeout takes no lock.
+ * Never fails the handshake: a session that cannot be bounded is dropped by
+ * new_session_cb.
+ */
+static int ticket_gen_cb(SSL *ssl, void *arg)
+{
+	SSL_SESSION *sess = SSL_get_session(ssl);
+	long long life = sess != NULL ? session_life(sess) : -1;
+
+	(void)arg;
+	if (life >= 0 && life < SSL_SESSION_get_timeout(sess))
+		(void)SSL_SESSION_set_timeout(sess, (long)life);
+	return 1;
 }
 
 /* connections over the limit are refused at the ClientHello, before any crypto */
@@ -414,6 +443,8 @@ nhi_err nhi_tls_ctx_new(struct nhi_server *s, const uint8_t *chain_pem, size_t l
 	SSL_CTX_sess_set_cache_size(ctx, s->cfg.tls_sessions); /* >= 1: OpenSSL reads 0 as unbounded */
 	SSL_CTX_set_timeout(ctx, 3600);
 	SSL_CTX_sess_set_new_cb(ctx, new_session_cb); /* and never past the client certificate's notAfter */
+	NHI_CHECK_SSL(SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, NULL, NULL) == 1, NHI_ERR_CRYPTO,
+		      "TLS 1.3 ticket callback"); /* nor is a ticket's lifetime hint */
 	SSL_CTX_set_info_callback(ctx, info_cb);
 	SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
 	*out = ctx;

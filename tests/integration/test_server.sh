@@ -250,10 +250,19 @@ backup_as 8 short.jsonl || not_ok "the backup with short-agent was not loaded"
 SHORT_ENDS=$(date -u -d "$(openssl x509 -enddate -noout -in "$D/agents/short-agent.crt" | cut -d= -f2)" +%s)
 past_short() { local w=$((SHORT_ENDS - $(date -u +%s) + 2)); [ "$w" -le 0 ] || sleep "$w"; }
 export -f past_short; export SHORT_ENDS
+SESS_T0=$(date -u +%s)
 for v in 1_3 1_2; do
 	openssl s_client -tls$v -ign_eof -sess_out short$v.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
 		-cert "$D/agents/short-agent.crt" -key "$D/agents/short-agent.key" <health.req >short$v.out 2>/dev/null
 done
+# TLS 1.3: the ticket's lifetime hint tells the client how long to keep it; it ends by the
+# certificate's notAfter, as the session in nhid's cache does (a long-lived certificate's
+# ticket carries the whole session timeout, 3600 s)
+hint_of() { openssl sess_id -in "$1" -noout -text 2>/dev/null | awk '/lifetime hint:/ {print $(NF-1)}'; }
+export -f hint_of
+check "TLS 1.3: demo-agent's ticket lifetime hint is the session timeout (3600 s)" test "$(hint_of s13.pem)" = 3600
+check "TLS 1.3: short-agent's ticket lifetime hint ends by its certificate's notAfter (made from $SESS_T0, notAfter $SHORT_ENDS)" \
+	bash -c "h=\$(hint_of short1_3.sess); echo \"hint \$h\"; [ -n \"\$h\" ] && [ \"\$h\" -lt $((SHORT_ENDS - SESS_T0)) ]"
 # offer a saved session again, with the certificate and key for a full handshake if nhid wants one
 resume_short() { # 1_3|1_2 request out
 	timeout 20 openssl s_client -tls$1 -ign_eof -sess_in short$1.sess -connect "127.0.0.1:$PORT" -CAfile "$D/ca.crt" \
