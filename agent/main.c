@@ -94,23 +94,44 @@ out:
 	return rv;
 }
 
-/* A token from stdin: one line, surrounding whitespace dropped. */
-static int read_token_stdin(char *buf, size_t size)
+/*
+ * A token from stdin: one line, surrounding whitespace dropped. Returns NULL, or why there
+ * is no token: nothing read, more than fits, or more than one token-like word (a second
+ * line, a space inside), which a JWS never holds.
+ */
+_Static_assert(NHI_AGENT_TOKEN_MAX_BYTES == 8192, "the stdin message names 8190 bytes");
+static const char *read_token_stdin(char *buf, size_t size)
 {
-	size_t n = fread(buf, 1, size - 1, stdin), start = 0;
-	int rv = -1;
+	size_t n = fread(buf, 1, size - 1, stdin), start = 0, i;
+	const char *why = NULL;
 
-	if (ferror(stdin) || n == size - 1)
+	if (ferror(stdin)) {
+		why = "stdin could not be read";
 		goto out;
+	}
+	if (n == size - 1) {
+		why = "the token on stdin is longer than 8190 bytes"; /* NHI_AGENT_TOKEN_MAX_BYTES - 2 */
+		goto out;
+	}
 	buf[n] = '\0';
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
 		buf[--n] = '\0';
-	while (start < n && (buf[start] == ' ' || buf[start] == '\t' || buf[start] == '\n'))
+	while (start < n && (buf[start] == ' ' || buf[start] == '\t' || buf[start] == '\n' || buf[start] == '\r'))
 		start++;
 	memmove(buf, buf + start, n - start + 1);
-	rv = buf[0] != '\0' ? 0 : -1;
+	n -= start;
+	if (n == 0) {
+		why = "no token on stdin";
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		if ((unsigned char)buf[i] <= ' ' || buf[i] == 0x7f) {
+			why = "stdin holds more than one token: give the token alone, on one line";
+			goto out;
+		}
+	}
 out:
-	return rv;
+	return why;
 }
 
 static void fail_msg(nhi_agent_err e)
@@ -222,8 +243,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (strcmp(cmd, "resolve") == 0 && strcmp(arg, "-") == 0) {
-		if (read_token_stdin(token, NHI_AGENT_TOKEN_MAX_BYTES) != 0) {
-			fprintf(stderr, "nhi-agent: no token on stdin (or over %d bytes)\n", NHI_AGENT_TOKEN_MAX_BYTES - 1);
+		const char *why = read_token_stdin(token, NHI_AGENT_TOKEN_MAX_BYTES);
+
+		if (why != NULL) {
+			fprintf(stderr, "nhi-agent: %s\n", why);
 			goto out;
 		}
 		arg = token;

@@ -169,6 +169,17 @@ expect 0 "resolve TOKEN prints the agent and claims" - "$AGENT" "${A_API[@]}" re
 check "resolve output is the JSON answer" grep -qF '"agent":{"id":"demo","status":"active"}' run.out
 run "$AGENT" "${A_API[@]}" resolve - <<<"$TOKEN"
 check "resolve - reads the token from stdin" grep -qF '"claims":{"sub":"demo"' run.out
+# stdin that is not one token: refused by the agent, naming why, before any request
+N_API=$(wc -l <api.log)
+printf '%s\nsecond line\n' "$TOKEN" >two.in; printf ' \n\t\n' >blank.in
+head -c 9000 /dev/zero | tr '\0' a >long.in
+expect 1 "resolve - with a second line on stdin is refused" "stdin holds more than one token" \
+	"$AGENT" "${A_API[@]}" resolve - <two.in
+expect 1 "resolve - with only whitespace on stdin is refused" "no token on stdin" \
+	"$AGENT" "${A_API[@]}" resolve - <blank.in
+expect 1 "resolve - with 9000 bytes on stdin is refused" "longer than 8190 bytes" \
+	"$AGENT" "${A_API[@]}" resolve - <long.in
+check "... and none of the three sent a request" test "$(wc -l <api.log)" = "$N_API"
 BAD=${TOKEN%.*}.AAAA
 expect 1 "an invalid token is refused with the server's reason" "HTTP 401 invalid_token: signature does not verify" \
 	"$AGENT" "${A_API[@]}" resolve "$BAD"
