@@ -692,9 +692,10 @@ nhi_err nhi_server_new(const struct nhi_server_config *cfg, const uint8_t config
 	NHI_TRY(nhi_watcher_recover(s));
 	NHI_TRY(nhi_store_new(&s->store));
 	NHI_TRY(load_backup(s, "startup", true));
-	NHI_TRY(nhi_signing_load(s));
 	/* trust bundle, revocations and a rotated TLS identity committed in state_dir */
 	NHI_TRY(nhi_watcher_load(s));
+	/* after the keys in force are known: a signing key must be none of them */
+	NHI_TRY(nhi_signing_load(s));
 	rv = nhi_hsm_find(s->hsm, s->tls_label, &s->tls_key);
 	if (rv != NHI_OK) {
 		nhi_err_wrap(rv, "TLS key '%s'%s", s->tls_label,

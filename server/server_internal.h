@@ -179,7 +179,8 @@ struct nhi_sign_key {
 	EVP_PKEY *pub;
 	char kid[44]; /* RFC 7638 thumbprint */
 };
-/* Find every signing_keys key in the token (startup; a missing one names the fix). */
+/* Find every signing_keys key in the token (startup, after nhi_watcher_load: a key that is
+ * the TLS or a token key in force is refused; a missing one names the fix). */
 nhi_err nhi_signing_load(struct nhi_server *s) NHI_MUST_CHECK;
 void nhi_signing_free(struct nhi_server *s);
 /* The key of a purpose, or NULL. */

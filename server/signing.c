@@ -31,6 +31,33 @@ out:
 	return rv;
 }
 
+/*
+ * The config check (sign_keys_distinct) knows the labels of the config; a committed
+ * cert-rotation or token-keys package puts other labels in force, which the TLS
+ * handshake or token issuance then sign with. A signing-service key must be none of
+ * them either. Needs nhi_watcher_load to have set s->tls_label and s->token_keys.
+ */
+static nhi_err not_in_force(const struct nhi_server *s, const struct nhi_sign_key_cfg *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	size_t i;
+
+	NHI_CHECK(strcmp(c->label, s->tls_label) != 0, NHI_ERR_CONFIG,
+		  "config key 'signing_keys': purpose %s names key '%s', which is the TLS key in force (of the committed "
+		  "cert-rotation package), one of nhid's own keys: give the signing service its own key "
+		  "(`nhictl key create --label ...`)",
+		  c->purpose, c->label);
+	for (i = 0; i < s->token_keys.n; i++)
+		NHI_CHECK(strcmp(c->label, s->token_keys.labels[i]) != 0, NHI_ERR_CONFIG,
+			  "config key 'signing_keys': purpose %s names key '%s', which is a token key in force (of the "
+			  "committed token-keys package, or config token_keys), one of nhid's own keys: give the signing "
+			  "service its own key (`nhictl key create --label ...`)",
+			  c->purpose, c->label);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 nhi_err nhi_signing_load(struct nhi_server *s)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -44,6 +71,7 @@ nhi_err nhi_signing_load(struct nhi_server *s)
 		struct nhi_sign_key *k = &s->sign_keys[i];
 		k->cfg = &s->cfg.sign_keys[i];
 		s->n_sign_keys = i + 1;
+		NHI_TRY(not_in_force(s, k->cfg));
 		rv = nhi_hsm_find(s->hsm, k->cfg->label, &k->key);
 		if (rv != NHI_OK) {
 			nhi_err_wrap(rv, "signing key '%s' (purpose %s): create it in the token with `nhictl key create "

@@ -203,5 +203,11 @@ check "... then in service: demo-agent gets a token again" curl_as demo-agent /v
 check "... and update-state.json says it is recorded" bash -c "! grep -q recorded '$D/state/update-state.json'"
 stop_nhid
 check "nhid stopped cleanly after the recovery (no sanitizer report)" test "$NHID_RC" -eq 0
+
+# --- a signing_keys purpose naming the TLS key in force (the committed rotation's, not config tls_key) ---
+cp "$D/nhid-up.conf" sign-tls.conf
+echo "signing_keys = export:nhid-tls-2:admin" >>sign-tls.conf
+check_fails "signing_keys naming the TLS key in force (nhid-tls-2, of the committed rotation) stops startup" \
+	"is the TLS key in force" timeout 20 "$NHID" --config sign-tls.conf
 check "the audit log verifies" "$NHICTL" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
 finish

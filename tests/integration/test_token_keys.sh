@@ -126,4 +126,9 @@ check "... and not the retired config key nhid-token-1" bash -c "! grep -q \"'nh
 stop_nhid
 check "the audit log verifies" "$NHICTL" audit verify "$D/state/audit.jsonl" --pubkey "$D/audit.pub.pem"
 check "token_keys_rotated is audited with the kids" grep -q "\"event\":\"token_keys_rotated\".*\"kid\":\"$K2\"" "$D/state/audit.jsonl"
+# a signing_keys purpose naming the token key in force (the committed package's, not config token_keys)
+cp "$D/nhid-up.conf" sign-tk.conf
+echo "signing_keys = export:nhid-token-2:admin" >>sign-tk.conf
+check_fails "signing_keys naming the token key in force (nhid-token-2, of the committed package) stops startup" \
+	"is a token key in force" timeout 20 "$NHID" --config sign-tk.conf
 finish
