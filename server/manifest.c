@@ -8,6 +8,7 @@
  * describes exactly the bytes an inference process would open below DIR.
  */
 #include "update_internal.h"
+#include "../common/jsonw.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -75,6 +76,40 @@ out:
 	return rv;
 }
 
+/* the first control byte (0x00-0x1f, 0x7f) of s, or -1 */
+static ssize_t control_at(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i] != '\0'; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f)
+			return (ssize_t)i;
+	return -1;
+}
+
+/*
+ * A name a manifest can carry and a line of `nhictl manifest verify` can print: UTF-8
+ * (JSON strings are) without control bytes (a newline in a name would forge a
+ * 'differs'/'missing'/'extra' line). The name itself is not printed: it is the problem.
+ */
+static nhi_err name_ok(const char *rel, const char *name)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	ssize_t at = control_at(name);
+
+	NHI_CHECK(at < 0, NHI_ERR_FORMAT,
+		  "directory %s holds an entry whose name has a control byte (0x%02x at offset %zd): a model file "
+		  "name is UTF-8 without control characters; rename it (`ls -b` shows it)",
+		  rel[0] ? rel : ".", (unsigned)(unsigned char)name[at < 0 ? 0 : at], at);
+	NHI_CHECK(nhi_jsonw_utf8_valid(name, strlen(name)), NHI_ERR_FORMAT,
+		  "directory %s holds an entry whose name is not UTF-8: a model file name is UTF-8 without control "
+		  "characters; rename it (`ls -b` shows it)",
+		  rel[0] ? rel : ".");
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 /* Walk the directory open at dfd (which `rel` names below the root) into l. Takes dfd. */
 static nhi_err walk(int dfd, const char *rel, unsigned depth, struct mf_list *l)
 {
@@ -94,6 +129,7 @@ static nhi_err walk(int dfd, const char *rel, unsigned depth, struct mf_list *l)
 	while ((errno = 0, de = readdir(d)) != NULL) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
+		NHI_TRY(name_ok(rel, de->d_name));
 		NHI_CHECK((size_t)snprintf(path, sizeof(path), "%s%s%s", rel, rel[0] ? "/" : "", de->d_name) <
 				  sizeof(path),
 			  NHI_ERR_LIMIT, "a path below %s is longer than %d bytes", rel, NHI_MANIFEST_PATH_MAX_BYTES);
@@ -181,13 +217,13 @@ out:
 	return rv;
 }
 
-/* A relative path with no empty, "." or ".." component. */
+/* A relative path with no empty, "." or ".." component, and no control byte (name_ok). */
 static bool valid_rel(const char *s)
 {
 	const char *c = s, *slash;
 	size_t n;
 
-	if (*s == '\0' || *s == '/' || strlen(s) > NHI_MANIFEST_PATH_MAX_BYTES)
+	if (*s == '\0' || *s == '/' || strlen(s) > NHI_MANIFEST_PATH_MAX_BYTES || control_at(s) >= 0)
 		return false;
 	for (;;) {
 		slash = strchr(c, '/');
@@ -223,7 +259,10 @@ static nhi_err parse_file_array(json_t *files, const char *what, bool must_be_so
 		m = json_object_get(f, "path");
 		NHI_CHECK(json_is_string(m) && json_string_length(m) == strlen(json_string_value(m)) &&
 				  valid_rel(json_string_value(m)),
-			  NHI_ERR_FORMAT, "%s: files[%zu].path is not a clean relative path", what, i);
+			  NHI_ERR_FORMAT,
+			  "%s: files[%zu].path is not a clean relative path (no empty, '.' or '..' component, no control "
+			  "character)",
+			  what, i);
 		l->e[i].path = (char *)json_string_value(m);
 		NHI_CHECK(!must_be_sorted || i == 0 || strcmp(l->e[i - 1].path, l->e[i].path) < 0, NHI_ERR_FORMAT,
 			  "%s: files are not in strictly increasing path order at %zu", what, i);

@@ -20,7 +20,9 @@
 #include <jansson.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define NOW 1800000000LL
 #define DAY 86400
@@ -1220,6 +1222,44 @@ static void test_manifest_sign_verify_diffs(void **state)
 	nhi_buf_free(&doc);
 }
 
+/* names a manifest cannot carry, or a verify line cannot print, are refused without being printed */
+static void test_manifest_names_refused(void **state)
+{
+	static const char *const bad[] = {"a\nmissing b", "tab\there", "del\x7f", "bad-\xff-utf8"};
+	struct nhi_buf doc = {0}, other = {0};
+	json_t *files;
+	char model[600], p[700];
+	size_t i, n = 0;
+
+	(void)state;
+	snprintf(model, sizeof(model), "%s/model", g.dir);
+	assert_int_equal(mkdir(model, 0700), 0);
+	put("ok.bin", "x");
+	assert_int_equal(nhi_manifest_build(model, "m", NOW, &doc), NHI_OK);
+	sign_soft(NHI_DOC_MANIFEST, &doc, g.k[0]);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", model, bad[i]);
+		assert_int_equal(close(open(p, O_WRONLY | O_CREAT | O_EXCL, 0600)), 0);
+		assert_int_equal(nhi_manifest_build(model, "m", NOW, &other), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "rename it"));
+		assert_null(strstr(nhi_err_detail(), bad[i]));
+		assert_int_equal(other.len, 0);
+		/* verify names the cause instead of printing the name as an 'extra' line */
+		assert_int_equal(nhi_manifest_verify_dir(doc.data, doc.len, g.ks, model, NULL, NULL, &n), NHI_ERR_FORMAT);
+		assert_non_null(strstr(nhi_err_detail(), "rename it"));
+		assert_int_equal(unlink(p), 0);
+	}
+	assert_int_equal(nhi_manifest_verify_dir(doc.data, doc.len, g.ks, model, NULL, NULL, &n), NHI_OK);
+	/* a caller's list with such a path is refused as not clean */
+	files = json_pack("[{s:s, s:i, s:s}]", "path", "a\nb", "size", 0, "sha256",
+			  "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	assert_non_null(files);
+	assert_int_equal(nhi_manifest_verify_list(doc.data, doc.len, g.ks, files, NULL, NULL, &n), NHI_ERR_FORMAT);
+	assert_non_null(strstr(nhi_err_detail(), "not a clean relative path"));
+	json_decref(files);
+	nhi_buf_free(&doc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1244,6 +1284,7 @@ int main(void)
 		cmocka_unit_test_setup(test_clock_rule, dir_setup),
 		cmocka_unit_test_setup(test_state_file_corruption_refused, dir_setup),
 		cmocka_unit_test_setup(test_manifest_sign_verify_diffs, dir_setup),
+		cmocka_unit_test_setup(test_manifest_names_refused, dir_setup),
 	};
 	return cmocka_run_group_tests_name("update", tests, setup, teardown);
 }
