@@ -110,6 +110,43 @@ out:
 	return rv;
 }
 
+/*
+ * Hash the regular file `name` in the directory dfd. The file opened must be the one
+ * fstatat saw (no FIFO or device swapped in after it: O_NONBLOCK so that a FIFO cannot
+ * block the open), and it must not change while it is read: the same size, mtime and
+ * ctime before and after, and the bytes read are that size. Otherwise the manifest
+ * would describe bytes that never were the file at one moment.
+ */
+static nhi_err hash_file(int dfd, const char *name, const char *path, const struct stat *seen, uint64_t *size,
+			 char hex[65])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct stat before, after;
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+	NHI_CHECK(fd >= 0, NHI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	NHI_CHECK(fstat(fd, &before) == 0, NHI_ERR_IO, "stat %s: %s", path, strerror(errno));
+	NHI_CHECK(S_ISREG(before.st_mode) && before.st_dev == seen->st_dev && before.st_ino == seen->st_ino,
+		  NHI_ERR_DENIED, "%s was replaced while the directory was read: hash a directory nothing writes to",
+		  path);
+	NHI_TRY(hash_fd(fd, path, size, hex));
+	NHI_CHECK(fstat(fd, &after) == 0, NHI_ERR_IO, "stat %s: %s", path, strerror(errno));
+	NHI_CHECK(*size == (uint64_t)before.st_size && after.st_size == before.st_size &&
+			  after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+			  after.st_mtim.tv_nsec == before.st_mtim.tv_nsec &&
+			  after.st_ctim.tv_sec == before.st_ctim.tv_sec &&
+			  after.st_ctim.tv_nsec == before.st_ctim.tv_nsec,
+		  NHI_ERR_IO,
+		  "%s changed while it was hashed (%lld bytes at open, %llu read, %lld at the end): hash a directory "
+		  "nothing writes to",
+		  path, (long long)before.st_size, (unsigned long long)*size, (long long)after.st_size);
+	rv = NHI_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	return rv;
+}
+
 /* Walk the directory open at dfd (which `rel` names below the root) into l. Takes dfd. */
 static nhi_err walk(int dfd, const char *rel, unsigned depth, struct mf_list *l)
 {
@@ -153,12 +190,8 @@ static nhi_err walk(int dfd, const char *rel, unsigned depth, struct mf_list *l)
 			NHI_CHECK(grown != NULL, NHI_ERR_NOMEM, "out of memory");
 			l->e = grown;
 		}
-		fd = openat(dirfd(d), de->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		NHI_CHECK(fd >= 0, NHI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
 		memset(&l->e[l->n], 0, sizeof(l->e[l->n]));
-		NHI_TRY(hash_fd(fd, path, &l->e[l->n].size, l->e[l->n].sha256));
-		close(fd);
-		fd = -1;
+		NHI_TRY(hash_file(dirfd(d), de->d_name, path, &st, &l->e[l->n].size, l->e[l->n].sha256));
 		l->e[l->n].path = strdup(path);
 		NHI_CHECK(l->e[l->n].path != NULL, NHI_ERR_NOMEM, "out of memory");
 		l->n++;

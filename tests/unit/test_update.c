@@ -21,7 +21,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define NOW 1800000000LL
@@ -1260,6 +1262,48 @@ static void test_manifest_names_refused(void **state)
 	nhi_buf_free(&doc);
 }
 
+/* a file written to while it is hashed is refused, not signed as bytes it never held at once */
+static void test_manifest_file_changing_refused(void **state)
+{
+	struct nhi_buf doc = {0}, big = {0};
+	char model[600], p[700], go;
+	int sync_pipe[2], fd;
+	pid_t pid;
+	nhi_err e;
+
+	(void)state;
+	snprintf(model, sizeof(model), "%s/model", g.dir);
+	assert_int_equal(mkdir(model, 0700), 0);
+	snprintf(p, sizeof(p), "%s/grows.bin", model);
+	assert_int_equal(nhi_buf_reserve(&big, 4 << 20), NHI_OK);
+	memset(big.data, 'w', 4 << 20);
+	big.len = 4 << 20;
+	write_file(p, &big);
+	assert_int_equal(pipe(sync_pipe), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) { /* a copy still in progress: appends until killed (64 MiB at most) */
+		size_t done = 0;
+
+		fd = open(p, O_WRONLY | O_APPEND);
+		if (fd < 0 || write(sync_pipe[1], "g", 1) != 1)
+			_exit(1);
+		while (done < (64u << 20) && write(fd, big.data, 4096) == 4096)
+			done += 4096;
+		_exit(0);
+	}
+	assert_int_equal(read(sync_pipe[0], &go, 1), 1);
+	e = nhi_manifest_build(model, "m", NOW, &doc);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(sync_pipe[0]);
+	close(sync_pipe[1]);
+	assert_int_equal(e, NHI_ERR_IO);
+	assert_non_null(strstr(nhi_err_detail(), "grows.bin changed while it was hashed"));
+	assert_int_equal(doc.len, 0);
+	nhi_buf_free(&big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1285,6 +1329,7 @@ int main(void)
 		cmocka_unit_test_setup(test_state_file_corruption_refused, dir_setup),
 		cmocka_unit_test_setup(test_manifest_sign_verify_diffs, dir_setup),
 		cmocka_unit_test_setup(test_manifest_names_refused, dir_setup),
+		cmocka_unit_test_setup(test_manifest_file_changing_refused, dir_setup),
 	};
 	return cmocka_run_group_tests_name("update", tests, setup, teardown);
 }
