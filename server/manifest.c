@@ -79,12 +79,13 @@ out:
 /* the first control byte (0x00-0x1f, 0x7f) of s, or -1 */
 static ssize_t control_at(const char *s)
 {
+	ssize_t at = -1;
 	size_t i;
 
-	for (i = 0; s[i] != '\0'; i++)
+	for (i = 0; s[i] != '\0' && at < 0; i++)
 		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f)
-			return (ssize_t)i;
-	return -1;
+			at = (ssize_t)i;
+	return at;
 }
 
 /*
