@@ -149,6 +149,12 @@ nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *o)
 						       results[i], atomic_load(&m->updates[k][i])));
 		NHI_TRY(nhi_buf_printf(o, "# TYPE nhid_trust_bundle_version gauge\nnhid_trust_bundle_version %llu\n",
 				       atomic_load(&m->trust_bundle_version)));
+		/* a bundle stays in service past its expires_at (docs/updates.md): this is what to alert on */
+		NHI_TRY(nhi_buf_printf(o,
+				       "# HELP nhid_trust_bundle_expires_at The trust bundle in service's expires_at (unix "
+				       "seconds): ship the next bundle before it.\n"
+				       "# TYPE nhid_trust_bundle_expires_at gauge\nnhid_trust_bundle_expires_at %lld\n",
+				       (long long)atomic_load(&m->trust_bundle_expires_at)));
 	}
 	rv = NHI_OK;
 out:

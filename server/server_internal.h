@@ -46,6 +46,7 @@ struct nhi_metrics {
 	/* [kind, or NHI_UPDATE_KIND__COUNT when none was parsed][0 applied, 1 rejected, 2 failed] */
 	atomic_ullong updates[NHI_UPDATE_KIND__COUNT + 1][3];
 	atomic_ullong trust_bundle_version;               /* 0: updates off */
+	atomic_llong trust_bundle_expires_at;             /* of that bundle, unix seconds */
 };
 void nhi_metrics_observe(struct nhi_metrics *m, enum nhi_route r, int status, unsigned long long us);
 nhi_err nhi_metrics_render(struct nhi_server *s, struct nhi_buf *out) NHI_MUST_CHECK;

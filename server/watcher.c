@@ -1264,6 +1264,7 @@ static void scan_once(struct nhi_server *s)
 	s->bundle = nb;
 	pthread_mutex_unlock(&s->bundle_mu);
 	atomic_store(&s->metrics.trust_bundle_version, nhi_bundle_version(nb));
+	atomic_store(&s->metrics.trust_bundle_expires_at, nhi_bundle_expires_at(nb));
 	nhi_bundle_free(old);
 }
 
@@ -1498,6 +1499,7 @@ nhi_err nhi_watcher_load(struct nhi_server *s)
 			goto out;
 		}
 		atomic_store(&s->metrics.trust_bundle_version, nhi_bundle_version(s->bundle));
+		atomic_store(&s->metrics.trust_bundle_expires_at, nhi_bundle_expires_at(s->bundle));
 		/* made now, before the signal thread can ask it to stop */
 		NHI_TRY(watcher_new(s));
 	}

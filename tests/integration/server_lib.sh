@@ -114,12 +114,14 @@ make_custodians() {
 		"$NHICTL" key create --token cust$i --key signer --pin-file c$i.pin >c$i.pub 2>/dev/null || exit 1
 	done
 }
-# make_bundle N M [bundle create args...]: b1.json signed by custodians 1..M of 1..N; $BPIN its pin
+# make_bundle N M [bundle create args...]: b1.json signed by custodians 1..M of 1..N; $BPIN its pin,
+# $BEXP its expires_at
 make_bundle() {
 	local n=$1 m=$2 i signers=(); shift 2
 	for i in $(seq "$n"); do signers+=(--signer c$i.pub); done
 	rm -f b1.json
-	"$NHICTL" bundle create --version 1 --expires-at $(($(date +%s) + 365 * 86400)) --ca "$D/ca.crt" \
+	BEXP=$(($(date +%s) + 365 * 86400))
+	"$NHICTL" bundle create --version 1 --expires-at "$BEXP" --ca "$D/ca.crt" \
 		--jwks "$D/jwks.json" "${signers[@]}" --threshold "$m" "$@" -o b1.json >/dev/null || exit 1
 	for i in $(seq "$m"); do
 		"$NHICTL" bundle sign --token cust$i --key signer --pin-file c$i.pin b1.json >/dev/null || exit 1

@@ -58,6 +58,7 @@ check "newcomer now gets a token" token_for newcomer
 check_fails "demo-agent, suspended in serial 3, is refused" '"error":"agent_not_active"' token_for demo-agent
 check "metrics count the identity-backup packages (1 applied, 2 rejected) and the bundle version" bash -c \
 	"curl_as admin /v1/metrics >m.txt && grep -q 'nhid_updates_total{kind=\"identity-backup\",result=\"applied\"} 1' m.txt && grep -q 'nhid_updates_total{kind=\"identity-backup\",result=\"rejected\"} 2' m.txt && grep -q '^nhid_trust_bundle_version 1' m.txt"
+check "... and the bundle's expires_at ($BEXP), the figure to alert on" grep -qx "nhid_trust_bundle_expires_at $BEXP" m.txt
 check "the audit log says where the backup came from" grep -q '"event":"backup_loaded".*"source":"update".*"serial":3' "$D/state/audit.jsonl"
 
 # --- a restart keeps it although the config's backup file is serial 2 ---

@@ -171,6 +171,18 @@ start_nhid "$D/nhid-up.conf"
 check "after a restart: still the new certificate" test "$(served_fp)" = "$NEWFP"
 check "after a restart: demo-agent still revoked" refused
 check "after a restart: the trust bundle is served" bash -c "curl_as admin /v1/trust-bundle | cmp - b1.json"
+
+# --- a trust bundle v2 through the diode (the same custodians): served, counted, its expiry shown ---
+B2EXP=$(($(date +%s) + 200 * 86400))
+"$NHICTL" bundle create --version 2 --expires-at "$B2EXP" --ca "$D/ca.crt" --jwks "$D/jwks.json" \
+	--signer c1.pub --signer c2.pub --threshold 2 -o b2.json >/dev/null || exit 1
+for i in 1 2; do "$NHICTL" bundle sign --token cust$i --key signer --pin-file c$i.pin b2.json >/dev/null || exit 1; done
+pkg tb2.json trust-bundle 2 b2.json 1 2
+drop tb2.json
+check "a trust-bundle v2 package is applied while nhid runs" wait_for 15 test -e "$D/state/applied/tb2.json"
+check "... GET /v1/trust-bundle serves v2 byte for byte" wait_for 5 bash -c "curl_as admin /v1/trust-bundle | cmp -s - b2.json"
+check "... /v1/metrics shows nhid_trust_bundle_version 2 and v2's expires_at ($B2EXP)" bash -c \
+	"curl_as admin /v1/metrics >m2.txt && grep -qx 'nhid_trust_bundle_version 2' m2.txt && grep -qx 'nhid_trust_bundle_expires_at $B2EXP' m2.txt"
 stop_nhid
 check "nhid stopped cleanly after the restart (no sanitizer report)" test "$NHID_RC" -eq 0
 
@@ -185,7 +197,7 @@ check "a revocation lifting demo-agent's whose record cannot be written: update_
 	wait_for 10 not_in_force_rec
 check "... committed (applied/, update-state.json says not recorded), with no update_applied record" bash -c \
 	"[ -f '$D/state/applied/rev4.json' ] && grep -q '\"recorded\": false' '$D/state/update-state.json' &&
-	 ! grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep -q '\"version\":2'"
+	 ! grep '\"event\":\"update_applied\"' '$D/state/audit.jsonl' | grep '\"kind\":\"revocation\"' | grep -q '\"version\":2'"
 check "... and not in service: demo-agent is still refused" refused
 stop_nhid
 check "nhid stopped cleanly (rc $NHID_RC)" test "$NHID_RC" -eq 0
