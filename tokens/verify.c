@@ -479,10 +479,23 @@ static const char *shown(json_t *s, char buf[48])
 	return buf;
 }
 
+/* jansson's error text, which quotes up to 20 bytes of the input near the error,
+ * with every byte that is not printable ASCII shown as '?' */
+static const char *json_error_shown(const json_error_t *jerr, char buf[JSON_ERROR_TEXT_LENGTH])
+{
+	size_t i;
+
+	for (i = 0; i + 1 < JSON_ERROR_TEXT_LENGTH && jerr->text[i] != '\0'; i++)
+		buf[i] = (jerr->text[i] >= 0x20 && jerr->text[i] < 0x7f) ? jerr->text[i] : '?';
+	buf[i] = '\0';
+	return buf;
+}
+
 /* Parse one decoded part as a JSON object; `part` names it in messages. */
 static nhi_err parse_object(const struct nhi_buf *b, const char *part, json_t **out, enum nhi_token_error *why)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
+	char shown_buf[JSON_ERROR_TEXT_LENGTH];
 	json_error_t jerr;
 	json_t *j;
 
@@ -495,10 +508,12 @@ static nhi_err parse_object(const struct nhi_buf *b, const char *part, json_t **
 			rv = reject(why, NHI_TOKEN_E_UTF8, "the %s is not valid UTF-8", part);
 			break;
 		case json_error_duplicate_key:
-			rv = reject(why, NHI_TOKEN_E_JSON_DUP, "the %s has a duplicate member (%s)", part, jerr.text);
+			rv = reject(why, NHI_TOKEN_E_JSON_DUP, "the %s has a duplicate member (%s)", part,
+				    json_error_shown(&jerr, shown_buf));
 			break;
 		default:
-			rv = reject(why, NHI_TOKEN_E_JSON, "the %s is not valid JSON (%s)", part, jerr.text);
+			rv = reject(why, NHI_TOKEN_E_JSON, "the %s is not valid JSON (%s)", part,
+				    json_error_shown(&jerr, shown_buf));
 			break;
 		}
 		goto out;

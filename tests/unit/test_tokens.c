@@ -896,6 +896,12 @@ static const struct attack attacks[] = {
 	{"header array", "[\"ES256\"]", NULL, M_NONE, NHI_TOKEN_E_JSON},
 	{"header trailing data", "{\"alg\":\"ES256\",\"typ\":\"JWT\",\"kid\":\"%K\"}x", NULL, M_NONE, NHI_TOKEN_E_JSON},
 	{"claims not JSON", NULL, "not json", M_NONE, NHI_TOKEN_E_JSON},
+	/* jansson quotes up to 20 bytes of the input near a syntax error: the detail must
+	 * still show them as printable ASCII (an unsigned header reaches this) */
+	{"header JSON error near ESC", "{\"alg\":\"ES256\",\"typ\":\"JWT\",\"kid\":\"%K\",\"x\":\"\\\x1b[2J\"}", NULL, M_NONE,
+	 NHI_TOKEN_E_JSON},
+	{"header JSON error near C1 CSI", "{\"alg\" \"\xc2\x9b" "2J\"}", NULL, M_NONE, NHI_TOKEN_E_JSON},
+	{"claims JSON error near DEL", NULL, "{\"iss\" \"\x7f\x7f\"}", M_NONE, NHI_TOKEN_E_JSON},
 	/* base64url and framing */
 	{"header padding", NULL, NULL, M_HDR_PAD, NHI_TOKEN_E_B64},
 	{"signature + and /", NULL, NULL, M_SIG_PLUS, NHI_TOKEN_E_B64},
@@ -1063,6 +1069,15 @@ static void test_attack(void **state)
 	/* the detail message names the reason the server will report */
 	if (why != NHI_TOKEN_OK && strstr(nhi_err_detail(), nhi_token_error_name(why)) == NULL)
 		fail_msg("attack '%s': detail does not name the reason: %s", a->name, nhi_err_detail());
+	/* ... and shows what came from the token only as printable ASCII (docs/tokens.md) */
+	if (why != NHI_TOKEN_OK) {
+		const char *d;
+
+		for (d = nhi_err_detail(); *d != '\0'; d++)
+			if (*d < 0x20 || *d > 0x7e)
+				fail_msg("attack '%s': byte 0x%02x at %zu of the detail is not printable ASCII", a->name,
+					 (unsigned)(unsigned char)*d, (size_t)(d - nhi_err_detail()));
+	}
 	if (corpus != NULL && a->mut != M_HUGE) {
 		struct nhi_buf h = {0}, c = {0};
 
