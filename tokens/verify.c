@@ -557,7 +557,8 @@ static bool string_within(json_t *s, size_t max)
 	       strlen(json_string_value(s)) == json_string_length(s);
 }
 
-/* RFC 7519 §4.1.3: aud is one string or an array; one value must be accepted here. */
+/* RFC 7519 §4.1.3: aud is one string or an array of strings (every element, not only
+ * those before a match); one value must be accepted here. */
 static const char *match_aud(const struct nhi_token_verifier *v, const struct nhi_token_check *chk, json_t *aud)
 {
 	json_t *one;
@@ -569,6 +570,9 @@ static const char *match_aud(const struct nhi_token_verifier *v, const struct nh
 	} else if (json_is_array(aud) && json_array_size(aud) > 0 && json_array_size(aud) <= NHI_TOKEN_AUD_MAX) {
 		one = NULL;
 		n = json_array_size(aud);
+		for (i = 0; i < n; i++)
+			if (!json_is_string(json_array_get(aud, i)))
+				return NULL;
 	} else {
 		return NULL;
 	}
@@ -576,8 +580,6 @@ static const char *match_aud(const struct nhi_token_verifier *v, const struct nh
 		json_t *a = one != NULL ? one : json_array_get(aud, i);
 		const char *s = json_string_value(a);
 
-		if (s == NULL)
-			return NULL;
 		if (chk->audience != NULL) {
 			if (strcmp(s, chk->audience) == 0)
 				return chk->audience;
@@ -715,7 +717,9 @@ static nhi_err check_claims(const struct nhi_token_verifier *v, const struct nhi
 	m = json_object_get(c, "aud");
 	aud = match_aud(v, chk, m);
 	if (aud == NULL) {
-		rv = reject(why, NHI_TOKEN_E_AUD, "aud '%s' is not an audience accepted here", shown(m, shown_buf));
+		rv = reject(why, NHI_TOKEN_E_AUD,
+			    "aud '%s' is not an audience accepted here (a string, or an array of 1..%d strings)",
+			    json_is_array(m) ? "(an array)" : shown(m, shown_buf), NHI_TOKEN_AUD_MAX);
 		goto out;
 	}
 	if (!get_time(c, "exp", &has_exp, &exp) || !get_time(c, "iat", &has_iat, &iat) ||

@@ -835,6 +835,15 @@ static const struct attack attacks[] = {
 	{"aud empty array", NULL,
 	 "{\"iss\":\"" ISS "\",\"sub\":\"a\",\"aud\":[],\"jti\":\"j\",\"cnf\":{\"x5t#S256\":\"%X\"}" TIMES_ "}", M_NONE,
 	 NHI_TOKEN_E_AUD},
+	/* an array of strings, whatever element matches: not accepted for its first one */
+	{"aud array, ours then a number", NULL,
+	 "{\"iss\":\"" ISS "\",\"sub\":\"a\",\"aud\":[\"" AUD "\",5],\"jti\":\"j\",\"cnf\":{\"x5t#S256\":\"%X\"}" TIMES_
+	 "}",
+	 M_NONE, NHI_TOKEN_E_AUD},
+	{"aud array, ours then an object", NULL,
+	 "{\"iss\":\"" ISS "\",\"sub\":\"a\",\"aud\":[\"x\",\"" AUD "\",{\"a\":1}],\"jti\":\"j\","
+	 "\"cnf\":{\"x5t#S256\":\"%X\"}" TIMES_ "}",
+	 M_NONE, NHI_TOKEN_E_AUD},
 	{"expired", NULL, C_(",\"iat\":1799999000,\"nbf\":1799999000,\"exp\":1799999300"), M_NONE, NHI_TOKEN_E_EXPIRED},
 	{"not yet valid", NULL, C_(",\"iat\":1799999990,\"nbf\":1800000100,\"exp\":1800000290"), M_NONE,
 	 NHI_TOKEN_E_NBF},
