@@ -155,7 +155,8 @@ nhi_err nhi_token_verifier_add_key(struct nhi_token_verifier *v, EVP_PKEY *pk) N
  * Trust every key of an RFC 7517 JWK Set. Each must be kty EC, crv P-256, with no
  * private part; alg (if present) ES256, use (if present) sig, key_ops (if present)
  * containing verify, and kid (if present) equal to its thumbprint. Any bad key
- * fails the whole call (NHI_ERR_FORMAT, detail names the key) and adds nothing.
+ * fails the whole call (NHI_ERR_FORMAT, detail names the key) and adds nothing; so
+ * does a failure of ours while the keys are set up (NHI_ERR_NOMEM, NHI_ERR_CRYPTO).
  */
 nhi_err nhi_token_verifier_add_jwks(struct nhi_token_verifier *v, const char *json, size_t len) NHI_MUST_CHECK;
 size_t nhi_token_verifier_key_count(const struct nhi_token_verifier *v);

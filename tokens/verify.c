@@ -422,9 +422,9 @@ out:
 nhi_err nhi_token_verifier_add_jwks(struct nhi_token_verifier *v, const char *json, size_t len)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	EVP_PKEY *keys[NHI_TOKEN_KEYS_MAX] = {0};
+	EVP_PKEY *keys[NHI_TOKEN_KEYS_MAX] = {0}, *pk;
 	char kids[NHI_TOKEN_KEYS_MAX][44];
-	size_t i, n = 0;
+	size_t i, n = 0, before = v != NULL ? v->n_keys : 0;
 
 	NHI_CHECK(v != NULL && json != NULL, NHI_ERR_ARG, "no verifier or JWKS");
 	NHI_TRY(nhi_token_jwks_parse(json, len, keys, kids, NHI_TOKEN_KEYS_MAX, &n));
@@ -434,13 +434,23 @@ nhi_err nhi_token_verifier_add_jwks(struct nhi_token_verifier *v, const char *js
 	for (i = 0; i < n; i++)
 		NHI_CHECK(find_key(v, kids[i]) == NULL, NHI_ERR_EXISTS, "JWKS key %s is already trusted", kids[i]);
 	for (i = 0; i < n; i++) {
-		NHI_TRY(add_owned(v, keys[i], kids[i]));
+		/* add_owned takes the reference whatever it returns */
+		pk = keys[i];
 		keys[i] = NULL;
+		NHI_TRY(add_owned(v, pk, kids[i]));
 	}
 	rv = NHI_OK;
 out:
 	for (i = 0; i < n; i++)
 		EVP_PKEY_free(keys[i]);
+	/* ... and nothing when a key's setup fails past the checks (out of memory): the
+	 * keys this call added go again (nothing has verified with them yet) */
+	while (rv != NHI_OK && v != NULL && v->n_keys > before) {
+		v->n_keys--;
+		nhi_es256_key_clear(&v->keys[v->n_keys]->es);
+		free(v->keys[v->n_keys]);
+		v->keys[v->n_keys] = NULL;
+	}
 	return rv;
 }
 

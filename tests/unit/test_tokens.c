@@ -18,6 +18,7 @@
 #include "../../tokens/tokens_internal.h"
 #include "fixture.h"
 
+#include <dlfcn.h>
 #include <jansson.h>
 #include <jwt.h>
 #include <openssl/bn.h>
@@ -55,6 +56,24 @@ static struct {
 	char soft_kid[44], stranger_kid[44];
 	char x5t[44];        /* base64url SHA-256 of test_cert */
 } g;
+
+/*
+ * EVP_MD_fetch as libcrypto answers it, except that a test may have the n-th fetch of
+ * SHA2-256 that tokens/ makes (one per trusted key, in es256.c) fail: a key whose
+ * setup fails midway through a JWK Set.
+ */
+static int sha256_fetch_fail_at; /* 0: none fails */
+
+EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *ctx, const char *algorithm, const char *properties)
+{
+	EVP_MD *(*real)(OSSL_LIB_CTX *, const char *, const char *) =
+		(EVP_MD * (*)(OSSL_LIB_CTX *, const char *, const char *)) dlsym(RTLD_NEXT, "EVP_MD_fetch");
+
+	if (sha256_fetch_fail_at > 0 && properties == NULL && algorithm != NULL &&
+	    strcmp(algorithm, "SHA2-256") == 0 && --sha256_fetch_fail_at == 0)
+		return NULL;
+	return real(ctx, algorithm, properties);
+}
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -729,6 +748,38 @@ static void test_jwks_reader(void **state)
 	nhi_buf_free(&good);
 	nhi_buf_free(&doc);
 	nhi_token_verifier_free(v);
+}
+
+/* A JWK Set whose second key cannot be set up (here: SHA-256 not fetched) fails the
+ * whole call and leaves the verifier as it was: no key added, none freed twice. */
+static void test_jwks_add_fails_midway(void **state)
+{
+	struct nhi_token_issuer *iss = issuer("nhid-token-1", (const char *const[]){"nhid-token-2"}, 1);
+	struct nhi_token_verifier *v = verifier();
+	struct nhi_buf jwks = {0}, tok = {0};
+
+	(void)state;
+	assert_int_equal(nhi_token_issuer_jwks(iss, &jwks), NHI_OK);
+	sha256_fetch_fail_at = 2;
+	assert_int_equal(nhi_token_verifier_add_jwks(v, (const char *)jwks.data, jwks.len), NHI_ERR_CRYPTO);
+	assert_int_equal(sha256_fetch_fail_at, 0);
+	assert_int_equal(nhi_token_verifier_key_count(v), 0);
+	/* the first key was not left behind: its tokens are unknown, and the set can be added again */
+	issue(iss, NOW, 0, &tok, NULL);
+	assert_int_equal(verify_at(v, &tok, NOW, test_cert, sizeof(test_cert), NULL), NHI_TOKEN_E_KID_UNKNOWN);
+	assert_int_equal(nhi_token_verifier_add_jwks(v, (const char *)jwks.data, jwks.len), NHI_OK);
+	assert_int_equal(nhi_token_verifier_key_count(v), 2);
+	assert_int_equal(verify_at(v, &tok, NOW, test_cert, sizeof(test_cert), NULL), NHI_TOKEN_OK);
+	/* a single-key set failing its only key */
+	nhi_token_verifier_free(v);
+	v = verifier();
+	sha256_fetch_fail_at = 1;
+	assert_int_equal(nhi_token_verifier_add_key(v, g.soft), NHI_ERR_CRYPTO);
+	assert_int_equal(nhi_token_verifier_key_count(v), 0);
+	nhi_buf_free(&jwks);
+	nhi_buf_free(&tok);
+	nhi_token_verifier_free(v);
+	nhi_token_issuer_free(iss);
 }
 
 /* ---- the attack table --------------------------------------------------------------- */
@@ -1685,6 +1736,7 @@ int main(void)
 		cmocka_unit_test(test_issue_non_ascii_claims),
 		cmocka_unit_test(test_rollover),
 		cmocka_unit_test(test_jwks_reader),
+		cmocka_unit_test(test_jwks_add_fails_midway),
 		cmocka_unit_test(test_libjwt_pitfalls),
 		cmocka_unit_test(test_libjwt_interop),
 		cmocka_unit_test(test_high_s),
