@@ -92,6 +92,13 @@ check_fails "verify: 1 MB token on stdin" "(too_large)" bash -c "
 check_fails "verify: extra segment" "(segments)" bash -c "
 	printf '%s.e30\n' \"\$(cat '$T/new.tok')\" | '$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway -"
 check_fails "verify: usage without --jwks" "required" "$NHICTL" token verify --iss "$ISS" --aud gateway -
+# jansson quotes the bytes near a JSON error: an unsigned header must not put an escape
+# sequence on the operator's terminal (docs/tokens.md: token text only as printable ASCII)
+check_fails "verify: a header with ESC in its JSON error" "(json)" bash -c "
+	printf '%s.e30.AA\n' \"\$(printf '{\"alg\":\"ES256\",\"x\":\"\\\\\\033[2J\"}' | basenc --base64url -w0 | tr -d =)\" |
+	'$NHICTL' token verify --jwks '$T/both.jwks' --iss '$ISS' --aud gateway -"
+cp "$T/last.out" "$T/esc.out"
+check "... and the message shows it as printable ASCII" bash -c "! LC_ALL=C grep -q '[^ -~]' '$T/esc.out'"
 
 # a bearer token is never taken from argv (every user of the host can read it), and not echoed
 check_fails "verify: a token in argv is refused" "pass it on stdin as '-'" \
