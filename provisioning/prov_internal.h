@@ -130,7 +130,9 @@ const struct nhi_buf *nhi_transcript_bytes(const struct nhi_transcript *t);
 /*
  * Verify a transcript offline: every line parses, seq counts up from 0, each prev
  * is the SHA-256 of the line before, the final record is a signature by `root`
- * over all lines before it, and its root_cert_sha256 is root's fingerprint.
+ * over all lines before it, and its root_cert_sha256 is root's fingerprint. That
+ * record is not signed itself: its alg, key and signed_sha256 are checked and a
+ * field nhictl does not write there is refused.
  * On failure the detail names the first bad line.
  */
 nhi_err nhi_transcript_verify(const uint8_t *data, size_t len, X509 *root, size_t *n_records) NHI_MUST_CHECK;

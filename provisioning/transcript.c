@@ -88,6 +88,50 @@ out:
 	return rv;
 }
 
+/*
+ * The signature record is the one line no signature covers (it signs every byte before
+ * it), so each of its fields is checked here or refused: a field verify does not check
+ * would be a claim a witness reads as signed when anyone could have written it. Only
+ * its time is free (it is when the record was made, and nothing can check that).
+ */
+static nhi_err check_signature_fields(json_t *rec, long long line, const uint8_t digest[32])
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	static const char *const fields[] = {"seq", "time", "prev", "type", "alg", "key", "root_cert_sha256",
+					     "signed_sha256", "sig"};
+	const char *name, *s;
+	char digest_hex[65];
+	json_t *v;
+	size_t i;
+
+	json_object_foreach(rec, name, v) {
+		for (i = 0; i < sizeof(fields) / sizeof(fields[0]) && strcmp(name, fields[i]) != 0; i++)
+			;
+		NHI_CHECK(i < sizeof(fields) / sizeof(fields[0]), NHI_ERR_FORMAT,
+			  "line %lld: the signature record has a field '%.32s' nhictl never writes; the signature does "
+			  "not cover its own record, so the line was edited",
+			  line, name);
+	}
+	NHI_CHECK(json_is_string(json_object_get(rec, "time")), NHI_ERR_FORMAT,
+		  "line %lld: the signature record's time is not a string", line);
+	s = json_string_value(json_object_get(rec, "alg"));
+	NHI_CHECK(s != NULL && strcmp(s, "ES256") == 0, NHI_ERR_VERIFY,
+		  "line %lld: the signature record's alg is '%.16s', not ES256 (the only one nhictl signs with)", line,
+		  s ? s : "");
+	s = json_string_value(json_object_get(rec, "key"));
+	NHI_CHECK(s != NULL && strcmp(s, NHI_LABEL_ROOT) == 0, NHI_ERR_VERIFY,
+		  "line %lld: the signature record names key '%.32s', not %s (the root key signs the transcript)", line,
+		  s ? s : "", NHI_LABEL_ROOT);
+	nhi_hex(digest, 32, digest_hex);
+	s = json_string_value(json_object_get(rec, "signed_sha256"));
+	NHI_CHECK(s != NULL && strcmp(s, digest_hex) == 0, NHI_ERR_VERIFY,
+		  "line %lld: signed_sha256 is not the SHA-256 of the lines before it (%s): the record was edited",
+		  line, digest_hex);
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
 static nhi_err check_signature(X509 *root, const uint8_t digest[32], const char *sig_b64)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -154,6 +198,7 @@ nhi_err nhi_transcript_verify(const uint8_t *data, size_t len, X509 *root, size_
 		NHI_CHECK(type != NULL, NHI_ERR_FORMAT, "line %lld: no type", seq + 1);
 		if (strcmp(type, "signature") == 0) {
 			NHI_TRY(nhi_sha256(data, (size_t)(p - data), digest));
+			NHI_TRY(check_signature_fields(rec, seq + 1, digest));
 			s = json_string_value(json_object_get(rec, "root_cert_sha256"));
 			NHI_CHECK(s != NULL, NHI_ERR_FORMAT, "line %lld: signature record lacks root_cert_sha256", seq + 1);
 			NHI_CHECK(root != NULL, NHI_ERR_ARG, "a root certificate is needed to check the signature");

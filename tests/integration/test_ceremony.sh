@@ -95,6 +95,16 @@ last["sig"] = ("A" if s[0] != "A" else "B") + s[1:]
 open(sys.argv[2], "w").write("\n".join(lines[:-1] + [json.dumps(last, separators=(",", ":"))]) + "\n")
 PY
 check_fails "a forged signature fails" "does not verify" "$NHICTL" ceremony verify resigned.jsonl --ca out/ca.crt
+# the signature record is the one line no signature covers: each of its fields is checked
+sed '$s/"signed_sha256":"[0-9a-f]*"/"signed_sha256":"'"$(printf '%064d' 0)"'"/' out/transcript.jsonl >sigdigest.jsonl
+check_fails "an edited signed_sha256 in the signature record fails" "line 11: signed_sha256 is not the SHA-256" \
+	"$NHICTL" ceremony verify sigdigest.jsonl --ca out/ca.crt
+sed '$s/"alg":"ES256","key":"nhid-root"/"alg":"ES256","key":"nhid-tls"/' out/transcript.jsonl >sigkey.jsonl
+check_fails "another key named in the signature record fails" "names key 'nhid-tls', not nhid-root" \
+	"$NHICTL" ceremony verify sigkey.jsonl --ca out/ca.crt
+sed '$s/"sig":/"witnesses":"all three","sig":/' out/transcript.jsonl >sigextra.jsonl
+check_fails "a claim added to the signature record fails" "field 'witnesses' nhictl never writes" \
+	"$NHICTL" ceremony verify sigextra.jsonl --ca out/ca.crt
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -subj /CN=other -days 1 -out other.crt 2>/dev/null
 check_fails "verification against another root fails" "given root certificate is" "$NHICTL" ceremony verify out/transcript.jsonl --ca other.crt
 

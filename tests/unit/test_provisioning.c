@@ -1,0 +1,124 @@
+/*
+ * tests/unit/test_provisioning.c — provisioning/: the ceremony config's validation and
+ * the ceremony transcript's verification (no token needed: the transcript is the seed
+ * of the transcript fuzz target, signed by the dev root below).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "../../common/nhi.h"
+#include "../../provisioning/prov_internal.h"
+
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* the root that signed tests/fuzz/corpus/transcript/dev.jsonl (as in tests/fuzz/transcript.c) */
+static const char root_pem[] = "-----BEGIN CERTIFICATE-----\n"
+			       "MIIBwDCCAWagAwIBAgIQVzfxwdsKxFK9XRnzDykH9jAKBggqhkjOPQQDAjAuMREw\n"
+			       "DwYDVQQKDAhuaGlkIGRldjEZMBcGA1UEAwwQbmhpZCBkZXYgcm9vdCBDQTAeFw0y\n"
+			       "NjExMjMxNTAzNTlaFw0zNjExMjAxNTA0NTlaMC4xETAPBgNVBAoMCG5oaWQgZGV2\n"
+			       "MRkwFwYDVQQDDBBuaGlkIGRldiByb290IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0D\n"
+			       "AQcDQgAEN4wdoNSro+SbiIpw+1K3luC5/UMNbwGhyZGhiPSe/44iMbWTbr/AxmmF\n"
+			       "5hXDYMA1w7R/YIq19naAhUsUGEyABqNmMGQwEgYDVR0TAQH/BAgwBgEB/wIBADAO\n"
+			       "BgNVHQ8BAf8EBAMCAQYwHQYDVR0OBBYEFA/NZRfOZvicjUG8kBYGVk536XYCMB8G\n"
+			       "A1UdIwQYMBaAFA/NZRfOZvicjUG8kBYGVk536XYCMAoGCCqGSM49BAMCA0gAMEUC\n"
+			       "IQC8rRdpqlCk8i9QASUM2rPZw2mMut5ax1vGq4+FmvqtugIgFwZOh2MszwnKdOxB\n"
+			       "A/wrYDo8RjJ5g9V0x2tjQ+dRDKo=\n"
+			       "-----END CERTIFICATE-----\n";
+#define DEV_TRANSCRIPT "tests/fuzz/corpus/transcript/dev.jsonl"
+
+static X509 *load_root(void)
+{
+	BIO *b = BIO_new_mem_buf(root_pem, -1);
+	X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+
+	BIO_free(b);
+	assert_non_null(x);
+	return x;
+}
+
+/* dev.jsonl with the first `from` in its last line replaced by `to` */
+static void edit_last_line(struct nhi_buf *out, const char *from, const char *to)
+{
+	struct nhi_buf in = {0};
+	const char *text, *last, *hit;
+	size_t len;
+
+	assert_int_equal(nhi_file_read(DEV_TRANSCRIPT, 1 << 20, &in), NHI_OK);
+	text = (const char *)in.data;
+	len = in.len;
+	assert_true(len > 1 && text[len - 1] == '\n');
+	for (last = text + len - 1; last > text && last[-1] != '\n'; last--)
+		;
+	hit = strstr(last, from);
+	assert_non_null(hit);
+	assert_int_equal(nhi_buf_append(out, text, (size_t)(hit - text)), NHI_OK);
+	assert_int_equal(nhi_buf_append_str(out, to), NHI_OK);
+	assert_int_equal(nhi_buf_append(out, hit + strlen(from), len - (size_t)(hit - text) - strlen(from)), NHI_OK);
+	nhi_buf_free(&in);
+}
+
+static void test_transcript_dev_verifies(void **state)
+{
+	struct nhi_buf t = {0};
+	X509 *root = load_root();
+	size_t n = 0;
+
+	(void)state;
+	edit_last_line(&t, "\"type\":\"signature\"", "\"type\":\"signature\"");
+	assert_int_equal(nhi_transcript_verify(t.data, t.len, root, &n), NHI_OK);
+	assert_int_equal(n, 10);
+	nhi_buf_free(&t);
+	X509_free(root);
+}
+
+/*
+ * The signature record is not covered by its own signature: every field in it must be
+ * checked, or an edited line still verified "OK" (signed_sha256 claiming another digest,
+ * another key or alg, a claim added to the record).
+ */
+static void test_transcript_signature_record_edited(void **state)
+{
+	static const struct {
+		const char *from, *to, *want;
+	} rows[] = {
+		{"\"signed_sha256\":\"870f", "\"signed_sha256\":\"970f", "signed_sha256"},
+		{"\"alg\":\"ES256\"", "\"alg\":\"ES384\"", "alg"},
+		{"\"alg\":\"ES256\"", "\"alg\":\"none\"", "alg"},
+		{"\"key\":\"nhid-root\"", "\"key\":\"nhid-tls\"", "key"},
+		{"\"type\":\"signature\"", "\"type\":\"signature\",\"witnessed_by\":\"the board\"", "witnessed_by"},
+		{"\"sig\":", "\"note\":\"all keys extractable\",\"sig\":", "note"},
+		{"\"time\":\"2026-11-23T15:04:59Z\"", "\"time\":5", "time"},
+	};
+	X509 *root = load_root();
+	struct nhi_buf t = {0};
+	size_t i, n;
+	nhi_err e;
+
+	(void)state;
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		edit_last_line(&t, rows[i].from, rows[i].to);
+		n = 99;
+		e = nhi_transcript_verify(t.data, t.len, root, &n);
+		if (e == NHI_OK || strstr(nhi_err_detail(), rows[i].want) == NULL ||
+		    strstr(nhi_err_detail(), "line 10") == NULL)
+			fail_msg("row %zu (%s): %s, detail '%s'", i, rows[i].to, nhi_err_name(e), nhi_err_detail());
+		assert_int_equal(n, 0);
+		nhi_buf_free(&t);
+	}
+	X509_free(root);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_transcript_dev_verifies),
+		cmocka_unit_test(test_transcript_signature_record_edited),
+	};
+
+	return cmocka_run_group_tests_name("provisioning", tests, NULL, NULL);
+}
