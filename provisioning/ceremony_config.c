@@ -65,17 +65,56 @@ bool nhi_valid_trust_domain(const char *s)
 	return true;
 }
 
-/* printable text for subject names: no control characters, no '/', ',', '+', '=' */
+/*
+ * One UTF-8 character at s (RFC 3629: shortest form, no surrogates, at most U+10FFFF);
+ * its length, or 0 when the bytes are not UTF-8. *cp gets the code point.
+ */
+static size_t utf8_char(const unsigned char *s, uint32_t *cp)
+{
+	static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+	size_t n, i;
+	uint32_t c;
+
+	if (s[0] < 0x80)
+		n = 1, c = s[0];
+	else if ((s[0] & 0xe0) == 0xc0)
+		n = 2, c = s[0] & 0x1fu;
+	else if ((s[0] & 0xf0) == 0xe0)
+		n = 3, c = s[0] & 0x0fu;
+	else if ((s[0] & 0xf8) == 0xf0)
+		n = 4, c = s[0] & 0x07u;
+	else
+		return 0;
+	for (i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
+			return 0;
+		c = (c << 6) | (s[i] & 0x3fu);
+	}
+	if (c < min[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return n;
+}
+
+/*
+ * Text for subject names, checked as what it becomes: a UTF8String of 1 to 64
+ * characters (RFC 5280 ub-common-name, ub-organization-name), no C0 or C1 control
+ * characters or DEL (it is printed and recorded), none of / , + = \ " < > ;
+ */
 static bool valid_text(const char *s)
 {
-	size_t i, n = strlen(s);
+	const unsigned char *p = (const unsigned char *)s;
+	size_t chars = 0, n;
+	uint32_t c = 0;
 
-	if (n == 0 || n > 64)
-		return false;
-	for (i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f || strchr("/,+=\\\"<>;", s[i]) != NULL)
+	while (*p != '\0') {
+		n = utf8_char(p, &c);
+		if (n == 0 || c < 0x20 || (c >= 0x7f && c <= 0x9f) || (c < 0x80 && strchr("/,+=\\\"<>;", (int)c) != NULL))
 			return false;
-	return true;
+		p += n;
+		chars++;
+	}
+	return chars > 0 && chars <= 64;
 }
 
 static nhi_err parse_days(int *dst, const char *key, const char *val, int max)
@@ -155,7 +194,8 @@ static nhi_err apply(void *ctx, const char *key, const char *val)
 	if (strcmp(key, "organization") == 0 || strcmp(key, "root_cn") == 0 || strcmp(key, "server_cn") == 0) {
 		if (!valid_text(val))
 			return nhi_err_set(NHI_ERR_CONFIG,
-					   "config key '%s' must be 1-64 printable characters without / , + = \\ \" < > ;",
+					   "config key '%s' must be 1-64 printable characters in UTF-8, without control "
+					   "characters or / , + = \\ \" < > ;",
 					   key);
 		return nhi_conf_copy(key[0] == 'o' ? c->organization : key[0] == 'r' ? c->root_cn : c->server_cn, 128, key,
 				  val);

@@ -44,6 +44,9 @@ check_fails "a profiles file with an .include is refused, naming it" "profiles f
 PROFILES=$T/dollar.cnf conf bad8.conf out-bad
 check_fails "a profiles file with a \$ expansion is refused" "'\$' is not allowed" \
 	"$NHICTL" ceremony --config bad8.conf --pin-file user.pin
+conf bad9.conf out-bad "$(printf 'organization = Te\377st')"
+check_fails "an organization that is not UTF-8 is refused before the token is touched" \
+	"config key 'organization' must be 1-64 printable characters in UTF-8" "$NHICTL" ceremony --config bad9.conf --pin-file user.pin
 conf good.conf "$T/out"
 cp user.pin loose.pin; chmod 644 loose.pin
 check_fails "a PIN file readable by others is refused" "chmod 600" "$NHICTL" ceremony --config good.conf --pin-file loose.pin

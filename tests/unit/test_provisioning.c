@@ -113,11 +113,61 @@ static void test_transcript_signature_record_edited(void **state)
 	X509_free(root);
 }
 
+static const char cfg_base[] = "[ceremony]\ntoken = t\nout_dir = out\ntrust_domain = nhid.test\nserver_dns = localhost\n";
+
+/* the base config with `extra` lines; root_cn and server_cn defaulted unless extra sets them */
+static nhi_err parse_with(const char *extra, struct nhi_ceremony_config *cfg)
+{
+	char text[2048];
+
+	snprintf(text, sizeof(text), "%s%s%s%s", cfg_base, strstr(extra, "root_cn =") ? "" : "root_cn = root\n",
+		 strstr(extra, "server_cn =") ? "" : "server_cn = nhid\n", extra);
+	return nhi_ceremony_config_parse(text, strlen(text), cfg);
+}
+
+/*
+ * Subject text is checked as what it becomes: a UTF8String of at most 64 characters
+ * (RFC 5280 ub-common-name / ub-organization-name). Invalid UTF-8 passed the config
+ * check and failed only at the root certificate, after the five keys were made.
+ */
+static void test_config_subject_text(void **state)
+{
+	static const struct {
+		const char *line;
+		bool ok;
+	} rows[] = {
+		{"organization = Example Site\n", true},
+		{"organization = Caf\xc3\xa9 M\xc3\xbcller\n", true},       /* UTF-8 é, ü */
+		{"organization = \xe6\x97\xa5\xe6\x9c\xac\n", true},         /* 日本 */
+		{"organization = Te\xffst\n", false},                        /* not UTF-8 */
+		{"organization = Caf\xc3\n", false},                         /* truncated sequence */
+		{"organization = Caf\xc0\xa9\n", false},                     /* overlong form */
+		{"organization = a\xed\xa0\x80z\n", false},                  /* UTF-16 surrogate */
+		{"organization = a\xf4\x90\x80\x80z\n", false},              /* above U+10FFFF */
+		{"organization = a\xc2\x85z\n", false},                      /* C1 control U+0085 */
+		{"root_cn = Te\xffst root\n", false},
+		{"server_cn = \x80nhid\n", false},
+	};
+	struct nhi_ceremony_config cfg;
+	size_t i;
+	nhi_err e;
+
+	(void)state;
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		e = parse_with(rows[i].line, &cfg);
+		if ((e == NHI_OK) != rows[i].ok)
+			fail_msg("row %zu (%s): %s %s", i, rows[i].line, nhi_err_name(e), nhi_err_detail());
+		if (!rows[i].ok && strstr(nhi_err_detail(), "UTF-8") == NULL)
+			fail_msg("row %zu: the error does not say what is wrong: %s", i, nhi_err_detail());
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_transcript_dev_verifies),
 		cmocka_unit_test(test_transcript_signature_record_edited),
+		cmocka_unit_test(test_config_subject_text),
 	};
 
 	return cmocka_run_group_tests_name("provisioning", tests, NULL, NULL);
