@@ -250,6 +250,12 @@ nhi_err nhi_ceremony_config_parse(const char *text, size_t len, struct nhi_cerem
 	NHI_CHECK(out->server_cn[0] != '\0', NHI_ERR_CONFIG, "config key 'server_cn' is required");
 	NHI_CHECK(out->n_dns + out->n_ip > 0, NHI_ERR_CONFIG,
 		  "the server certificate needs at least one name: set server_dns or server_ip");
+	/* nothing the root signs outlives it: a chain to an expired root verifies nowhere */
+	NHI_CHECK(out->server_days <= out->root_days && out->agent_days <= out->root_days, NHI_ERR_CONFIG,
+		  "config key '%s' is %d, beyond root_days %d: a certificate the root signs must not outlive it; "
+		  "lower it or raise root_days",
+		  out->server_days > out->root_days ? "server_days" : "agent_days",
+		  out->server_days > out->root_days ? out->server_days : out->agent_days, out->root_days);
 	/* the trust bundle keys come as a set: update_signers turns the bundle on */
 	if (out->n_signers == 0) {
 		NHI_CHECK(out->update_threshold == 0, NHI_ERR_CONFIG,

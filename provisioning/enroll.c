@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct enroll_opts {
@@ -91,6 +92,8 @@ static nhi_err enroll(const struct enroll_opts *o)
 	char dir[600], ca_path[600], key_path[700], crt_path[700], fp[65];
 	struct nhi_cert_request req;
 	bool key_written = false;
+	struct tm na;
+	char na_s[32];
 
 	NHI_CHECK(nhi_valid_agent_name(o->name), NHI_ERR_ARG,
 		  "agent name '%s' is not valid: 1-63 of [a-z0-9._-], starting with a letter or digit", o->name);
@@ -124,12 +127,16 @@ static nhi_err enroll(const struct enroll_opts *o)
 	NHI_TRY(nhi_cert_issue(prof, &req, &cert));
 	NHI_TRY(nhi_cert_pem(cert, &cert_pem));
 	NHI_TRY(nhi_cert_fingerprint(cert, fp));
+	NHI_CHECK_SSL(ASN1_TIME_to_tm(X509_get0_notAfter(cert), &na) == 1, NHI_ERR_CRYPTO, "reading the validity back");
+	strftime(na_s, sizeof(na_s), "%Y-%m-%dT%H:%M:%SZ", &na);
 	if (o->csr == NULL) {
 		NHI_TRY(nhi_file_write_excl(key_path, agent_pem.data, agent_pem.len, 0600));
 		key_written = true;
 	}
 	NHI_TRY(nhi_file_write_excl(crt_path, cert_pem.data, cert_pem.len, 0644));
-	printf("enrolled %s: %s\n  certificate %s (SHA-256 %s)\n", o->name, (char *)san.data + 4, crt_path, fp);
+	printf("enrolled %s: %s\n  certificate %s (SHA-256 %s)\n  valid until %s%s\n", o->name, (char *)san.data + 4,
+	       crt_path, fp, na_s, ASN1_TIME_compare(X509_get0_notAfter(cert), X509_get0_notAfter(ca)) == 0 ?
+	       " (cut to the root's notAfter: a certificate never outlives its root)" : "");
 	if (o->csr == NULL)
 		printf("  private key %s (mode 0600: hand it to the agent, then delete it here)\n", key_path);
 	rv = NHI_OK;

@@ -95,7 +95,10 @@ struct nhi_cert_request {
 	int backdate_days;       /* tests only (NHI_TEST_BUILD): validity ends this many days ago */
 	int valid_seconds;       /* tests only (NHI_TEST_BUILD): > 0: validity ends this many seconds from now */
 };
-/* Issue a certificate; the validity is refused above the profile's max_days. */
+/*
+ * Issue a certificate; the validity is refused above the profile's max_days, and its
+ * notAfter is at most the issuer's (a later one is cut to it).
+ */
 nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_request *req, X509 **out) NHI_MUST_CHECK;
 /* PEM of a certificate appended to out. */
 nhi_err nhi_cert_pem(X509 *x, struct nhi_buf *out) NHI_MUST_CHECK;

@@ -120,6 +120,11 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 					       req->valid_seconds > 0 ? 0 : req->backdate_days ? -req->backdate_days : req->days,
 					       req->valid_seconds > 0 ? req->valid_seconds : 0, NULL) != NULL,
 		      NHI_ERR_CRYPTO, "setting the validity");
+	/* a certificate never outlives its issuer (nothing chains to an expired root):
+	 * a later notAfter is cut to the issuer's, which the caller prints and records */
+	if (req->issuer != NULL && ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(req->issuer)) > 0)
+		NHI_CHECK_SSL(X509_set1_notAfter(x, X509_get0_notAfter(req->issuer)) == 1, NHI_ERR_CRYPTO,
+			      "setting the validity");
 	NHI_CHECK_SSL(X509_set_pubkey(x, req->subject_key) == 1, NHI_ERR_CRYPTO, "X509_set_pubkey");
 	X509V3_set_ctx(&ctx, req->issuer ? req->issuer : x, x, NULL, NULL, 0);
 	X509V3_set_nconf(&ctx, p->conf);

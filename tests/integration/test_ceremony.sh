@@ -141,6 +141,20 @@ openssl req -new -newkey rsa:2048 -nodes -keyout rsa.key -subj /CN=rsa -out rsa.
 check_fails "a non-P-256 CSR is refused" "must be EC P-256" "$NHICTL" enroll rsa-agent --csr rsa.csr --config good.conf --pin-file user.pin
 check "no certificate was written for refused CSRs" bash -c "[ ! -e out/agents/bad-csr.crt ] && [ ! -e out/agents/rsa-agent.crt ]"
 
+# a certificate never outlives its root: the config refuses it, enroll cuts it to the root's notAfter
+pinfile so4.pin 2718-2818
+"$NHICTL" hsm-init --label cers --so-pin-file so4.pin --pin-file user.pin >/dev/null
+TOKEN=cers conf short.conf "$T/outs" 'root_days = 30' 'server_days = 365' 'agent_days = 30'
+check_fails "server_days beyond root_days is refused before the token is touched" \
+	"config key 'server_days' is 365, beyond root_days 30" "$NHICTL" ceremony --config short.conf --pin-file user.pin
+check "... and nothing was created" bash -c "! objects cers | grep -q nhid- && [ ! -e outs ]"
+TOKEN=cers conf short.conf "$T/outs" 'root_days = 2' 'server_days = 1' 'agent_days = 1'
+check "ceremony with a 2-day root" bash -c "'$NHICTL' ceremony --config short.conf --pin-file user.pin >short.out"
+check "enroll --days 30 under a 2-day root is cut to the root's notAfter, and says so" bash -c \
+	"'$NHICTL' enroll short-agent --days 30 --config short.conf --pin-file user.pin | grep -q 'cut to the root' &&
+	 [ \"\$(openssl x509 -in outs/agents/short-agent.crt -noout -enddate)\" = \"\$(openssl x509 -in outs/ca.crt -noout -enddate)\" ] &&
+	 openssl verify -CAfile outs/ca.crt -purpose sslclient outs/agents/short-agent.crt"
+
 # --- trust bundle v1 made by the ceremony (update_signers) ---
 # two custodians, one token each, as in the update runbook (docs/updates.md)
 for i in 1 2; do

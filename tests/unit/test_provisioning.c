@@ -162,12 +162,36 @@ static void test_config_subject_text(void **state)
 	}
 }
 
+/* nothing the root signs may outlive it: server_days and agent_days are at most root_days */
+static void test_config_days_within_root(void **state)
+{
+	static const struct {
+		const char *lines, *want;
+	} rows[] = {
+		{"root_days = 30\nserver_days = 30\nagent_days = 30\n", NULL},
+		{"root_days = 30\nserver_days = 365\nagent_days = 30\n", "'server_days' is 365, beyond root_days 30"},
+		{"root_days = 30\nserver_days = 30\n", "'agent_days' is 90, beyond root_days 30"},
+		{"root_days = 60\n", "'server_days' is 365, beyond root_days 60"},
+	};
+	struct nhi_ceremony_config cfg;
+	size_t i;
+	nhi_err e;
+
+	(void)state;
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		e = parse_with(rows[i].lines, &cfg);
+		if (rows[i].want == NULL ? e != NHI_OK : e == NHI_OK || strstr(nhi_err_detail(), rows[i].want) == NULL)
+			fail_msg("row %zu: %s %s", i, nhi_err_name(e), nhi_err_detail());
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_transcript_dev_verifies),
 		cmocka_unit_test(test_transcript_signature_record_edited),
 		cmocka_unit_test(test_config_subject_text),
+		cmocka_unit_test(test_config_days_within_root),
 	};
 
 	return cmocka_run_group_tests_name("provisioning", tests, NULL, NULL);
