@@ -5,6 +5,7 @@
  */
 #include "prov_internal.h"
 #include "../common/conf.h"
+#include "../common/jsonw.h"
 #include "../common/limits.h"
 
 #include <arpa/inet.h>
@@ -66,55 +67,26 @@ bool nhi_valid_trust_domain(const char *s)
 }
 
 /*
- * One UTF-8 character at s (RFC 3629: shortest form, no surrogates, at most U+10FFFF);
- * its length, or 0 when the bytes are not UTF-8. *cp gets the code point.
- */
-static size_t utf8_char(const unsigned char *s, uint32_t *cp)
-{
-	static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-	size_t n, i;
-	uint32_t c;
-
-	if (s[0] < 0x80)
-		n = 1, c = s[0];
-	else if ((s[0] & 0xe0) == 0xc0)
-		n = 2, c = s[0] & 0x1fu;
-	else if ((s[0] & 0xf0) == 0xe0)
-		n = 3, c = s[0] & 0x0fu;
-	else if ((s[0] & 0xf8) == 0xf0)
-		n = 4, c = s[0] & 0x07u;
-	else
-		return 0;
-	for (i = 1; i < n; i++) {
-		if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
-			return 0;
-		c = (c << 6) | (s[i] & 0x3fu);
-	}
-	if (c < min[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-		return 0;
-	*cp = c;
-	return n;
-}
-
-/*
  * Text for subject names, checked as what it becomes: a UTF8String of 1 to 64
  * characters (RFC 5280 ub-common-name, ub-organization-name), no C0 or C1 control
  * characters or DEL (it is printed and recorded), none of / , + = \ " < > ;
+ * UTF-8 as nhid's JSON writer takes it (shortest form, no surrogates, <= U+10FFFF); a C1
+ * character U+0080..U+009F is the two bytes 0xc2 0x80..0x9f.
  */
 static bool valid_text(const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	size_t chars = 0, n;
-	uint32_t c = 0;
+	size_t i, n = strlen(s), chars = 0;
+	bool ok = nhi_jsonw_utf8_valid(s, n);
 
-	while (*p != '\0') {
-		n = utf8_char(p, &c);
-		if (n == 0 || c < 0x20 || (c >= 0x7f && c <= 0x9f) || (c < 0x80 && strchr("/,+=\\\"<>;", (int)c) != NULL))
-			return false;
-		p += n;
-		chars++;
+	for (i = 0; ok && i < n; i++) {
+		if (p[i] < 0x20 || p[i] == 0x7f || strchr("/,+=\\\"<>;", p[i]) != NULL ||
+		    (p[i] == 0xc2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f))
+			ok = false;
+		if ((p[i] & 0xc0) != 0x80) /* the first byte of a character */
+			chars++;
 	}
-	return chars > 0 && chars <= 64;
+	return ok && chars > 0 && chars <= 64;
 }
 
 static nhi_err parse_days(int *dst, const char *key, const char *val, int max)
