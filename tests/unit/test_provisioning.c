@@ -10,25 +10,15 @@
 
 #include "../../common/nhi.h"
 #include "../../provisioning/prov_internal.h"
+#include "../fixtures/dev_root.h"
 
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* the root that signed tests/fuzz/corpus/transcript/dev.jsonl (as in tests/fuzz/transcript.c) */
-static const char root_pem[] = "-----BEGIN CERTIFICATE-----\n"
-			       "MIIBwDCCAWagAwIBAgIQVzfxwdsKxFK9XRnzDykH9jAKBggqhkjOPQQDAjAuMREw\n"
-			       "DwYDVQQKDAhuaGlkIGRldjEZMBcGA1UEAwwQbmhpZCBkZXYgcm9vdCBDQTAeFw0y\n"
-			       "NjExMjMxNTAzNTlaFw0zNjExMjAxNTA0NTlaMC4xETAPBgNVBAoMCG5oaWQgZGV2\n"
-			       "MRkwFwYDVQQDDBBuaGlkIGRldiByb290IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0D\n"
-			       "AQcDQgAEN4wdoNSro+SbiIpw+1K3luC5/UMNbwGhyZGhiPSe/44iMbWTbr/AxmmF\n"
-			       "5hXDYMA1w7R/YIq19naAhUsUGEyABqNmMGQwEgYDVR0TAQH/BAgwBgEB/wIBADAO\n"
-			       "BgNVHQ8BAf8EBAMCAQYwHQYDVR0OBBYEFA/NZRfOZvicjUG8kBYGVk536XYCMB8G\n"
-			       "A1UdIwQYMBaAFA/NZRfOZvicjUG8kBYGVk536XYCMAoGCCqGSM49BAMCA0gAMEUC\n"
-			       "IQC8rRdpqlCk8i9QASUM2rPZw2mMut5ax1vGq4+FmvqtugIgFwZOh2MszwnKdOxB\n"
-			       "A/wrYDo8RjJ5g9V0x2tjQ+dRDKo=\n"
-			       "-----END CERTIFICATE-----\n";
+/* the root that signed tests/fuzz/corpus/transcript/dev.jsonl */
+static const char root_pem[] = NHI_TEST_DEV_ROOT_PEM;
 #define DEV_TRANSCRIPT "tests/fuzz/corpus/transcript/dev.jsonl"
 
 static X509 *load_root(void)
