@@ -25,18 +25,24 @@ static nhi_err prompt_pin(struct nhi_buf *pin)
 	fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
 	NHI_CHECK(fd >= 0, NHI_ERR_ARG, "no PIN file given and no terminal to ask on (%s): pass --pin-file FILE",
 		  strerror(errno));
-	if (tcgetattr(fd, &old) == 0) {
-		quiet = old;
-		quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
-		restore = tcsetattr(fd, TCSAFLUSH, &quiet) == 0;
-	}
+	/* a PIN is never shown: a terminal whose echo cannot be turned off is not asked */
+	NHI_CHECK(tcgetattr(fd, &old) == 0, NHI_ERR_IO,
+		  "cannot turn echo off on the terminal to ask for the PIN (%s): pass --pin-file FILE", strerror(errno));
+	quiet = old;
+	quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+	NHI_CHECK(tcsetattr(fd, TCSAFLUSH, &quiet) == 0, NHI_ERR_IO,
+		  "cannot turn echo off on the terminal to ask for the PIN (%s): pass --pin-file FILE", strerror(errno));
+	restore = true;
+	NHI_CHECK(tcgetattr(fd, &quiet) == 0 && (quiet.c_lflag & ECHO) == 0, NHI_ERR_IO,
+		  "the terminal kept echo on: the PIN would show; pass --pin-file FILE");
 	NHI_CHECK(write(fd, "User PIN: ", 10) == 10, NHI_ERR_IO, "writing the prompt");
 	pin->secret = true;
 	for (;;) {
 		n = read(fd, &c, 1);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0 || c == '\n' || c == '\r')
+		NHI_CHECK(n >= 0, NHI_ERR_IO, "reading the PIN from the terminal: %s", strerror(errno));
+		if (n == 0 || c == '\n' || c == '\r')
 			break;
 		NHI_CHECK(pin->len < NHI_PIN_FILE_MAX_BYTES, NHI_ERR_LIMIT, "PIN too long");
 		NHI_TRY(nhi_buf_append(pin, &c, 1));
@@ -45,7 +51,7 @@ static nhi_err prompt_pin(struct nhi_buf *pin)
 	NHI_CHECK(pin->len > 0, NHI_ERR_ARG, "empty PIN");
 	rv = NHI_OK;
 out:
-	c = 0;
+	explicit_bzero(&c, sizeof(c));
 	if (restore)
 		(void)tcsetattr(fd, TCSAFLUSH, &old);
 	if (fd >= 0)

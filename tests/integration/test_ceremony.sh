@@ -119,6 +119,14 @@ check "agent certificate carries the SPIFFE URI SAN" bash -c "openssl x509 -in o
 check "agent certificate is not good for TLS servers" bash -c "! openssl verify -CAfile out/ca.crt -purpose sslserver out/agents/demo-agent.crt"
 check "agent key matches its certificate" bash -c "[ \"\$(openssl pkey -in out/agents/demo-agent.key -pubout)\" = \"\$(openssl x509 -in out/agents/demo-agent.crt -noout -pubkey)\" ]"
 check_fails "enrolling the same name twice is refused" "already exists" "$NHICTL" enroll demo-agent --config good.conf --pin-file user.pin
+# without --pin-file the PIN is typed at the terminal (/dev/tty), with echo off
+PTY_PIN="python3 $NHI_ROOT/tests/integration/pty_pin.py"
+check "enroll without --pin-file asks on the terminal with echo off (the PIN is not shown) and enrolls" bash -c \
+	"$PTY_PIN 3141-5926 '$NHICTL' enroll tty-agent --config good.conf >tty.out; rc=\$?; cat tty.out
+	 [ \$rc = 0 ] && grep -q 'enrolled tty-agent' tty.out && [ -s out/agents/tty-agent.crt ]"
+check "... Ctrl-D at the prompt is refused as an empty PIN, and nothing is enrolled" bash -c \
+	"$PTY_PIN '' '$NHICTL' enroll tty-agent2 --config good.conf >tty2.out; rc=\$?; cat tty2.out
+	 [ \$rc != 0 ] && [ \$rc -lt 97 ] && grep -q 'empty PIN' tty2.out && [ ! -e out/agents/tty-agent2.crt ]"
 check_fails "an invalid agent name is refused" "is not valid" "$NHICTL" enroll "../evil" --config good.conf --pin-file user.pin
 # 4294967297 is 1 in a 32-bit int: it must be refused, not become a 1-day certificate
 check_fails "--days beyond the range is refused, not wrapped" "must be a whole number from 1 to" \
