@@ -11,12 +11,53 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct nhi_profiles {
 	CONF *conf;
 };
+
+/* a profile's max_days: a whole number of days, 1 to NHI_ROOT_DAYS_MAX (nothing lives longer) */
+static nhi_err profile_max_days(const CONF *conf, const char *section, long *out)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	const char *s = NCONF_get_string(conf, section, "max_days");
+	char *end = NULL;
+	long v = 0;
+
+	ERR_clear_error();
+	NHI_CHECK(s != NULL, NHI_ERR_CONFIG, "profiles file has no 'max_days' in its [%s] section", section);
+	errno = 0;
+	if (s[0] >= '0' && s[0] <= '9')
+		v = strtol(s, &end, 10);
+	NHI_CHECK(end != NULL && *end == '\0' && errno == 0 && v >= 1 && v <= NHI_ROOT_DAYS_MAX, NHI_ERR_CONFIG,
+		  "profiles file: [%s] max_days '%.32s' is not a whole number of days from 1 to %d", section, s,
+		  NHI_ROOT_DAYS_MAX);
+	*out = v;
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* every [nhi_profile_*] section's max_days, so that a bad one stops the run before any key is made */
+static nhi_err profiles_check(const CONF *conf)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	STACK_OF(OPENSSL_CSTRING) *names = NCONF_get_section_names(conf);
+	long days;
+	int i;
+
+	NHI_CHECK_SSL(names != NULL, NHI_ERR_NOMEM, "listing the profile sections");
+	for (i = 0; i < sk_OPENSSL_CSTRING_num(names); i++)
+		if (strncmp(sk_OPENSSL_CSTRING_value(names, i), "nhi_profile_", 12) == 0)
+			NHI_TRY(profile_max_days(conf, sk_OPENSSL_CSTRING_value(names, i), &days));
+	rv = NHI_OK;
+out:
+	sk_OPENSSL_CSTRING_free(names);
+	return rv;
+}
 
 nhi_err nhi_profiles_load(const char *path, struct nhi_profiles **out, uint8_t sha256[32])
 {
@@ -40,6 +81,11 @@ nhi_err nhi_profiles_load(const char *path, struct nhi_profiles **out, uint8_t s
 	NHI_CHECK_SSL(p->conf != NULL && bio != NULL, NHI_ERR_NOMEM, "allocating the profile parser");
 	NHI_CHECK_SSL(NCONF_load_bio(p->conf, bio, &eline) == 1, NHI_ERR_CONFIG, "%s: syntax error at line %ld", path,
 		      eline);
+	rv = profiles_check(p->conf);
+	if (rv != NHI_OK) {
+		rv = nhi_err_wrap(rv, "profiles file %s", path);
+		goto out;
+	}
 	*out = p;
 	p = NULL;
 	rv = NHI_OK;
@@ -80,7 +126,7 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	char section[64];
-	const char *ext_section, *max_s;
+	const char *ext_section;
 	long max_days;
 	X509 *x = NULL;
 	X509_NAME *name = NULL;
@@ -90,12 +136,11 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 	*out = NULL;
 	snprintf(section, sizeof(section), "nhi_profile_%s", req->profile);
 	ext_section = NCONF_get_string(p->conf, section, "extensions");
-	max_s = NCONF_get_string(p->conf, section, "max_days");
 	ERR_clear_error();
-	NHI_CHECK(ext_section != NULL && max_s != NULL, NHI_ERR_CONFIG,
-		  "profiles file has no [%s] section with 'extensions' and 'max_days'", section);
-	max_days = strtol(max_s, NULL, 10);
-	NHI_CHECK(max_days > 0 && req->days > 0 && req->days <= max_days, NHI_ERR_CONFIG,
+	NHI_CHECK(ext_section != NULL, NHI_ERR_CONFIG, "profiles file has no [%s] section with 'extensions' and 'max_days'",
+		  section);
+	NHI_TRY(profile_max_days(p->conf, section, &max_days));
+	NHI_CHECK(req->days > 0 && req->days <= max_days, NHI_ERR_CONFIG,
 		  "%d days requested for a %s certificate; the profile allows at most %ld", req->days, req->profile,
 		  max_days);
 	x = X509_new();

@@ -44,6 +44,11 @@ check_fails "a profiles file with an .include is refused, naming it" "profiles f
 PROFILES=$T/dollar.cnf conf bad8.conf out-bad
 check_fails "a profiles file with a \$ expansion is refused" "'\$' is not allowed" \
 	"$NHICTL" ceremony --config bad8.conf --pin-file user.pin
+sed 's/^max_days   = 365$/max_days   = 365abc/' "$NHI_ROOT/openssl.cnf" >junkdays.cnf
+PROFILES=$T/junkdays.cnf conf bad10.conf out-bad
+check_fails "a profile max_days with trailing junk is refused before the token is touched, naming it" \
+	"[nhi_profile_agent] max_days '365abc' is not a whole number of days" \
+	"$NHICTL" ceremony --config bad10.conf --pin-file user.pin
 conf bad9.conf out-bad "$(printf 'organization = Te\377st')"
 check_fails "an organization that is not UTF-8 is refused before the token is touched" \
 	"config key 'organization' must be 1-64 printable characters in UTF-8" "$NHICTL" ceremony --config bad9.conf --pin-file user.pin
