@@ -44,6 +44,9 @@ static int known_index(const char *key, size_t klen, const char *const *known, s
  * - a line ending in '\' (NCONF joins it with the next), ':' or '\' in a key name
  *   (section::key puts a key into another section), section names other than [A-Za-z0-9_];
  * - a known key given twice in `section` (NCONF keeps the last one silently).
+ * NCONF drops a UTF-8 byte order mark at the start of the text (conf_def.c, first read), so
+ * the scan drops it too: read as part of line 1 it hid that line from every rule above
+ * (a BOM before .include or [section] passed the scan while NCONF obeyed the line).
  * With those gone, NCONF's lines are this file's lines and its keys are the names below.
  */
 static nhi_err scan_text(const char *text, size_t len, const char *section, const char *const *known,
@@ -56,6 +59,8 @@ static nhi_err scan_text(const char *text, size_t len, const char *section, cons
 	int idx;
 
 	NHI_CHECK(first != NULL, NHI_ERR_NOMEM, "out of memory");
+	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+		i = 3;
 	for (; i < len; i = eol + 1, line++) {
 		for (eol = i; eol < len && text[eol] != '\n'; eol++) {
 			NHI_CHECK(text[eol] != '\0', NHI_ERR_CONFIG, "line %zu: NUL byte in config", line);

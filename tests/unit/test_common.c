@@ -391,12 +391,17 @@ static void test_conf_reader_strict(void **state)
 		{"[s\\ec]\na = 1\n", "a section header must be [name]"},
 		{"[se c]\na = 1\n", "a section header must be [name]"},
 		{"[sec\na = 1\n", "a section header must be [name]"},
+		/* NCONF skips a UTF-8 byte order mark; the scan must read the same first line */
+		{"\xef\xbb\xbf[sec]\na = 1\na = 2\n", "config key 'a' is given twice (lines 2 and 3)"},
+		{"\xef\xbb\xbf.include /x\n[sec]\n", "line 1: directives such as .include"},
+		{"\xef\xbb\xbf[s\\ec]\na = 1\n", "line 1: a section header must be [name]"},
 	};
 	static const char *const good[] = {
 		"[sec]\r\na = 1\r\nb = 2\r\n",      /* CRLF files */
 		"[sec]\na = 1 # a = 2\n# a = 3\nb = a.b\n",
 		"[sec]\na = x\\\\y\n", /* an escaped backslash inside a value */
 		"[other]\nb = 1\n[sec]\nb = 2\n", /* same name in another section: refused later, not as a twin */
+		"\xef\xbb\xbf[sec]\na = 1\n", /* a UTF-8 byte order mark, as some editors save */
 	};
 	struct seen s = {0};
 	size_t i;
@@ -415,6 +420,9 @@ static void test_conf_reader_strict(void **state)
 	assert_string_equal(s.last, "a=x\\y");
 	assert_int_equal(nhi_conf_parse(good[3], strlen(good[3]), "sec", keys, 2, collect, &s), NHI_ERR_CONFIG);
 	assert_non_null(strstr(nhi_err_detail(), "unknown config section [other]"));
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(nhi_conf_parse(good[4], strlen(good[4]), "sec", keys, 2, collect, &s), NHI_OK);
+	assert_string_equal(s.last, "a=1");
 }
 
 static void test_errors(void **state)
