@@ -206,16 +206,32 @@ out:
 	return rv;
 }
 
+/*
+ * The temp name is unique to this call: pid and a per-process sequence number, created
+ * with O_EXCL. One name per pid let two threads share a temp file (one truncated or
+ * renamed away the other's), and O_TRUNC on a leftover of a crashed process that had
+ * this pid kept that file's mode and owner. A leftover with this exact name can only
+ * be from a dead process (no live one has our pid, and our sequence never repeats), so
+ * it is removed and the name taken once more.
+ */
 nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
 {
+	static _Atomic unsigned long seq;
 	nhi_err rv = NHI_ERR_INTERNAL;
 	char tmp[4096];
-	int fd = -1;
+	int fd = -1, tries;
 
-	NHI_CHECK((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) < sizeof(tmp),
+	NHI_CHECK((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%ld.%lu", path, (long)getpid(), seq++) < sizeof(tmp),
 		  NHI_ERR_ARG, "path too long: %s", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-	NHI_CHECK(fd >= 0, NHI_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	for (tries = 0; tries < 2; tries++) {
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+		if (fd >= 0 || errno != EEXIST || tries > 0 || unlink(tmp) != 0)
+			break;
+	}
+	if (fd < 0) {
+		tmp[0] = '\0'; /* not ours: never unlinked below */
+		NHI_FAIL(NHI_ERR_IO, "cannot create a temp file beside %s: %s", path, strerror(errno));
+	}
 	NHI_TRY(write_all(fd, tmp, data, len));
 	NHI_CHECK(close(fd) == 0, NHI_ERR_IO, "closing %s: %s", tmp, strerror(errno));
 	fd = -1;

@@ -173,7 +173,11 @@ nhi_err nhi_file_write_excl(const char *path, const void *data, size_t len, unsi
 /* fsync the directory that holds `path` (after a create or rename in it). */
 nhi_err nhi_fsync_dir_of(const char *path) NHI_MUST_CHECK;
 
-/* Write to a temp file beside `path`, fsync, rename over `path`, fsync the dir. */
+/*
+ * Write to a temp file beside `path` (`path`.tmp.<pid>.<n>, created O_EXCL with `mode`, so
+ * never a leftover's mode or another thread's file), fsync, rename over `path`, fsync the
+ * dir. On failure the temp file is removed and `path` is as it was.
+ */
 nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode) NHI_MUST_CHECK;
 
 /* ---- encodings and hashes (OpenSSL underneath) -------------------------------- */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -227,6 +228,90 @@ static void test_write_excl_and_atomic(void **state)
 	assert_int_equal(st.st_mode & 0777, 0640);
 	assert_int_equal(nhi_file_read(path, 4, &b), NHI_ERR_LIMIT);
 	assert_int_equal(nhi_file_read(dir, 4, &b), NHI_ERR_ARG); /* a directory */
+	nhi_buf_free(&b);
+}
+
+/* a temp file left by a crashed process that had this pid is not reused: its mode (and
+ * owner) would become the file's, and a secret written 0600 would end up 0644 */
+static void test_write_atomic_stale_temp(void **state)
+{
+	char path[400], stale[440];
+	struct nhi_buf b = {0};
+	struct stat st;
+	int i, left = 0;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/state.json", dir);
+	/* leftovers under every name this pid may pick now: the old one, and pid.seq */
+	snprintf(stale, sizeof(stale), "%s.tmp.%ld", path, (long)getpid());
+	write_file(stale, "stale and longer than the new content", 0644);
+	for (i = 0; i < 16; i++) {
+		snprintf(stale, sizeof(stale), "%s.tmp.%ld.%d", path, (long)getpid(), i);
+		write_file(stale, "stale and longer than the new content", 0644);
+	}
+	assert_int_equal(nhi_file_write_atomic(path, "new", 3, 0600), NHI_OK);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_int_equal(nhi_file_read(path, 64, &b), NHI_OK);
+	assert_int_equal(b.len, 3);
+	assert_memory_equal(b.data, "new", 3);
+	nhi_buf_free(&b);
+	for (i = 0; i < 16; i++) {
+		snprintf(stale, sizeof(stale), "%s.tmp.%ld.%d", path, (long)getpid(), i);
+		left += unlink(stale) == 0;
+	}
+	assert_int_equal(left, 15); /* the one whose name was taken was removed, not reused */
+	snprintf(stale, sizeof(stale), "%s.tmp.%ld", path, (long)getpid());
+	unlink(stale);
+}
+
+struct atomic_writer {
+	const char *path;
+	char fill;
+	int failures;
+	char detail[NHI_ERR_DETAIL_MAX]; /* the writer thread's last error */
+};
+
+static void *atomic_writer_run(void *arg)
+{
+	struct atomic_writer *w = arg;
+	char data[4096];
+	int i;
+
+	memset(data, w->fill, sizeof(data));
+	for (i = 0; i < 100; i++)
+		if (nhi_file_write_atomic(w->path, data, sizeof(data), 0600) != NHI_OK) {
+			w->failures++;
+			snprintf(w->detail, sizeof(w->detail), "%s", nhi_err_detail());
+		}
+	return NULL;
+}
+
+/* threads of one process writing the same file: each write is whole, none fails (they
+ * shared one temp name, so one thread truncated another's temp file or renamed it away) */
+static void test_write_atomic_threads(void **state)
+{
+	struct atomic_writer w[4];
+	pthread_t t[4];
+	char path[400];
+	struct nhi_buf b = {0};
+	size_t i, j;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/shared", dir);
+	for (i = 0; i < 4; i++) {
+		w[i] = (struct atomic_writer){.path = path, .fill = (char)('a' + i)};
+		assert_int_equal(pthread_create(&t[i], NULL, atomic_writer_run, &w[i]), 0);
+	}
+	for (i = 0; i < 4; i++)
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+	for (i = 0; i < 4; i++)
+		if (w[i].failures != 0)
+			fail_msg("writer %zu: %d of 100 writes failed: %s", i, w[i].failures, w[i].detail);
+	assert_int_equal(nhi_file_read(path, 8192, &b), NHI_OK);
+	assert_int_equal(b.len, 4096);
+	for (j = 1; j < b.len; j++)
+		assert_int_equal(b.data[j], b.data[0]);
 	nhi_buf_free(&b);
 }
 
@@ -600,6 +685,7 @@ int main(void)
 		cmocka_unit_test(test_b64url_rfc4648),	   cmocka_unit_test(test_b64url_strict),
 		cmocka_unit_test(test_buffers_and_secret_memory), cmocka_unit_test(test_secret_files),
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
+		cmocka_unit_test(test_write_atomic_stale_temp), cmocka_unit_test(test_write_atomic_threads),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_conf_reader_strict),
 		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
