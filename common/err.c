@@ -35,12 +35,34 @@ const char *nhi_err_name(nhi_err e)
 	return nhi_err_names[e];
 }
 
+/*
+ * After a cut at the end of the buffer (printf's return `want` >= cap): drop a character
+ * the cut split, so that a detail stays UTF-8. Details go into JSON error bodies and
+ * audit records, and jansson refuses a whole document for half a character.
+ */
+static void cut_partial_utf8(char *s, int want, size_t cap)
+{
+	size_t n, i, k = 0, need;
+	unsigned char c;
+
+	if (want < 0 || (size_t)want < cap)
+		return;
+	n = strlen(s);
+	for (i = n; i > 0 && k < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80; i--)
+		k++;
+	if (i == 0 || (c = (unsigned char)s[i - 1]) < 0xc0)
+		return;
+	need = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+	if (k + 1 < need)
+		s[i - 1] = '\0';
+}
+
 __attribute__((format(printf, 1, 0))) static void set_detail(const char *fmt, va_list ap)
 {
 	char tmp[NHI_ERR_DETAIL_MAX];
 
 	/* format into a temporary first: fmt's arguments may point into nhi_err_buf */
-	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	cut_partial_utf8(tmp, vsnprintf(tmp, sizeof(tmp), fmt, ap), sizeof(tmp));
 	memcpy(nhi_err_buf, tmp, sizeof(tmp));
 }
 
@@ -70,7 +92,8 @@ nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...)
 		ERR_error_string_n(e, ossl, sizeof(ossl));
 	ERR_clear_error();
 	n = strlen(nhi_err_buf);
-	snprintf(nhi_err_buf + n, sizeof(nhi_err_buf) - n, ": %s", ossl);
+	cut_partial_utf8(nhi_err_buf + n, snprintf(nhi_err_buf + n, sizeof(nhi_err_buf) - n, ": %s", ossl),
+			 sizeof(nhi_err_buf) - n);
 	return code;
 }
 
@@ -82,9 +105,10 @@ nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...)
 
 	memcpy(old, nhi_err_buf, sizeof(old));
 	va_start(ap, fmt);
-	vsnprintf(ctx, sizeof(ctx), fmt, ap);
+	cut_partial_utf8(ctx, vsnprintf(ctx, sizeof(ctx), fmt, ap), sizeof(ctx));
 	va_end(ap);
-	snprintf(nhi_err_buf, sizeof(nhi_err_buf), "%s: %s", ctx, old);
+	cut_partial_utf8(nhi_err_buf, snprintf(nhi_err_buf, sizeof(nhi_err_buf), "%s: %s", ctx, old),
+			 sizeof(nhi_err_buf));
 	return code;
 }
 

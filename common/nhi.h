@@ -45,7 +45,8 @@ const char *nhi_err_name(nhi_err e);
 /*
  * Record a detail message for the current thread and return `code` so that a
  * caller can write `return nhi_err_set(NHI_ERR_ARG, "...")`. The message must never
- * contain a secret. It is truncated at NHI_ERR_DETAIL_MAX bytes.
+ * contain a secret. It is truncated at NHI_ERR_DETAIL_MAX bytes (NUL included), never inside
+ * a UTF-8 character: a detail of UTF-8 arguments stays UTF-8 (it goes into JSON replies).
  */
 nhi_err nhi_err_set(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
 /* Same, with ": <top OpenSSL error>" appended; clears the OpenSSL error queue. */

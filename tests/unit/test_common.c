@@ -523,6 +523,40 @@ static void test_errors(void **state)
 	assert_string_equal(nhi_err_detail(), "");
 }
 
+/* a detail cut at NHI_ERR_DETAIL_MAX stays UTF-8: it goes into JSON error bodies and audit
+ * records, and half a character made jansson refuse the whole body */
+static void test_error_truncation_utf8(void **state)
+{
+	char big[2 * NHI_ERR_DETAIL_MAX];
+	size_t i, n;
+
+	(void)state;
+	for (i = 0; i + 2 < sizeof(big); i += 2)
+		memcpy(big + i, "\xc3\xa9", 2); /* U+00E9, two bytes each */
+	big[i] = '\0';
+	for (n = 0; n < 4; n++) { /* every position of the cut inside a character */
+		nhi_err_set(NHI_ERR_ARG, "%.*s%s", (int)n, "xxx", big);
+		assert_true(strlen(nhi_err_detail()) < NHI_ERR_DETAIL_MAX);
+		assert_true(strlen(nhi_err_detail()) >= NHI_ERR_DETAIL_MAX - 4);
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+		nhi_err_set(NHI_ERR_ARG, "%s", "\xe2\x82\xac cause");
+		nhi_err_wrap(NHI_ERR_ARG, "%.*s%s", (int)n, "xxx", big);
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+		nhi_err_set_ssl(NHI_ERR_CRYPTO, "%.*s%s", (int)n, "xxx", big);
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+	}
+	for (i = 0; i + 3 < sizeof(big); i += 3)
+		memcpy(big + i, "\xe2\x82\xac", 3); /* U+20AC, three bytes */
+	big[i] = '\0';
+	for (n = 0; n < 4; n++) {
+		nhi_err_set(NHI_ERR_ARG, "%.*s%s", (int)n, "xxx", big);
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+	}
+	/* a short detail is not touched */
+	nhi_err_set(NHI_ERR_ARG, "caf\xc3\xa9");
+	assert_string_equal(nhi_err_detail(), "caf\xc3\xa9");
+}
+
 /* common/jsonw.h: known answers (RFC 8259 §7 escapes as jansson writes them) */
 static const struct {
 	const char *in;
@@ -688,7 +722,7 @@ int main(void)
 		cmocka_unit_test(test_write_atomic_stale_temp), cmocka_unit_test(test_write_atomic_threads),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_conf_reader_strict),
-		cmocka_unit_test(test_errors),		   cmocka_unit_test(test_p256_only),
+		cmocka_unit_test(test_errors), cmocka_unit_test(test_error_truncation_utf8),		   cmocka_unit_test(test_p256_only),
 		cmocka_unit_test(test_pid_cache_fork),
 		cmocka_unit_test(test_jsonw),
 	};
