@@ -41,7 +41,9 @@ nhi_err nhi_file_read(const char *path, size_t max_bytes, struct nhi_buf *out)
 	struct stat st;
 	int fd = -1;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO without a writer would block the open itself, before fstat can
+	 * refuse it; on the regular files read here it changes nothing */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	NHI_CHECK(fd >= 0, errno == ENOENT ? NHI_ERR_NOT_FOUND : NHI_ERR_IO, "cannot open %s: %s",
 		  path, strerror(errno));
 	NHI_CHECK(fstat(fd, &st) == 0, NHI_ERR_IO, "cannot stat %s: %s", path, strerror(errno));

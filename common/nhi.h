@@ -133,7 +133,7 @@ nhi_err nhi_pid_cache_enable(void) NHI_MUST_CHECK;
 
 /*
  * Read a whole regular file into `out` (appended). Fails with NHI_ERR_LIMIT when it
- * is larger than `max_bytes`.
+ * is larger than `max_bytes`, NHI_ERR_ARG at once for anything else (a FIFO, a directory).
  */
 nhi_err nhi_file_read(const char *path, size_t max_bytes, struct nhi_buf *out) NHI_MUST_CHECK;
 

@@ -231,6 +231,34 @@ static void test_write_excl_and_atomic(void **state)
 	nhi_buf_free(&b);
 }
 
+/* a FIFO given as a file (--config, a PEM key) is refused at once: open(2) of a FIFO
+ * without a writer blocked forever before fstat could say it is not a regular file */
+static void test_file_read_fifo(void **state)
+{
+	char path[400];
+	pid_t child;
+	int status = -1;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/fifo", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		struct nhi_buf b = {0};
+		nhi_err e;
+
+		alarm(5); /* a hang ends the child with SIGALRM */
+		e = nhi_file_read(path, 64, &b);
+		_exit(e == NHI_ERR_ARG && strstr(nhi_err_detail(), "not a regular file") != NULL ? 0 : 1);
+	}
+	assert_int_equal(waitpid(child, &status, 0), child);
+	if (!WIFEXITED(status))
+		fail_msg("nhi_file_read on a FIFO hung (signal %d)", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	assert_int_equal(WEXITSTATUS(status), 0);
+	unlink(path);
+}
+
 /* a temp file left by a crashed process that had this pid is not reused: its mode (and
  * owner) would become the file's, and a secret written 0600 would end up 0644 */
 static void test_write_atomic_stale_temp(void **state)
@@ -719,7 +747,7 @@ int main(void)
 		cmocka_unit_test(test_b64url_rfc4648),	   cmocka_unit_test(test_b64url_strict),
 		cmocka_unit_test(test_buffers_and_secret_memory), cmocka_unit_test(test_secret_files),
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
-		cmocka_unit_test(test_write_atomic_stale_temp), cmocka_unit_test(test_write_atomic_threads),
+		cmocka_unit_test(test_file_read_fifo), cmocka_unit_test(test_write_atomic_stale_temp), cmocka_unit_test(test_write_atomic_threads),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_conf_reader_strict),
 		cmocka_unit_test(test_errors), cmocka_unit_test(test_error_truncation_utf8),		   cmocka_unit_test(test_p256_only),
