@@ -177,7 +177,8 @@ nhi_err nhi_fsync_dir_of(const char *path) NHI_MUST_CHECK;
 /*
  * Write to a temp file beside `path` (`path`.tmp.<pid>.<n>, created O_EXCL with `mode`, so
  * never a leftover's mode or another thread's file), fsync, rename over `path`, fsync the
- * dir. On failure the temp file is removed and `path` is as it was.
+ * dir. A failure before the rename removes the temp file and leaves `path` as it was; after
+ * it (the directory fsync) `path` holds the new bytes but may not survive a crash.
  */
 nhi_err nhi_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode) NHI_MUST_CHECK;
 
