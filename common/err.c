@@ -42,19 +42,18 @@ const char *nhi_err_name(nhi_err e)
  */
 static void cut_partial_utf8(char *s, int want, size_t cap)
 {
-	size_t n, i, k = 0, need;
+	size_t i, k = 0, need;
 	unsigned char c;
 
-	if (want < 0 || (size_t)want < cap)
-		return;
-	n = strlen(s);
-	for (i = n; i > 0 && k < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80; i--)
-		k++;
-	if (i == 0 || (c = (unsigned char)s[i - 1]) < 0xc0)
-		return;
-	need = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
-	if (k + 1 < need)
-		s[i - 1] = '\0';
+	if (want >= 0 && (size_t)want >= cap) {
+		/* i: just after the last byte that is not a continuation byte; k: those after it */
+		for (i = strlen(s); i > 0 && k < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80; i--)
+			k++;
+		c = i > 0 ? (unsigned char)s[i - 1] : 0;
+		need = c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+		if (k + 1 < need)
+			s[i - 1] = '\0';
+	}
 }
 
 __attribute__((format(printf, 1, 0))) static void set_detail(const char *fmt, va_list ap)
