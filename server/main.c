@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -19,6 +20,7 @@
 struct sig_ctx {
 	struct nhi_server *srv;
 	sigset_t set;
+	atomic_bool over; /* nhi_server_run came back without a stop (it failed): just leave */
 };
 
 static void *signal_thread(void *arg)
@@ -29,6 +31,8 @@ static void *signal_thread(void *arg)
 	for (;;) {
 		if (sigwait(&c->set, &sig) != 0)
 			continue;
+		if (atomic_load(&c->over))
+			return NULL;
 		if (sig == SIGHUP) {
 			if (nhi_server_reload(c->srv, "SIGHUP") != NHI_OK)
 				fprintf(stderr, "nhid: reload failed: %s\n", nhi_err_detail());
@@ -167,9 +171,23 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	sc.srv = srv;
-	pthread_create(&st, NULL, signal_thread, &sc);
+	atomic_init(&sc.over, false);
+	if ((errno = pthread_create(&st, NULL, signal_thread, &sc)) != 0) {
+		/* without it SIGTERM and SIGHUP would stay blocked: nhid could only be killed */
+		fprintf(stderr, "nhid: refusing to start: cannot start the signal thread: %s (out of memory or "
+				"threads: raise the limit on tasks)\n",
+			strerror(errno));
+		nhi_server_free(srv);
+		return 1;
+	}
 	fprintf(stderr, "nhid: listening on https://%s:%d (%u threads)\n", cfg.listen_host, cfg.listen_port, cfg.threads);
 	e = nhi_server_run(srv);
+	if (e != NHI_OK) {
+		/* the run failed on its own (a thread that did not start): the signal thread
+		 * still waits for a signal and would keep nhid here, the cause unprinted */
+		atomic_store(&sc.over, true);
+		pthread_kill(st, SIGTERM);
+	}
 	pthread_join(st, NULL);
 	nhi_server_free(srv);
 	if (e != NHI_OK) {

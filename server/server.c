@@ -738,6 +738,22 @@ out:
 	return rv;
 }
 
+#ifdef NHI_TEST_BUILD
+/* NHI_TEST_FAIL_WORKER_START=N: starting worker thread N (from 0) fails (test_server_startup.sh) */
+static bool worker_start_fails(unsigned idx)
+{
+	const char *v = getenv("NHI_TEST_FAIL_WORKER_START");
+
+	return v != NULL && v[0] != '\0' && (unsigned)atoi(v) == idx;
+}
+#else
+static bool worker_start_fails(unsigned idx)
+{
+	(void)idx;
+	return false;
+}
+#endif
+
 static void *worker_main(void *arg)
 {
 	struct nhi_worker *w = arg;
@@ -754,8 +770,10 @@ nhi_err nhi_server_run(struct nhi_server *s)
 	unsigned i;
 
 	for (i = 0; i < s->cfg.threads; i++) {
-		NHI_CHECK(pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) == 0, NHI_ERR_INTERNAL,
-			  "cannot start worker thread %u", i);
+		NHI_CHECK(!worker_start_fails(i) &&
+				  pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) == 0,
+			  NHI_ERR_INTERNAL, "cannot start worker thread %u (out of memory or threads: lower 'threads' "
+			  "or raise the limit on tasks)", i);
 		s->workers[i].started = true;
 	}
 	NHI_TRY(nhi_watcher_start(s));

@@ -85,6 +85,11 @@ check "--check accepts the good config" run_nhid --config "$D/nhid.conf" --check
 # available to an unprivileged test, so the statfs magic table is unit-tested in
 # tests/unit/test_server.c; here the refusal message for a local dir is absent
 check "a local state directory passes the network-filesystem check" bash -c "! run_nhid --config '$D/nhid.conf' --check 2>&1 | grep -q 'network filesystem'"
+# a worker thread that cannot start (test builds: NHI_TEST_FAIL_WORKER_START) stops the
+# one that did and exits naming the cause; the signal thread, waiting for a signal, once
+# kept nhid hanging there with the cause never printed
+check_fails "a worker thread that cannot start makes nhid exit, naming it (not hang)" \
+	"cannot start worker thread 1" env NHI_TEST_FAIL_WORKER_START=1 timeout -s KILL 20 "$NHID" --config "$D/nhid.conf"
 # a worker loop whose listener fails to switch back on tries again (server.c
 # apply_accept): the first switch-on fails (test builds), when the probe's connection
 # closes; without the retry the other loop stops accepting at its next connection and
