@@ -7,9 +7,10 @@
  * at the first unusual ioctl. What we must exclude is narrow and nameable: reaching
  * the network (a new non-AF_UNIX socket, io_uring's own socket/connect ops, the
  * kernel's DNS key upcall), running other code (exec, ptrace, another process's
- * memory or file descriptors), and leaving our namespaces. Everything the process
- * legitimately does after startup (accept, read/write/sendmsg on accepted sockets,
- * files, fsync, futex, epoll, getrandom, AF_UNIX to p11-kit server) is unaffected.
+ * memory or file descriptors), and leaving our namespaces; in nhid also connect(), which
+ * turns a held TCP socket into an outbound one (connect(AF_UNSPEC), then connect()).
+ * Everything the process legitimately does after startup (accept, read/write/sendmsg on
+ * accepted sockets, files, fsync, futex, epoll, getrandom) is unaffected.
  */
 #include "sandbox.h"
 #include "server_internal.h"
@@ -56,8 +57,14 @@ static const struct deny_rule deny_rules[] = {
 	{"bpf", true, false},
 };
 
-const char *nhi_sandbox_policy_summary(void)
+#define POLICY_REST                                                                                        \
+	"execve, execveat, ptrace, process_vm_*, pidfd_getfd, io_uring_*, add_key, request_key, keyctl, unshare, " \
+	"setns, mount, umount2, pivot_root, bpf: EPERM"
+
+const char *nhi_sandbox_policy_summary(unsigned flags)
 {
+	if (flags & NHI_SANDBOX_NO_CONNECT)
+		return "socket() AF_UNIX only; connect(): EPERM; " POLICY_REST;
 	return "socket() AF_UNIX only; execve, execveat, ptrace, process_vm_*, pidfd_getfd, io_uring_*, "
 	       "add_key, request_key, keyctl, unshare, setns, mount, umount2, pivot_root, bpf: EPERM";
 }
@@ -78,6 +85,12 @@ nhi_err nhi_sandbox_install(unsigned flags)
 	/* other ABIs (i386 int 0x80, x32) are not in the filter: libseccomp kills them */
 	r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, SCMP_A0_32(SCMP_CMP_NE, AF_UNIX));
 	NHI_CHECK(r == 0, NHI_ERR_INTERNAL, "seccomp rule for socket(): %s", strerror(-r));
+	/* a held TCP socket is disconnected by connect(AF_UNSPEC) and then dials out: the
+	 * sockaddr is behind a pointer seccomp cannot read, so every connect() is refused */
+	if (flags & NHI_SANDBOX_NO_CONNECT) {
+		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(connect), 0);
+		NHI_CHECK(r == 0, NHI_ERR_INTERNAL, "seccomp rule for connect(): %s", strerror(-r));
+	}
 	for (i = 0; i < sizeof(deny_rules) / sizeof(deny_rules[0]); i++) {
 		if (deny_rules[i].ptrace_family && (flags & NHI_SANDBOX_INSECURE_ALLOW_PTRACE))
 			continue;
@@ -156,9 +169,12 @@ nhi_err nhi_sandbox_enter_server(struct nhi_server *srv)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 
-	NHI_TRY(nhi_sandbox_install(NHI_SANDBOX_DEFAULT));
+	/* nhid holds its listener and accepted TCP connections: no connect() at all */
+	NHI_TRY(nhi_sandbox_install(NHI_SANDBOX_DEFAULT | NHI_SANDBOX_NO_CONNECT));
 	NHI_TRY(nhi_server_audit(srv, "sandbox_installed",
-				 json_pack("{s:s, s:b}", "policy", nhi_sandbox_policy_summary(), "ptrace_allowed",
+				 json_pack("{s:s, s:b}", "policy",
+					   nhi_sandbox_policy_summary(NHI_SANDBOX_DEFAULT | NHI_SANDBOX_NO_CONNECT),
+					   "ptrace_allowed",
 					   (NHI_SANDBOX_DEFAULT & NHI_SANDBOX_INSECURE_ALLOW_PTRACE) != 0)));
 #ifdef NHI_TEST_BUILD
 	{

@@ -43,7 +43,7 @@ sleep 0.5
 check "the listener counted no connection from nhid" grep -qx 1 "$T/conns"
 check "the audit log records the blocked attempt (socket, EPERM)" \
 	bash -c "grep '\"event\":\"egress_attempt_blocked\"' '$D/state/audit.jsonl' | grep '\"syscall\":\"socket\"' | grep -q '\"errno\":\"EPERM\"'"
-check "the audit log records the installed sandbox policy" grep -q '"event":"sandbox_installed"' "$D/state/audit.jsonl"
+check "the audit log records the installed sandbox policy, connect() refused in it" grep -q '"event":"sandbox_installed".*connect(): EPERM' "$D/state/audit.jsonl"
 check "the audit log has no egress_attempt_not_blocked" bash -c "! grep -q egress_attempt_not_blocked '$D/state/audit.jsonl'"
 
 # the filter is on every thread of the running process

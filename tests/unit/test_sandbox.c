@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -217,6 +219,48 @@ static void test_exec_ptrace_io_uring_refused(void **state)
 	assert_child_ok(child_exec_and_friends);
 }
 
+/*
+ * The TCP sockets nhid holds when the filter goes in (its listener, accepted
+ * connections) must not become outbound ones: connect(AF_UNSPEC) disconnects a TCP
+ * socket, listening or connected, after which connect() to any address is a fresh
+ * outbound connection that needs no socket() call. "remote" stands for off the host.
+ */
+static void child_reuse_held_sockets(void)
+{
+	struct sockaddr_in remote = {.sin_family = AF_INET}, held = {.sin_family = AF_INET};
+	struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+	socklen_t len = sizeof(remote);
+	int rfd, lfd, cfd, afd;
+
+	remote.sin_addr.s_addr = held.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	rfd = socket(AF_INET, SOCK_STREAM, 0);
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	cfd = socket(AF_INET, SOCK_STREAM, 0);
+	if (rfd < 0 || lfd < 0 || cfd < 0 || bind(rfd, (struct sockaddr *)&remote, sizeof(remote)) != 0 ||
+	    listen(rfd, 4) != 0 || getsockname(rfd, (struct sockaddr *)&remote, &len) != 0 ||
+	    bind(lfd, (struct sockaddr *)&held, sizeof(held)) != 0 || listen(lfd, 4) != 0 ||
+	    getsockname(lfd, (struct sockaddr *)&held, &len) != 0 ||
+	    connect(cfd, (struct sockaddr *)&held, sizeof(held)) != 0 || (afd = accept(lfd, NULL, NULL)) < 0)
+		child_fail("TCP setup: %s", strerror(errno));
+	if (nhi_sandbox_install(NHI_SANDBOX_DEFAULT | NHI_SANDBOX_NO_CONNECT) != NHI_OK) /* as nhid installs it */
+		child_fail("install: %s", nhi_err_detail());
+	/* a direct connect on either fails with EISCONN (or EINVAL) anyway; the disconnect is the way round */
+	EXPECT_EPERM("connect(AF_UNSPEC) on the listening socket", connect(lfd, &unspec, sizeof(unspec)));
+	EXPECT_EPERM("connect() of the listening socket to a remote", connect(lfd, (struct sockaddr *)&remote, len));
+	EXPECT_EPERM("connect(AF_UNSPEC) on an accepted connection", connect(afd, &unspec, sizeof(unspec)));
+	EXPECT_EPERM("connect() of an accepted connection to a remote", connect(afd, (struct sockaddr *)&remote, len));
+	close(afd);
+	close(cfd);
+	close(lfd);
+	close(rfd);
+}
+
+static void test_held_sockets_cannot_reconnect(void **state)
+{
+	(void)state;
+	assert_child_ok(child_reuse_held_sockets);
+}
+
 /* fork still works under the filter, and the child inherits it */
 static void child_fork_inherits(void)
 {
@@ -294,6 +338,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_no_new_network_sockets),
 		cmocka_unit_test(test_exec_ptrace_io_uring_refused),
+		cmocka_unit_test(test_held_sockets_cannot_reconnect),
 		cmocka_unit_test(test_fork_inherits),
 #if defined(__SANITIZE_ADDRESS__)
 		cmocka_unit_test(test_leak_checker_works_under_filter),
