@@ -22,6 +22,24 @@ static nhi_err kdf(const char *secret, size_t len, const uint8_t *salt, size_t s
 	return NHI_OK;
 }
 
+/*
+ * What an "Authorization: Bearer <token>" header brings back byte for byte: evhttp
+ * trims spaces and tabs at the end of a header value, the route skips the spaces after
+ * "Bearer" and takes the value up to a NUL, and CR, LF and other controls do not
+ * survive an HTTP client. A hash of anything else could never be matched.
+ */
+static bool bearer_safe(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || s[0] == ' ' || s[len - 1] == ' ')
+		return false;
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f)
+			return false;
+	return true;
+}
+
 nhi_err nhi_admin_hash_make(const char *secret, size_t len, struct nhi_buf *out)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
@@ -29,6 +47,9 @@ nhi_err nhi_admin_hash_make(const char *secret, size_t len, struct nhi_buf *out)
 	struct nhi_buf s64 = {0}, h64 = {0};
 
 	NHI_CHECK(len >= 16, NHI_ERR_ARG, "the admin token must be at least 16 characters");
+	NHI_CHECK(bearer_safe(secret, len), NHI_ERR_ARG,
+		  "the admin token has a control byte (NUL, tab, newline, DEL, ...) or a space at its start or end, "
+		  "which no Authorization header can carry intact (evhttp trims the ends): use printable characters");
 	NHI_CHECK_SSL(RAND_bytes(salt, sizeof(salt)) == 1, NHI_ERR_CRYPTO, "random salt");
 	NHI_TRY(kdf(secret, len, salt, sizeof(salt), NHI_ADMIN_SCRYPT_N, NHI_ADMIN_SCRYPT_R, NHI_ADMIN_SCRYPT_P, h));
 	NHI_TRY(nhi_b64url_encode(salt, sizeof(salt), &s64));

@@ -14,6 +14,7 @@
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 struct ctx {
@@ -659,11 +660,15 @@ static void h_reload(struct ctx *c)
 	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(c->req), "Authorization");
 	nhi_err e;
 
+	/* RFC 7235 §2.1: the scheme is case-insensitive, then 1*SP before the token */
+	if (auth != NULL && strncasecmp(auth, "Bearer ", 7) == 0)
+		auth += 7 + strspn(auth + 7, " ");
+	else
+		auth = NULL;
 	if ((a = caller(c)) == NULL) {
 		/* caller() has answered */
 	} else if (!nhi_agent_has_role(a, "admin") || c->s->cfg.admin_token_hash[0] == '\0' || auth == NULL ||
-		   strncmp(auth, "Bearer ", 7) != 0 ||
-		   nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth + 7, strlen(auth + 7)) != NHI_OK) {
+		   nhi_admin_hash_check(c->s->cfg.admin_token_hash, auth, strlen(auth)) != NHI_OK) {
 		reply_audited(c, "admin_refused", json_pack("{s:s, s:s}", "agent", a->id, "action", "reload"), 403,
 			      error_body("forbidden", "the 'admin' role and a valid admin bearer token are required"));
 	} else if ((e = nhi_server_reload(c->s, a->id)) != NHI_OK) {

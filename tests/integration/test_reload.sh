@@ -45,6 +45,13 @@ check_fails "admin reload fails the same way, 500 naming the cause" "nothing was
 check "... serial 2 still" test "$(serial)" = 2
 cp server.crt.good "$D/server.crt"
 check "with the chain restored, admin reload succeeds" bash -c 'admin_reload --fail-with-body | grep -q reloaded'
+# RFC 7235 §2.1: the auth-scheme is case-insensitive, and 1*SP may follow it
+check "admin reload takes 'bearer' in lower case, two spaces before the token" bash -c \
+	'curl_as_raw admin /v1/admin/reload -X POST -H "Authorization: bearer  $ADMIN_SECRET" --fail-with-body | grep -q reloaded'
+check_fails "... a wrong token is still refused" "forbidden" \
+	curl_as_raw admin /v1/admin/reload -X POST -H "Authorization: bearer ${ADMIN_SECRET}x" --fail-with-body
+check_fails "... another scheme is refused" "forbidden" \
+	curl_as_raw admin /v1/admin/reload -X POST -H "Authorization: Basic $ADMIN_SECRET" --fail-with-body
 check "... serial 5 in service, demo-agent refused as suspended" bash -c \
 	'[ "$(serial)" = 5 ] && ! token_for demo-agent 2>/dev/null | grep -q token'
 

@@ -15,6 +15,8 @@ check_fails "--hash-admin-token refuses a 512-byte token (its first 511 bytes wo
 	"the admin token is longer than 511 bytes" bash -c "head -c 512 /dev/zero | tr '\\0' a | '$NHID' --hash-admin-token"
 check "--hash-admin-token takes a 511-byte token with its newline" \
 	bash -c "{ head -c 511 /dev/zero | tr '\\0' a; echo; } | '$NHID' --hash-admin-token | grep -q '^scrypt:16384:8:1:'"
+check_fails "--hash-admin-token refuses a token ending in a space (evhttp trims it off every request)" \
+	"no Authorization header can carry" bash -c "printf 'aaaaaaaaaaaaaaaaaaaa \\n' | '$NHID' --hash-admin-token"
 cat >bad-hash.conf <<EOF2
 $(grep -v '^admin_token_hash' "$D/nhid.conf")
 admin_token_hash = scrypt:garbage

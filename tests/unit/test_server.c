@@ -243,6 +243,29 @@ static void test_admin_hash(void **state)
 		assert_non_null(strstr(nhi_err_detail(), "within 64 MiB"));
 	}
 	assert_int_equal(nhi_admin_hash_make("short", 5, &h), NHI_ERR_ARG);
+	{
+		/* the token comes back in an Authorization header: evhttp trims trailing spaces and
+		 * tabs and the check takes the value up to a NUL, so a hash of such bytes could never
+		 * be matched by any request; refused when it is made, naming the cause */
+		static const struct {
+			const char *s;
+			size_t n;
+		} never[] = {
+			{"correct horse battery staple ", 29}, {"correct horse battery staple\t", 29},
+			{"correct horse\0battery staple", 29}, {"correct horse\nbattery staple", 29},
+			{"correct horse\x7f" "battery staple", 29}, {" correct horse battery staple", 29},
+		};
+		size_t i;
+
+		for (i = 0; i < sizeof(never) / sizeof(never[0]); i++) {
+			struct nhi_buf x = {0};
+
+			if (nhi_admin_hash_make(never[i].s, never[i].n, &x) != NHI_ERR_ARG)
+				fail_msg("admin token %zu hashed, though no request could carry it", i);
+			assert_non_null(strstr(nhi_err_detail(), "no Authorization header can carry"));
+			nhi_buf_free(&x);
+		}
+	}
 	nhi_buf_free(&h);
 }
 
