@@ -359,6 +359,14 @@ const char *nhi_server_network_fs_name(long type)
 	case 0x01161970UL: return "GFS2";
 	case 0x7461636fUL: return "OCFS2";
 	case V9FS_MAGIC: return "9P (virtio-9p, WSL, QEMU shares)";
+	/* hypervisor shared folders: like 9P, an fsync reaches the host's cache, if that */
+	case 0x786F4256UL: return "vboxsf (VirtualBox shared folder)";
+	case 0xBACBACBCUL: return "vmhgfs (VMware shared folder)";
+	case 0x7C7C6673UL: return "prl_fs (Parallels shared folder)";
+	case 0x20030528UL: return "OrangeFS/PVFS2";
+	case 0xAAD7AAEAUL: return "PanFS";
+	case 0xBEEFDEADUL: return "StorNext";
+	case 0x61636673UL: return "ACFS";
 	default: return NULL;
 	}
 }

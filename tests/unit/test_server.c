@@ -189,6 +189,15 @@ static void test_network_filesystems_named(void **state)
 	assert_string_equal(nhi_server_network_fs_name(AFS_SUPER_MAGIC), "AFS");
 	assert_non_null(strstr(nhi_server_network_fs_name(0x65735546L), "FUSE"));
 	assert_non_null(strstr(nhi_server_network_fs_name(V9FS_MAGIC), "9P"));
+	/* host shares and cluster filesystems coreutils' stat also counts as remote: vboxsf and
+	 * vmhgfs, like 9P, do not make fsync durable on the host */
+	assert_non_null(strstr(nhi_server_network_fs_name(0x786F4256L), "vboxsf"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0xBACBACBCL), "vmhgfs"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0x7C7C6673L), "Parallels"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0x20030528L), "OrangeFS"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0xAAD7AAEAL), "PanFS"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0xBEEFDEADL), "StorNext"));
+	assert_non_null(strstr(nhi_server_network_fs_name(0x61636673L), "ACFS"));
 	assert_null(nhi_server_network_fs_name(EXT4_SUPER_MAGIC));
 	assert_null(nhi_server_network_fs_name(TMPFS_MAGIC));
 	assert_null(nhi_server_network_fs_name(0x58465342L)); /* XFS */
