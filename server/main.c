@@ -120,7 +120,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+		if (strcmp(argv[i], "--config") == 0) {
+			/* one reviewed file: a second --config would silently replace the first */
+			if (i + 1 >= argc || config != NULL) {
+				fprintf(stderr, "nhid: %s\n", config != NULL ? "--config is given twice: name one config file"
+									       : "--config needs a FILE: nhid --config nhid.conf");
+				return 2;
+			}
 			config = argv[++i];
 		} else if (strcmp(argv[i], "--check") == 0) {
 			check_only = true;

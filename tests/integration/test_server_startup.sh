@@ -10,6 +10,9 @@ run_nhid() { timeout 60 "$NHID" "$@"; }
 
 check_fails "--workers (multi-process mode) is refused" "threads = N" run_nhid --config "$D/nhid.conf" --workers 4
 check_fails "a config without --config is a usage error" "usage" run_nhid
+check_fails "--config without a file says so (not 'unknown argument')" "--config needs a FILE" run_nhid --config
+check_fails "--config given twice is refused, not the last one taken" "--config is given twice" \
+	run_nhid --config "$D/nhid.conf" --config "$D/nhid.conf" --check
 # --hash-admin-token: a secret longer than the buffer is refused, not hashed in part
 check_fails "--hash-admin-token refuses a 512-byte token (its first 511 bytes would never match)" \
 	"the admin token is longer than 511 bytes" bash -c "head -c 512 /dev/zero | tr '\\0' a | '$NHID' --hash-admin-token"
