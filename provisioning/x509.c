@@ -143,6 +143,13 @@ nhi_err nhi_cert_issue(const struct nhi_profiles *p, const struct nhi_cert_reque
 	NHI_CHECK(req->days > 0 && req->days <= max_days, NHI_ERR_CONFIG,
 		  "%d days requested for a %s certificate; the profile allows at most %ld", req->days, req->profile,
 		  max_days);
+	/* an expired issuer: the cut to its notAfter below would end the certificate before it starts */
+	NHI_CHECK(req->issuer == NULL || req->backdate_days != 0 ||
+			  X509_cmp_current_time(X509_get0_notAfter(req->issuer)) > 0,
+		  NHI_ERR_EXPIRED,
+		  "the certificate that would sign this %s certificate (the root, ca.crt) has expired: nothing it signs "
+		  "would verify; rotate the root before issuing (docs/ceremony.md)",
+		  req->profile);
 	x = X509_new();
 	name = X509_NAME_new();
 	NHI_CHECK_SSL(x != NULL && name != NULL, NHI_ERR_NOMEM, "X509_new");

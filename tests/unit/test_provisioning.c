@@ -175,6 +175,28 @@ static void test_config_days_within_root(void **state)
 	}
 }
 
+/* an issuer past its notAfter is refused before anything is made: the cut of notAfter to
+ * the issuer's would otherwise give a certificate that ends before it starts */
+static void test_issue_under_expired_root_refused(void **state)
+{
+	struct nhi_profiles *p = NULL;
+	uint8_t sha[32];
+	X509 *root = X509_new(), *out = NULL;
+	struct nhi_cert_request req = {.profile = "agent", .cn = "a", .days = 30};
+
+	(void)state;
+	assert_non_null(root);
+	assert_int_equal(nhi_profiles_load("openssl.cnf", &p, sha), NHI_OK);
+	assert_non_null(X509_gmtime_adj(X509_getm_notBefore(root), -10 * 86400));
+	assert_non_null(X509_gmtime_adj(X509_getm_notAfter(root), -86400));
+	req.issuer = root;
+	assert_int_equal(nhi_cert_issue(p, &req, &out), NHI_ERR_EXPIRED);
+	assert_null(out);
+	assert_non_null(strstr(nhi_err_detail(), "has expired"));
+	X509_free(root);
+	nhi_profiles_free(p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -182,6 +204,7 @@ int main(void)
 		cmocka_unit_test(test_transcript_signature_record_edited),
 		cmocka_unit_test(test_config_subject_text),
 		cmocka_unit_test(test_config_days_within_root),
+		cmocka_unit_test(test_issue_under_expired_root_refused),
 	};
 
 	return cmocka_run_group_tests_name("provisioning", tests, NULL, NULL);
