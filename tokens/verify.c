@@ -335,6 +335,17 @@ out:
 	return rv;
 }
 
+/* the keys after the first n go (a verifier's free, or a failed add_jwks undone) */
+static void keys_drop_to(struct nhi_token_verifier *v, size_t n)
+{
+	while (v->n_keys > n) {
+		v->n_keys--;
+		nhi_es256_key_clear(&v->keys[v->n_keys]->es);
+		free(v->keys[v->n_keys]);
+		v->keys[v->n_keys] = NULL;
+	}
+}
+
 void nhi_token_verifier_free(struct nhi_token_verifier *v)
 {
 	size_t i;
@@ -342,10 +353,7 @@ void nhi_token_verifier_free(struct nhi_token_verifier *v)
 	if (v == NULL)
 		return;
 	memo_free(v->memo);
-	for (i = 0; i < v->n_keys; i++) {
-		nhi_es256_key_clear(&v->keys[i]->es);
-		free(v->keys[i]);
-	}
+	keys_drop_to(v, 0);
 	for (i = 0; i < v->n_audiences; i++)
 		free(v->audiences[i]);
 	free(v->audiences);
@@ -445,12 +453,8 @@ out:
 		EVP_PKEY_free(keys[i]);
 	/* ... and nothing when a key's setup fails past the checks (out of memory): the
 	 * keys this call added go again (nothing has verified with them yet) */
-	while (rv != NHI_OK && v != NULL && v->n_keys > before) {
-		v->n_keys--;
-		nhi_es256_key_clear(&v->keys[v->n_keys]->es);
-		free(v->keys[v->n_keys]);
-		v->keys[v->n_keys] = NULL;
-	}
+	if (rv != NHI_OK && v != NULL)
+		keys_drop_to(v, before);
 	return rv;
 }
 
@@ -571,35 +575,25 @@ static bool string_within(json_t *s, size_t max)
  * those before a match); one value must be accepted here. */
 static const char *match_aud(const struct nhi_token_verifier *v, const struct nhi_token_check *chk, json_t *aud)
 {
-	json_t *one;
-	size_t i, j, n;
+	const char *found = NULL, *s;
+	bool ok = json_is_string(aud);
+	size_t i, j, n = ok ? 1 : 0;
 
-	if (json_is_string(aud)) {
-		one = aud;
-		n = 1;
-	} else if (json_is_array(aud) && json_array_size(aud) > 0 && json_array_size(aud) <= NHI_TOKEN_AUD_MAX) {
-		one = NULL;
+	if (!ok && json_is_array(aud) && json_array_size(aud) > 0 && json_array_size(aud) <= NHI_TOKEN_AUD_MAX) {
 		n = json_array_size(aud);
-		for (i = 0; i < n; i++)
-			if (!json_is_string(json_array_get(aud, i)))
-				return NULL;
-	} else {
-		return NULL;
+		ok = true;
+		for (i = 0; ok && i < n; i++) /* every element a string, not only the one that matches */
+			ok = json_is_string(json_array_get(aud, i));
 	}
-	for (i = 0; i < n; i++) {
-		json_t *a = one != NULL ? one : json_array_get(aud, i);
-		const char *s = json_string_value(a);
-
-		if (chk->audience != NULL) {
-			if (strcmp(s, chk->audience) == 0)
-				return chk->audience;
-			continue;
-		}
-		for (j = 0; j < v->n_audiences; j++)
+	for (i = 0; ok && found == NULL && i < n; i++) {
+		s = json_string_value(json_is_string(aud) ? aud : json_array_get(aud, i));
+		if (chk->audience != NULL)
+			found = strcmp(s, chk->audience) == 0 ? chk->audience : NULL;
+		for (j = 0; chk->audience == NULL && found == NULL && j < v->n_audiences; j++)
 			if (strcmp(s, v->audiences[j]) == 0)
-				return v->audiences[j];
+				found = v->audiences[j];
 	}
-	return NULL;
+	return found;
 }
 
 /* Copy s to *p (sized by the caller), advance *p; returns the copy. */
