@@ -65,8 +65,7 @@ const char *nhi_sandbox_policy_summary(unsigned flags)
 {
 	if (flags & NHI_SANDBOX_NO_CONNECT)
 		return "socket() AF_UNIX only; connect(): EPERM; " POLICY_REST;
-	return "socket() AF_UNIX only; execve, execveat, ptrace, process_vm_*, pidfd_getfd, io_uring_*, "
-	       "add_key, request_key, keyctl, unshare, setns, mount, umount2, pivot_root, bpf: EPERM";
+	return "socket() AF_UNIX only; " POLICY_REST;
 }
 
 nhi_err nhi_sandbox_install(unsigned flags)

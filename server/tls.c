@@ -271,6 +271,21 @@ static void info_cb(const SSL *ssl, int where, int ret)
 		fprintf(stderr, "nhid: audit: %s\n", nhi_err_detail());
 }
 
+/* how long a session may be resumed: its timeout, capped at the last second its client
+ * certificate verifies in; -1 for one made outside the certificate's validity */
+static long long session_life(SSL_SESSION *sess)
+{
+	X509 *peer = SSL_SESSION_get0_peer(sess);
+	long long made = SSL_SESSION_get_time(sess), life = SSL_SESSION_get_timeout(sess), not_before, not_after;
+
+	if (peer == NULL || !cert_time(X509_get0_notBefore(peer), &not_before) ||
+	    !cert_time(X509_get0_notAfter(peer), &not_after) || made < not_before || made >= not_after)
+		life = -1;
+	else if (not_after - 1 - made < life)
+		life = not_after - 1 - made;
+	return life;
+}
+
 /*
  * A resumed handshake verifies no certificate: OpenSSL takes the session's verification
  * result as it was when the session was made. So no session outlives its client
@@ -288,21 +303,6 @@ static void info_cb(const SSL *ssl, int where, int ret)
  * set back before notBefore after the session was made is left to routes.c caller(),
  * which checks the validity on every request.
  */
-/* how long a session may be resumed: its timeout, capped at the last second its client
- * certificate verifies in; -1 for one made outside the certificate's validity */
-static long long session_life(SSL_SESSION *sess)
-{
-	X509 *peer = SSL_SESSION_get0_peer(sess);
-	long long made = SSL_SESSION_get_time(sess), life = SSL_SESSION_get_timeout(sess), not_before, not_after;
-
-	if (peer == NULL || !cert_time(X509_get0_notBefore(peer), &not_before) ||
-	    !cert_time(X509_get0_notAfter(peer), &not_after) || made < not_before || made >= not_after)
-		life = -1;
-	else if (not_after - 1 - made < life)
-		life = not_after - 1 - made;
-	return life;
-}
-
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
 	long long life = session_life(sess);
