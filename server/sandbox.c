@@ -9,6 +9,8 @@
  * kernel's DNS key upcall), running other code (exec, ptrace, another process's
  * memory or file descriptors), and leaving our namespaces; in nhid also connect(), which
  * turns a held TCP socket into an outbound one (connect(AF_UNSPEC), then connect()).
+ * A send with MSG_FASTOPEN (sendto, sendmsg, sendmmsg) is a connect carried by a send, and
+ * is refused in both policies: nothing nhid or nhictl runs sends with it.
  * Everything the process legitimately does after startup (accept, read/write/sendmsg on
  * accepted sockets, files, fsync, futex, epoll, getrandom) is unaffected.
  */
@@ -57,9 +59,20 @@ static const struct deny_rule deny_rules[] = {
 	{"bpf", true, false},
 };
 
-#define POLICY_REST                                                                                        \
-	"execve, execveat, ptrace, process_vm_*, pidfd_getfd, io_uring_*, add_key, request_key, keyctl, unshare, " \
-	"setns, mount, umount2, pivot_root, bpf: EPERM"
+/* Refused with EPERM when the flags argument has MSG_FASTOPEN. */
+static const struct {
+	const char *name;
+	int nr;
+	unsigned arg;
+} fastopen_rules[] = {
+	{"sendto", SCMP_SYS(sendto), 3},
+	{"sendmsg", SCMP_SYS(sendmsg), 2},
+	{"sendmmsg", SCMP_SYS(sendmmsg), 3},
+};
+
+#define POLICY_REST                                                                                      \
+	"sendto/sendmsg/sendmmsg with MSG_FASTOPEN, execve, execveat, ptrace, process_vm_*, pidfd_getfd, "    \
+	"io_uring_*, add_key, request_key, keyctl, unshare, setns, mount, umount2, pivot_root, bpf: EPERM"
 
 const char *nhi_sandbox_policy_summary(unsigned flags)
 {
@@ -84,6 +97,14 @@ nhi_err nhi_sandbox_install(unsigned flags)
 	/* other ABIs (i386 int 0x80, x32) are not in the filter: libseccomp kills them */
 	r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, SCMP_A0_32(SCMP_CMP_NE, AF_UNIX));
 	NHI_CHECK(r == 0, NHI_ERR_INTERNAL, "seccomp rule for socket(): %s", strerror(-r));
+	/* TCP Fast Open: the send's flags carry the connect (sendto, sendmmsg: A3; sendmsg: A2); the
+	 * kernel reads flags as 32 bits, so high garbage cannot hide the bit */
+	for (i = 0; i < sizeof(fastopen_rules) / sizeof(fastopen_rules[0]); i++) {
+		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), fastopen_rules[i].nr, 1,
+				     SCMP_CMP32(fastopen_rules[i].arg, SCMP_CMP_MASKED_EQ, MSG_FASTOPEN, MSG_FASTOPEN));
+		NHI_CHECK(r == 0, NHI_ERR_INTERNAL, "seccomp rule for %s(MSG_FASTOPEN): %s", fastopen_rules[i].name,
+			  strerror(-r));
+	}
 	/* a held TCP socket is disconnected by connect(AF_UNSPEC) and then dials out: the
 	 * sockaddr is behind a pointer seccomp cannot read, so every connect() is refused */
 	if (flags & NHI_SANDBOX_NO_CONNECT) {

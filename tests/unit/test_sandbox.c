@@ -225,11 +225,42 @@ static void test_exec_ptrace_io_uring_refused(void **state)
  * socket, listening or connected, after which connect() to any address is a fresh
  * outbound connection that needs no socket() call. "remote" stands for off the host.
  */
+/*
+ * TCP Fast Open carries a connect in a send's flags. On a held socket this kernel
+ * answers EINVAL/EISCONN anyway; the filter refuses it before the kernel looks, whatever
+ * else the flags hold, and a send without the flag still reaches the peer.
+ */
+static void fastopen_refused(int lfd, int afd, struct sockaddr_in *remote, socklen_t len)
+{
+	char byte = 'x';
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	struct msghdr mh = {.msg_name = remote, .msg_namelen = len, .msg_iov = &iov, .msg_iovlen = 1};
+	struct mmsghdr mm = {.msg_hdr = mh};
+	int fds[] = {lfd, afd};
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		EXPECT_EPERM("sendto(MSG_FASTOPEN) on a held socket",
+			     sendto(fds[i], &byte, 1, MSG_FASTOPEN, (struct sockaddr *)remote, len));
+		EXPECT_EPERM("sendto(MSG_FASTOPEN | MSG_NOSIGNAL | MSG_DONTWAIT) on a held socket",
+			     sendto(fds[i], &byte, 1, MSG_FASTOPEN | MSG_NOSIGNAL | MSG_DONTWAIT,
+				    (struct sockaddr *)remote, len));
+		EXPECT_EPERM("sendmsg(MSG_FASTOPEN) on a held socket", sendmsg(fds[i], &mh, MSG_FASTOPEN));
+		EXPECT_EPERM("sendmmsg(MSG_FASTOPEN) on a held socket", sendmmsg(fds[i], &mm, 1, MSG_FASTOPEN));
+	}
+	/* the bit alone is matched: high bits the kernel drops do not carry it past */
+	errno = 0;
+	if (syscall(SYS_sendto, afd, &byte, 1, 0xffffffff00000000UL | MSG_FASTOPEN, remote, len) != -1 ||
+	    errno != EPERM)
+		child_fail("sendto with MSG_FASTOPEN under high garbage: errno %d, want EPERM", errno);
+}
+
 static void child_reuse_held_sockets(void)
 {
 	struct sockaddr_in remote = {.sin_family = AF_INET}, held = {.sin_family = AF_INET};
 	struct sockaddr unspec = {.sa_family = AF_UNSPEC};
 	socklen_t len = sizeof(remote);
+	char peer_byte = 0;
 	int rfd, lfd, cfd, afd;
 
 	remote.sin_addr.s_addr = held.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -249,6 +280,10 @@ static void child_reuse_held_sockets(void)
 	EXPECT_EPERM("connect() of the listening socket to a remote", connect(lfd, (struct sockaddr *)&remote, len));
 	EXPECT_EPERM("connect(AF_UNSPEC) on an accepted connection", connect(afd, &unspec, sizeof(unspec)));
 	EXPECT_EPERM("connect() of an accepted connection to a remote", connect(afd, (struct sockaddr *)&remote, len));
+	fastopen_refused(lfd, afd, &remote, len);
+	/* what nhid does on an accepted connection is unaffected */
+	if (send(afd, "y", 1, MSG_NOSIGNAL) != 1 || recv(cfd, &peer_byte, 1, 0) != 1 || peer_byte != 'y')
+		child_fail("send on an accepted connection under the filter: %s", strerror(errno));
 	close(afd);
 	close(cfd);
 	close(lfd);
