@@ -169,7 +169,12 @@ void nhi_backup_opened_clear(struct nhi_backup_opened *o);
  * no decryption, no rollback check: never in a release build.
  */
 nhi_err nhi_store_insecure_load_image(struct nhi_store *s, const uint8_t *image, size_t len) NHI_MUST_CHECK;
+/* Tests only: called by nhi_store_import_file after each read of the file, with the bytes read so far. */
+extern void (*nhi_test_backup_read_hook)(const char *path, size_t got);
 #endif
+
+/* nhi_store_import_file reads the file in reads of at most this many bytes */
+#define NHI_BACKUP_READ_CHUNK_BYTES (1024 * 1024)
 
 /* Monotonic seconds, for the stage timings of an import. */
 double nhi_now_s(void);

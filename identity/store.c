@@ -348,13 +348,31 @@ nhi_err nhi_store_import(struct nhi_store *s, struct nhi_hsm *h, const uint8_t *
 	return rv;
 }
 
-/* Read the file into a private anonymous mapping so consumed ciphertext pages can be dropped. */
+#ifdef NHI_TEST_BUILD
+void (*nhi_test_backup_read_hook)(const char *path, size_t got);
+#endif
+
+/* st_size, mtime and ctime equal: the file is the bytes it was at the first stat */
+static bool same_file_state(const struct stat *a, const struct stat *b)
+{
+	return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/*
+ * Read the file into a private anonymous mapping so consumed ciphertext pages can be
+ * dropped. Through the one descriptor, in bounded reads, and the file must not change
+ * meanwhile (size, mtime, ctime before and after, exactly that many bytes then EOF, as
+ * server/manifest.c hashes a file): a backup being copied over would otherwise be
+ * refused as a bad signature or a failed decryption, naming the wrong cause.
+ */
 static nhi_err map_file(const char *path, uint8_t **out, size_t *out_len)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
-	struct stat st;
-	uint8_t *p = MAP_FAILED;
-	size_t len = 0, got = 0;
+	struct stat st, after;
+	uint8_t *p = MAP_FAILED, extra;
+	size_t len = 0, got = 0, want;
 	ssize_t n;
 	int fd;
 
@@ -372,12 +390,28 @@ static nhi_err map_file(const char *path, uint8_t **out, size_t *out_len)
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	NHI_CHECK(p != MAP_FAILED, NHI_ERR_NOMEM, "cannot map %zu bytes for %s", len, path);
 	while (got < len) {
-		n = read(fd, p + got, len - got);
+		want = len - got < NHI_BACKUP_READ_CHUNK_BYTES ? len - got : NHI_BACKUP_READ_CHUNK_BYTES;
+		n = read(fd, p + got, want);
 		if (n < 0 && errno == EINTR)
 			continue;
-		NHI_CHECK(n > 0, NHI_ERR_IO, "reading %s: %s", path, n < 0 ? strerror(errno) : "file shrank while read");
+		NHI_CHECK(n >= 0, NHI_ERR_IO, "reading %s: %s", path, strerror(errno));
+		if (n == 0)
+			break; /* shrank: named below as a change */
 		got += (size_t)n;
+#ifdef NHI_TEST_BUILD
+		if (nhi_test_backup_read_hook != NULL)
+			nhi_test_backup_read_hook(path, got);
+#endif
 	}
+	do
+		n = read(fd, &extra, 1); /* grown past the size seen at open? */
+	while (n < 0 && errno == EINTR);
+	NHI_CHECK(n >= 0, NHI_ERR_IO, "reading %s: %s", path, strerror(errno));
+	NHI_CHECK(fstat(fd, &after) == 0, NHI_ERR_IO, "stat %s: %s", path, strerror(errno));
+	NHI_CHECK(got == len && n == 0 && same_file_state(&st, &after), NHI_ERR_IO,
+		  "backup %s changed while it was read (%zu bytes at open, %zu read, %lld at the end): nothing was "
+		  "loaded; write the backup under another name and rename it into place, then load it again",
+		  path, len, got + (size_t)n, (long long)after.st_size);
 	*out = p;
 	*out_len = len;
 	p = MAP_FAILED;

@@ -3,14 +3,17 @@
  * inference component (docs/updates.md). sign DIR hashes every file below DIR
  * (symlinks never followed) into a canonical manifest and signs it in the token;
  * verify DIR checks the signature against the trust bundle's manifest keys and
- * names every file that differs, is missing or is extra.
+ * names every file that differs, is missing or is extra. The bundle is state_dir's,
+ * or bundle files given by hand checked as a chain from --pin (never trusted as given).
  */
 #include "nhictl.h"
 #include "../common/limits.h"
 #include "../server/update.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -19,8 +22,11 @@ static void usage(FILE *f)
 	fprintf(f, "usage: nhictl manifest sign   --name NAME -o OUT --token LABEL|URI --key LABEL --pin-file FILE\n"
 		   "                              [--module PATH] DIR\n"
 		   "       nhictl manifest add-signature --token ... --key ... --pin-file ... MANIFEST\n"
-		   "       nhictl manifest verify --manifest FILE (--state-dir DIR | --bundle FILE) DIR\n"
+		   "       nhictl manifest verify --manifest FILE (--state-dir DIR | --pin SHA256HEX --bundle FILE\n"
+		   "                              [--bundle FILE ...]) DIR\n"
 		   "\n"
+		   "  --bundle files are the chain from the pinned bundle (the ceremony's v1, whose\n"
+		   "  fingerprint --pin is) to the one in service, oldest first, as 'nhictl bundle verify'.\n"
 		   "  verify exits 0 when DIR matches; otherwise it prints one line per file:\n"
 		   "  'differs PATH', 'missing PATH' or 'extra PATH', and exits 1.\n");
 }
@@ -87,39 +93,115 @@ static void print_diff(void *arg, enum nhi_manifest_diff d, const char *path)
 	printf("%s %s\n", d == NHI_MANIFEST_DIFFERS ? "differs" : d == NHI_MANIFEST_MISSING ? "missing" : "extra", path);
 }
 
+/* 64 lower-case hex digits: what 'nhictl bundle fingerprint' prints and the ceremony records. */
+static bool pin_well_formed(const char *pin)
+{
+	size_t i;
+
+	for (i = 0; pin[i] != '\0'; i++)
+		if (!((pin[i] >= '0' && pin[i] <= '9') || (pin[i] >= 'a' && pin[i] <= 'f')))
+			return false;
+	return i == 64;
+}
+
+/*
+ * The bundle given by hand: a chain of bundle files (oldest first) whose first one has
+ * the pinned fingerprint, as 'nhictl bundle verify --pin' and 'nhictl update init --pin'
+ * take it. A bundle's own signatures prove nothing by themselves (anyone can make a
+ * bundle with their own update signers and manifest key); the pin, read off the
+ * ceremony transcript or the witnesses' notes, ties the file to the site's trust.
+ */
+static nhi_err load_pinned_chain(char *const *paths, size_t n, const char *pin, struct nhi_bundle **out,
+				 const char **bad_path)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf *docs = calloc(n, sizeof(*docs));
+	const uint8_t **ptrs = calloc(n, sizeof(*ptrs));
+	size_t *lens = calloc(n, sizeof(*lens)), i, bad = 0;
+	enum nhi_bundle_reason why;
+
+	*bad_path = "input";
+	NHI_CHECK(docs != NULL && ptrs != NULL && lens != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++) {
+		*bad_path = paths[i];
+		NHI_TRY(nhi_file_read(paths[i], NHI_BUNDLE_MAX_BYTES, &docs[i]));
+		ptrs[i] = docs[i].data;
+		lens[i] = docs[i].len;
+	}
+	rv = nhi_bundle_verify_chain(ptrs, lens, n, pin, (int64_t)time(NULL), out, &why, &bad);
+	*bad_path = paths[bad < n ? bad : 0];
+out:
+	for (i = 0; docs != NULL && i < n; i++)
+		nhi_buf_free(&docs[i]);
+	free(docs);
+	free(ptrs);
+	free(lens);
+	return rv;
+}
+
 static int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"manifest", required_argument, NULL, 'm'}, {"state-dir", required_argument, NULL, 's'},
-		{"bundle", required_argument, NULL, 'b'},   {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{"bundle", required_argument, NULL, 'b'},   {"pin", required_argument, NULL, 'P'},
+		{"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
 	};
-	const char *mpath = NULL, *state = NULL, *bpath = NULL;
+	const char *mpath = NULL, *state = NULL, *pin = NULL, *bad_path = NULL;
+	char **bpaths = calloc((size_t)argc, sizeof(*bpaths)); /* the --bundle files, at most argc */
 	struct nhi_buf doc = {0};
 	struct nhi_bundle *b = NULL;
-	size_t n = 0;
+	size_t n = 0, nb = 0;
 	int c, status = 1;
 	nhi_err e;
 
+	if (bpaths == NULL) {
+		fprintf(stderr, "nhictl manifest verify: out of memory\n");
+		goto out;
+	}
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': mpath = optarg; break;
 		case 's': state = optarg; break;
-		case 'b': bpath = optarg; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'b': bpaths[nb++] = optarg; break;
+		case 'P': pin = optarg; break;
+		case 'h': usage(stdout); status = 0; goto out;
+		default: usage(stderr); status = 2; goto out;
 		}
 	}
-	if (mpath == NULL || (state == NULL) == (bpath == NULL) || optind != argc - 1) {
-		fprintf(stderr, "nhictl manifest verify: --manifest, one of --state-dir/--bundle, and DIR are required\n");
-		return 2;
+	status = 2;
+	if (mpath == NULL || (state == NULL) == (nb == 0) || optind != argc - 1 || nb > NHI_BUNDLE_CHAIN_MAX)
+		fprintf(stderr, "nhictl manifest verify: --manifest, one of --state-dir/--bundle (1..%d of them, "
+				"oldest first), and DIR are required\n",
+			NHI_BUNDLE_CHAIN_MAX);
+	else if (state != NULL && pin != NULL)
+		fprintf(stderr, "nhictl manifest verify: --pin goes with --bundle; the bundle in --state-dir was "
+				"installed against the pin by 'nhictl update init'\n");
+	else if (nb > 0 && pin == NULL)
+		fprintf(stderr, "nhictl manifest verify: --bundle needs --pin SHA256HEX: a bundle file alone proves "
+				"nothing, anyone can sign one with their own keys; give the fingerprint of the first "
+				"--bundle as the ceremony transcript or the witnesses recorded it (bundle v1, then the "
+				"later bundles in order, as for 'nhictl bundle verify'), or use --state-dir\n");
+	else if (pin != NULL && !pin_well_formed(pin))
+		fprintf(stderr, "nhictl manifest verify: --pin must be the 64 lower-case hex digits of a bundle "
+				"fingerprint (as 'nhictl bundle fingerprint' prints it)\n");
+	else
+		status = 1;
+	if (status == 2)
+		goto out;
+	if (state != NULL) {
+		e = nhi_update_load_bundle(state, &b);
+		bad_path = state;
+	} else {
+		e = load_pinned_chain(bpaths, nb, pin, &b, &bad_path);
 	}
-	e = state != NULL ? nhi_update_load_bundle(state, &b) : nhi_bundle_load_file(bpath, &b);
-	if (e == NHI_OK)
-		e = nhi_file_read(mpath, NHI_MANIFEST_MAX_BYTES, &doc);
 	if (e != NHI_OK) {
-		status = nhictl_fail("manifest verify", "input", e);
+		status = nhictl_fail("manifest verify", bad_path, e);
+		goto out;
+	}
+	e = nhi_file_read(mpath, NHI_MANIFEST_MAX_BYTES, &doc);
+	if (e != NHI_OK) {
+		status = nhictl_fail("manifest verify", mpath, e);
 		goto out;
 	}
 	e = nhi_manifest_verify_dir(doc.data, doc.len, nhi_bundle_manifest_keys(b), argv[optind], print_diff, NULL,
@@ -131,6 +213,7 @@ static int cmd_verify(int argc, char **argv)
 	printf("%s matches %s\n", argv[optind], mpath);
 	status = 0;
 out:
+	free(bpaths);
 	nhi_bundle_free(b);
 	nhi_buf_free(&doc);
 	return status;

@@ -250,4 +250,30 @@ rm model/link
 "$NHICTL" manifest sign --name llm --token cust1 --key signer --pin-file c1.pin -o wrongkey.manifest model >/dev/null
 check_fails "a manifest not signed by a manifest key of the bundle is refused" "no valid signature" \
 	"$NHICTL" manifest verify --manifest wrongkey.manifest --state-dir state model
+
+# --- manifest verify with a bundle file given by hand: only against a pin ---
+# An attacker's bundle: their own update signer and manifest key (custodian 1's, for the test), self-signed.
+"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca ca.crt --jwks jwks.json \
+	--signer c1.pub --threshold 1 --manifest-key c1.pub -o forged.json >/dev/null
+sign bundle forged.json 1
+check_fails "manifest verify refuses a --bundle file without a pin (a forged bundle's own manifest key verified it)" \
+	"--bundle needs --pin" "$NHICTL" manifest verify --manifest wrongkey.manifest --bundle forged.json model
+check_fails "... and with the site's pin, the forged bundle is refused (pin)" "(pin)" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --bundle forged.json --pin "$PIN" model
+"$NHICTL" bundle create --version 2 --expires-at $((NOW + 365 * DAY)) --ca ca.crt --jwks jwks.json \
+	--signer c1.pub --threshold 1 --manifest-key c1.pub -o forged2.json >/dev/null
+sign bundle forged2.json 1
+check_fails "... and a forged v2 after the genuine v1 is refused (prev_threshold)" "(prev_threshold)" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --pin "$PIN" --bundle b1.json --bundle forged2.json model
+check_fails "... a pin that is not 64 lower-case hex digits is refused, naming the form" "64 lower-case hex" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --bundle forged.json --pin "${PIN^^}" model
+check_fails "... --pin with --state-dir is refused" "--pin goes with --bundle" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --state-dir state --pin "$PIN" model
+"$NHICTL" manifest sign --name llm --token cust4 --key signer --pin-file c4.pin -o now.manifest model >/dev/null
+check "manifest verify accepts the chain v1 -> v2 from the pin of v1" \
+	"$NHICTL" manifest verify --manifest now.manifest --pin "$PIN" --bundle b1.json --bundle b2.json model
+check "manifest verify accepts bundle v2 alone pinned by its own fingerprint" \
+	"$NHICTL" manifest verify --manifest now.manifest --pin "$("$NHICTL" bundle fingerprint b2.json)" --bundle b2.json model
+check_fails "... and, from the pin, still refuses a manifest no manifest key of the bundle signed" "no valid signature" \
+	"$NHICTL" manifest verify --manifest wrongkey.manifest --pin "$PIN" --bundle b1.json --bundle b2.json model
 finish

@@ -17,7 +17,10 @@
 #include <openssl/x509.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static struct nhi_fixture fx;
 static struct nhi_hsm *hsm;
@@ -1424,6 +1427,76 @@ static void test_import_file(void **state)
 	nhi_store_free(s);
 }
 
+/* ---- a backup file changed while it is read ------------------------------------------------ */
+
+static int change_mode; /* 1: flip the last byte, mtime +1 s (same size); 2: append; 3: truncate */
+static unsigned hook_calls;
+
+static void change_hook(const char *path, size_t got)
+{
+	struct stat st;
+	struct timespec ts[2];
+	uint8_t c;
+	int fd = open(path, O_RDWR);
+
+	(void)got;
+	if (hook_calls++ > 0 || fd < 0)
+		goto out;
+	assert_int_equal(fstat(fd, &st), 0);
+	if (change_mode == 1) {
+		assert_int_equal(pread(fd, &c, 1, st.st_size - 1), 1);
+		c = (uint8_t)~c;
+		assert_int_equal(pwrite(fd, &c, 1, st.st_size - 1), 1);
+		ts[0] = st.st_atim;
+		ts[1] = st.st_mtim;
+		ts[1].tv_sec += 1; /* a distinct mtime whatever the clock's granularity */
+		assert_int_equal(futimens(fd, ts), 0);
+	} else if (change_mode == 2) {
+		assert_int_equal(pwrite(fd, "x", 1, st.st_size), 1);
+	} else {
+		assert_int_equal(ftruncate(fd, st.st_size / 2), 0);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+}
+
+/* overwritten while read: said so, nothing loaded (not a signature or decryption error) */
+static void test_import_file_changed_while_read(void **state)
+{
+	struct nhi_store *s = loaded_store(10);
+	struct nhi_buf b = {0};
+	struct nhi_store_import_result r;
+	struct nhi_store_info si;
+	char path[400];
+	int mode;
+
+	(void)state;
+	create_standard(91, T0 + 91, NULL, &b);
+	for (mode = 1; mode <= 3; mode++) {
+		tmp_path(path, sizeof(path), "changing.nhib");
+		assert_int_equal(nhi_file_write_excl(path, b.data, b.len, 0644), NHI_OK);
+		change_mode = mode;
+		hook_calls = 0;
+		nhi_test_backup_read_hook = change_hook;
+		assert_int_equal(nhi_store_import_file(s, hsm, path, NULL, &r), NHI_ERR_IO);
+		nhi_test_backup_read_hook = NULL;
+		assert_true(hook_calls >= 1);
+		assert_non_null(strstr(nhi_err_detail(), "changed while it was read"));
+		assert_non_null(strstr(nhi_err_detail(), path));
+		nhi_store_get_info(s, &si);
+		assert_int_equal(si.serial, 10); /* nothing half loaded: the previous backup still serves */
+	}
+	/* the same file left alone loads */
+	tmp_path(path, sizeof(path), "still.nhib");
+	assert_int_equal(nhi_file_write_excl(path, b.data, b.len, 0644), NHI_OK);
+	assert_int_equal(nhi_store_import_file(s, hsm, path, NULL, &r), NHI_OK);
+	nhi_store_get_info(s, &si);
+	assert_int_equal(si.serial, 91);
+	nhi_buf_free(&b);
+	nhi_store_free(s);
+}
+
 /* ---- concurrency: readers during swaps ----------------------------------------------------- */
 
 struct reader_arg {
@@ -1531,6 +1604,7 @@ int main(void)
 		cmocka_unit_test(test_rollback),
 		cmocka_unit_test(test_store_generation),
 		cmocka_unit_test(test_import_file),
+		cmocka_unit_test(test_import_file_changed_while_read),
 		cmocka_unit_test(test_concurrent_swap),
 	};
 
