@@ -5,7 +5,8 @@
  *
  * All-or-nothing: every check (config, the custodians' public-key files, labels
  * free, outputs absent) runs before anything is created; if a later step fails, the
- * keys made in this run are destroyed and the files written in this run removed.
+ * keys made in this run are destroyed, the files written in this run removed, and
+ * out_dir too if this run created it (and it is empty again).
  *
  * With update_signers in the config the ceremony also makes trust bundle v1
  * (unsigned: the custodians sign it offline with `nhictl bundle sign`) and prints
@@ -77,6 +78,7 @@ struct ceremony {
 	char bkids[N_LISTS][NHI_CFG_LIST_MAX][44];
 	size_t n_bkeys[N_LISTS];
 	char bundle_fp[65]; /* "" without a bundle */
+	bool made_out_dir;  /* this run created out_dir: roll_back removes it */
 };
 
 static int step_no, n_steps = STEPS;
@@ -223,8 +225,11 @@ static nhi_err preflight(struct ceremony *c)
 	NHI_CHECK(used == 0, NHI_ERR_EXISTS,
 		  "%s already holds key(s) %s: a ceremony never overwrites keys; use a fresh token",
 		  nhi_hsm_token_desc(c->h), taken);
-	NHI_CHECK(mkdir(c->cfg.out_dir, 0755) == 0 || errno == EEXIST, NHI_ERR_IO, "cannot create out_dir %s: %s",
-		  c->cfg.out_dir, strerror(errno));
+	if (mkdir(c->cfg.out_dir, 0755) == 0)
+		c->made_out_dir = true;
+	else
+		NHI_CHECK(errno == EEXIST, NHI_ERR_IO, "cannot create out_dir %s: %s", c->cfg.out_dir,
+			  strerror(errno));
 	rv = NHI_OK;
 out:
 	return rv;
@@ -458,6 +463,13 @@ static void roll_back(struct ceremony *c)
 	for (i = 0; i < c->n_out; i++)
 		if (c->out[i].written && unlink(c->out[i].path) == 0)
 			fprintf(stderr, "      removed %s\n", c->out[i].path);
+	/* only the directory this run made, and only if empty: rmdir refuses anything else */
+	if (c->made_out_dir) {
+		if (rmdir(c->cfg.out_dir) == 0)
+			fprintf(stderr, "      removed %s\n", c->cfg.out_dir);
+		else
+			fprintf(stderr, "      left %s: %s\n", c->cfg.out_dir, strerror(errno));
+	}
 	for (i = 0; i < N_KEYS; i++)
 		if (c->created[i] && c->keys[i] != NULL) {
 			if (nhi_hsm_destroy(c->h, c->keys[i]) == NHI_OK)
@@ -624,7 +636,7 @@ int nhictl_ceremony(int argc, char **argv)
 	e = run(&c, config, pin_file);
 	if (e != NHI_OK) {
 		rc = nhictl_fail("ceremony", "stopped", e);
-		if (c.h != NULL && (c.created[0] || c.n_out > 0)) {
+		if (c.h != NULL && (c.created[0] || c.n_out > 0 || c.made_out_dir)) {
 			fprintf(stderr, "nhictl ceremony: rolling back this run\n");
 			roll_back(&c);
 		}

@@ -87,7 +87,12 @@ grep -v -A2 '^\[nhi_profile_server\]' "$NHI_ROOT/openssl.cnf" | grep -v '^extens
 PROFILES=$T/noserver.cnf conf rollback.conf "$T/out-rb"
 check_fails "ceremony failing at the server certificate stops with a clear error" "nhi_profile_server" \
 	"$NHICTL" ceremony --config rollback.conf --pin-file user.pin
-check "the failed run destroyed its keys and wrote no files" bash -c "! objects | grep -q nhid- && [ -z \"\$(ls -A out-rb 2>/dev/null)\" ]"
+check "the failed run destroyed its keys and removed the out_dir it created" bash -c "! objects | grep -q nhid- && [ ! -e out-rb ]"
+mkdir out-rb-kept
+PROFILES=$T/noserver.cnf conf rollback2.conf "$T/out-rb-kept"
+check_fails "a failing run into an out_dir that already existed stops" "nhi_profile_server" \
+	"$NHICTL" ceremony --config rollback2.conf --pin-file user.pin
+check "... and leaves that out_dir (not its own) in place, empty" bash -c "! objects | grep -q nhid- && [ -d out-rb-kept ] && [ -z \"\$(ls -A out-rb-kept)\" ]"
 
 # --- the real ceremony ---
 check "ceremony on a fresh token" bash -c "'$NHICTL' ceremony --config good.conf --pin-file user.pin >cer.out"
@@ -325,5 +330,5 @@ pinfile so3.pin 2718-2818
 TOKEN=cerc PROFILES=$T/noserver.cnf conf rbb.conf "$T/outc" 'update_signers = c1.pub' 'update_threshold = 1'
 check_fails "a bundle ceremony failing at the server certificate stops with a clear error" "nhi_profile_server" \
 	"$NHICTL" ceremony --config rbb.conf --pin-file user.pin
-check "... destroyed its keys and wrote no files (no trust bundle)" bash -c "! objects cerc | grep -q nhid- && [ -z \"\$(ls -A outc 2>/dev/null)\" ]"
+check "... destroyed its keys and left no out_dir (no trust bundle)" bash -c "! objects cerc | grep -q nhid- && [ ! -e outc ]"
 finish
