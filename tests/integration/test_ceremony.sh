@@ -173,7 +173,8 @@ mkdir -p foreign && cp other.crt foreign/ca.crt
 conf foreign.conf "$T/foreign"
 check_fails "enroll against a ca.crt that is not the token's root is refused, naming it" \
 	"foreign/ca.crt does not belong to the root key" "$NHICTL" enroll stray --config foreign.conf --pin-file user.pin
-check "... and writes no key or certificate" bash -c "! ls foreign/agents/stray.* 2>/dev/null | grep -q ."
+check "... and writes no key or certificate, and leaves no agents/ directory it created" \
+	bash -c "! ls foreign/agents/stray.* 2>/dev/null | grep -q . && [ ! -e foreign/agents ]"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout csr.key -subj /CN=ignored -out good.csr 2>/dev/null
 check "enroll certifies a CSR" "$NHICTL" enroll csr-agent --csr good.csr --config good.conf --pin-file user.pin
 check "the CSR path writes no private key" test ! -e out/agents/csr-agent.key
