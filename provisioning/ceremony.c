@@ -5,7 +5,8 @@
  *
  * All-or-nothing: every check (config, the custodians' public-key files, labels
  * free, outputs absent) runs before anything is created; if a later step fails, the
- * keys made in this run are destroyed and the files written in this run removed.
+ * keys made in this run are destroyed, the files written in this run removed, and
+ * out_dir too if this run created it (and it is empty again).
  *
  * With update_signers in the config the ceremony also makes trust bundle v1
  * (unsigned: the custodians sign it offline with `nhictl bundle sign`) and prints
@@ -77,6 +78,7 @@ struct ceremony {
 	char bkids[N_LISTS][NHI_CFG_LIST_MAX][44];
 	size_t n_bkeys[N_LISTS];
 	char bundle_fp[65]; /* "" without a bundle */
+	bool made_out_dir;  /* this run created out_dir: roll_back removes it */
 };
 
 static int step_no, n_steps = STEPS;
@@ -161,15 +163,55 @@ out:
 	return rv;
 }
 
-static nhi_err preflight(struct ceremony *c)
+/*
+ * Before the token is opened: nothing may be at an output path. lstat, not stat or
+ * access(): a dangling symlink is an entry too, which nhi_file_write_excl (O_EXCL,
+ * O_NOFOLLOW) refuses only at the last step, after the keys were made.
+ */
+static nhi_err preflight_outputs(struct ceremony *c)
 {
 	nhi_err rv = NHI_ERR_INTERNAL;
 	static const char *const files[] = {"ca.crt",	      "server.crt",	  "jwks.json",
 					    "audit.pub.pem", "transcript.jsonl", BUNDLE_FILE};
 	const size_t n_files = sizeof(files) / sizeof(files[0]) - (c->cfg.n_signers > 0 ? 0 : 1);
-	char path[1100], taken[512] = "";
-	size_t i, used = 0;
+	const char *what;
+	char path[1100];
 	struct stat st;
+	size_t i;
+
+	if (lstat(c->cfg.out_dir, &st) != 0) {
+		/* created after the label check (preflight): nothing can be in it */
+		NHI_CHECK(errno == ENOENT, NHI_ERR_IO, "cannot check out_dir %s: %s", c->cfg.out_dir, strerror(errno));
+		rv = NHI_OK;
+		goto out;
+	}
+	if (S_ISLNK(st.st_mode))
+		NHI_CHECK(stat(c->cfg.out_dir, &st) == 0, errno == ENOENT ? NHI_ERR_CONFIG : NHI_ERR_IO,
+			  "out_dir %s is a symlink to %s: remove it or point out_dir at a directory", c->cfg.out_dir,
+			  errno == ENOENT ? "nowhere" : strerror(errno));
+	NHI_CHECK(S_ISDIR(st.st_mode), NHI_ERR_CONFIG,
+		  "out_dir %s is not a directory: move it away or pick another out_dir", c->cfg.out_dir);
+	for (i = 0; i < n_files; i++) {
+		snprintf(path, sizeof(path), "%s/%s", c->cfg.out_dir, files[i]);
+		if (lstat(path, &st) == 0) {
+			what = !S_ISLNK(st.st_mode) ? "" : stat(path, &st) == 0 ? " (a symlink)" : " (a symlink to nowhere)";
+			NHI_FAIL(NHI_ERR_EXISTS,
+				 "%s already exists%s: a ceremony never overwrites its outputs; move it away or pick another out_dir",
+				 path, what);
+		}
+		NHI_CHECK(errno == ENOENT, NHI_ERR_IO, "cannot check %s: %s", path, strerror(errno));
+	}
+	rv = NHI_OK;
+out:
+	return rv;
+}
+
+/* In the token: no key label taken. Then out_dir is created if missing. */
+static nhi_err preflight(struct ceremony *c)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	char taken[512] = "";
+	size_t i, used = 0;
 	nhi_err e;
 
 	for (i = 0; i < N_KEYS; i++) {
@@ -183,18 +225,11 @@ static nhi_err preflight(struct ceremony *c)
 	NHI_CHECK(used == 0, NHI_ERR_EXISTS,
 		  "%s already holds key(s) %s: a ceremony never overwrites keys; use a fresh token",
 		  nhi_hsm_token_desc(c->h), taken);
-	if (stat(c->cfg.out_dir, &st) != 0) {
-		NHI_CHECK(errno == ENOENT && mkdir(c->cfg.out_dir, 0755) == 0, NHI_ERR_IO, "cannot create out_dir %s: %s",
-			  c->cfg.out_dir, strerror(errno));
-	} else {
-		NHI_CHECK(S_ISDIR(st.st_mode), NHI_ERR_CONFIG, "out_dir %s is not a directory", c->cfg.out_dir);
-	}
-	for (i = 0; i < n_files; i++) {
-		snprintf(path, sizeof(path), "%s/%s", c->cfg.out_dir, files[i]);
-		NHI_CHECK(access(path, F_OK) != 0, NHI_ERR_EXISTS,
-			  "%s already exists: a ceremony never overwrites its outputs; move it away or pick another out_dir",
-			  path);
-	}
+	if (mkdir(c->cfg.out_dir, 0755) == 0)
+		c->made_out_dir = true;
+	else
+		NHI_CHECK(errno == EEXIST, NHI_ERR_IO, "cannot create out_dir %s: %s", c->cfg.out_dir,
+			  strerror(errno));
 	rv = NHI_OK;
 out:
 	return rv;
@@ -428,6 +463,13 @@ static void roll_back(struct ceremony *c)
 	for (i = 0; i < c->n_out; i++)
 		if (c->out[i].written && unlink(c->out[i].path) == 0)
 			fprintf(stderr, "      removed %s\n", c->out[i].path);
+	/* only the directory this run made, and only if empty: rmdir refuses anything else */
+	if (c->made_out_dir) {
+		if (rmdir(c->cfg.out_dir) == 0)
+			fprintf(stderr, "      removed %s\n", c->cfg.out_dir);
+		else
+			fprintf(stderr, "      left %s: %s\n", c->cfg.out_dir, strerror(errno));
+	}
 	for (i = 0; i < N_KEYS; i++)
 		if (c->created[i] && c->keys[i] != NULL) {
 			if (nhi_hsm_destroy(c->h, c->keys[i]) == NHI_OK)
@@ -451,6 +493,7 @@ static nhi_err run(struct ceremony *c, const char *config_path, const char *pin_
 	n_steps = c->cfg.n_signers > 0 ? STEPS_BUNDLE : STEPS;
 	step("config %s SHA-256 %s; profiles %s SHA-256 %s", config_path, cfg_hex, c->cfg.profiles, prof_hex);
 	NHI_TRY(read_bundle_keys(c));
+	NHI_TRY(preflight_outputs(c));
 	NHI_TRY(nhictl_open_hsm(&c->cfg, pin_file, &c->h));
 	step("opened %s", nhi_hsm_token_desc(c->h));
 	NHI_TRY(preflight(c));
@@ -593,7 +636,7 @@ int nhictl_ceremony(int argc, char **argv)
 	e = run(&c, config, pin_file);
 	if (e != NHI_OK) {
 		rc = nhictl_fail("ceremony", "stopped", e);
-		if (c.h != NULL && (c.created[0] || c.n_out > 0)) {
+		if (c.h != NULL && (c.created[0] || c.n_out > 0 || c.made_out_dir)) {
 			fprintf(stderr, "nhictl ceremony: rolling back this run\n");
 			roll_back(&c);
 		}

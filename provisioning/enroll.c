@@ -91,7 +91,7 @@ static nhi_err enroll(const struct enroll_opts *o)
 	struct nhi_buf san = {0}, cert_pem = {0}, agent_pem = {.secret = true};
 	char dir[600], ca_path[600], key_path[700], crt_path[700], fp[65];
 	struct nhi_cert_request req;
-	bool key_written = false;
+	bool key_written = false, made_dir = false;
 	struct tm na;
 	char na_s[32];
 
@@ -105,7 +105,10 @@ static nhi_err enroll(const struct enroll_opts *o)
 	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", cfg.out_dir);
 	snprintf(key_path, sizeof(key_path), "%s/%s.key", dir, o->name);
 	snprintf(crt_path, sizeof(crt_path), "%s/%s.crt", dir, o->name);
-	NHI_CHECK(mkdir(dir, 0755) == 0 || errno == EEXIST, NHI_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
+	if (mkdir(dir, 0755) == 0)
+		made_dir = true;
+	else
+		NHI_CHECK(errno == EEXIST, NHI_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
 	NHI_CHECK(access(crt_path, F_OK) != 0, NHI_ERR_EXISTS, "%s already exists: agent '%s' is enrolled", crt_path,
 		  o->name);
 	NHI_CHECK(o->csr != NULL || access(key_path, F_OK) != 0, NHI_ERR_EXISTS, "%s already exists", key_path);
@@ -143,6 +146,8 @@ static nhi_err enroll(const struct enroll_opts *o)
 out:
 	if (rv != NHI_OK && key_written)
 		unlink(key_path);
+	if (rv != NHI_OK && made_dir) /* only the directory this run made; rmdir leaves a non-empty one */
+		rmdir(dir);
 	nhi_buf_free(&san);
 	nhi_buf_free(&cert_pem);
 	nhi_buf_free(&agent_pem);

@@ -22,6 +22,9 @@ conf() { # conf FILE OUTDIR [extra lines]: an extra line replaces the default of
 	  for l in "$@"; do printf '%s\n' "$l"; done; } >"$f"
 }
 objects() { pkcs11-tool --module $MOD --token-label "${1:-cer}" --login --pin 3141-5926 --list-objects 2>/dev/null; }
+# the checks below call it from `bash -c` too: without the export there it is "command not found",
+# and `! objects | grep -q nhid-` passed whatever the token held
+export -f objects; export MOD
 
 # --- bad configs are refused before the token is touched ---
 conf bad1.conf out-bad 'colour = blue'
@@ -59,12 +62,37 @@ pinfile wrong.pin 0000
 check_fails "a wrong PIN is refused by name" "CKR_PIN_INCORRECT" "$NHICTL" ceremony --config good.conf --pin-file wrong.pin
 check "nothing was created by the refused runs" bash -c "! objects | grep -q nhid- && [ ! -e out-bad ]"
 
+# --- anything already at an output path is refused in preflight, before the token is opened ---
+# lstat, not stat/access: a dangling symlink is an entry too (it used to pass preflight,
+# and the run failed at the last step, after the keys were made)
+mkdir out-link && ln -s nowhere out-link/jwks.json
+conf link.conf "$T/out-link"
+check_fails "a dangling symlink at an output path is refused, naming it and the fix" \
+	"$T/out-link/jwks.json already exists (a symlink to nowhere): a ceremony never overwrites its outputs; move it away or pick another out_dir" \
+	"$NHICTL" ceremony --config link.conf --pin-file user.pin
+cp last.out link.out
+check "... before the token is opened or any key made" \
+	bash -c "! grep -q 'opened\|generating\|rolling back' link.out && ! objects | grep -q nhid- && [ \"\$(ls -A out-link)\" = jwks.json ]"
+ln -s nowhere-dir out-dangle
+conf dangle.conf "$T/out-dangle"
+check_fails "an out_dir that is a dangling symlink is refused, naming it" \
+	"out_dir $T/out-dangle is a symlink to nowhere: remove it or point out_dir at a directory" \
+	"$NHICTL" ceremony --config dangle.conf --pin-file user.pin
+cp last.out dangle.out
+check "... before the token is opened, and nothing is created" \
+	bash -c "! grep -q 'opened' dangle.out && [ ! -e nowhere-dir ] && ! objects | grep -q nhid-"
+
 # --- a failure after keys exist rolls the run back ---
 grep -v -A2 '^\[nhi_profile_server\]' "$NHI_ROOT/openssl.cnf" | grep -v '^extensions = v3_server' >noserver.cnf
 PROFILES=$T/noserver.cnf conf rollback.conf "$T/out-rb"
 check_fails "ceremony failing at the server certificate stops with a clear error" "nhi_profile_server" \
 	"$NHICTL" ceremony --config rollback.conf --pin-file user.pin
-check "the failed run destroyed its keys and wrote no files" bash -c "! objects | grep -q nhid- && [ -z \"\$(ls -A out-rb 2>/dev/null)\" ]"
+check "the failed run destroyed its keys and removed the out_dir it created" bash -c "! objects | grep -q nhid- && [ ! -e out-rb ]"
+mkdir out-rb-kept
+PROFILES=$T/noserver.cnf conf rollback2.conf "$T/out-rb-kept"
+check_fails "a failing run into an out_dir that already existed stops" "nhi_profile_server" \
+	"$NHICTL" ceremony --config rollback2.conf --pin-file user.pin
+check "... and leaves that out_dir (not its own) in place, empty" bash -c "! objects | grep -q nhid- && [ -d out-rb-kept ] && [ -z \"\$(ls -A out-rb-kept)\" ]"
 
 # --- the real ceremony ---
 check "ceremony on a fresh token" bash -c "'$NHICTL' ceremony --config good.conf --pin-file user.pin >cer.out"
@@ -81,8 +109,12 @@ check "openssl verify accepts the server certificate (sslserver)" openssl verify
 check "root certificate is a CA with pathlen 0" bash -c "openssl x509 -in out/ca.crt -noout -ext basicConstraints | grep -q 'CA:TRUE, pathlen:0'"
 check "server certificate carries the configured SANs" bash -c "openssl x509 -in out/server.crt -noout -ext subjectAltName | grep -q 'DNS:localhost, IP Address:127.0.0.1'"
 check "transcript verifies offline" "$NHICTL" ceremony verify out/transcript.jsonl --ca out/ca.crt
+check_fails "a second ceremony into the same out_dir refuses before the token is opened, naming ca.crt" \
+	"$T/out/ca.crt already exists: a ceremony never overwrites its outputs" "$NHICTL" ceremony --config good.conf --pin-file user.pin
+conf good2.conf "$T/out2"
 check_fails "a second ceremony on the same token refuses" "already holds key(s) nhid-root" \
-	"$NHICTL" ceremony --config good.conf --pin-file user.pin
+	"$NHICTL" ceremony --config good2.conf --pin-file user.pin
+check "... and creates no out_dir" test ! -e out2
 check "the refused second ceremony left the first one's files intact" "$NHICTL" ceremony verify out/transcript.jsonl --ca out/ca.crt
 
 # --- transcript tampering ---
@@ -141,7 +173,8 @@ mkdir -p foreign && cp other.crt foreign/ca.crt
 conf foreign.conf "$T/foreign"
 check_fails "enroll against a ca.crt that is not the token's root is refused, naming it" \
 	"foreign/ca.crt does not belong to the root key" "$NHICTL" enroll stray --config foreign.conf --pin-file user.pin
-check "... and writes no key or certificate" bash -c "! ls foreign/agents/stray.* 2>/dev/null | grep -q ."
+check "... and writes no key or certificate, and leaves no agents/ directory it created" \
+	bash -c "! ls foreign/agents/stray.* 2>/dev/null | grep -q . && [ ! -e foreign/agents ]"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout csr.key -subj /CN=ignored -out good.csr 2>/dev/null
 check "enroll certifies a CSR" "$NHICTL" enroll csr-agent --csr good.csr --config good.conf --pin-file user.pin
 check "the CSR path writes no private key" test ! -e out/agents/csr-agent.key
@@ -284,8 +317,11 @@ check_fails "bundle verify with another pin refuses it" "(pin)" "$NHICTL" bundle
 check_fails "update init with another pin refuses it" "(pin)" "$NHICTL" update init --state-dir st --bundle b1.json --pin "$(printf '%064d' 0)"
 check "update init installs it with the printed pin" "$NHICTL" update init --state-dir st --bundle b1.json --pin "$PIN"
 check "the installed bundle is the signed one, byte for byte" cmp st/trust-bundle.json b1.json
-check_fails "a second ceremony on the bundle token refuses before touching the bundle" "already holds key(s) nhid-root" \
+check_fails "a second ceremony on the bundle token refuses before touching the bundle" "outb/ca.crt already exists" \
 	"$NHICTL" ceremony --config bundle.conf --pin-file user.pin
+bconf bundle2.conf "$T/outb2" 'update_signers = c1.pub, c2.pub' 'update_threshold = 2' 'bundle_days = 30' 'manifest_keys = m.pub'
+check_fails "... and into another out_dir, refuses by the keys in the token" "already holds key(s) nhid-root" \
+	"$NHICTL" ceremony --config bundle2.conf --pin-file user.pin
 check "the refused second ceremony left the bundle and transcript intact" \
 	bash -c "'$NHICTL' ceremony verify outb/transcript.jsonl --ca outb/ca.crt && [ \"\$('$NHICTL' bundle fingerprint outb/trust-bundle-v1.json)\" = '$PIN' ]"
 
@@ -295,5 +331,5 @@ pinfile so3.pin 2718-2818
 TOKEN=cerc PROFILES=$T/noserver.cnf conf rbb.conf "$T/outc" 'update_signers = c1.pub' 'update_threshold = 1'
 check_fails "a bundle ceremony failing at the server certificate stops with a clear error" "nhi_profile_server" \
 	"$NHICTL" ceremony --config rbb.conf --pin-file user.pin
-check "... destroyed its keys and wrote no files (no trust bundle)" bash -c "! objects cerc | grep -q nhid- && [ -z \"\$(ls -A outc 2>/dev/null)\" ]"
+check "... destroyed its keys and left no out_dir (no trust bundle)" bash -c "! objects cerc | grep -q nhid- && [ ! -e outc ]"
 finish
