@@ -11,6 +11,7 @@
 #include "../server/update.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,55 @@ static int cmd_fingerprint(int argc, char **argv)
 	return 0;
 }
 
+/* 64 lower-case hex digits: what 'nhictl bundle fingerprint' prints and the ceremony records */
+static bool pin_well_formed(const char *pin)
+{
+	size_t i;
+
+	for (i = 0; pin[i] != '\0'; i++)
+		if (!((pin[i] >= '0' && pin[i] <= '9') || (pin[i] >= 'a' && pin[i] <= 'f')))
+			return false;
+	return i == 64;
+}
+
+nhi_err nhictl_bundle_chain_load(char *const *paths, size_t n, const char *pin, int64_t now,
+				 struct nhi_bundle **out, const char **bad_path)
+{
+	nhi_err rv = NHI_ERR_INTERNAL;
+	struct nhi_buf *docs = NULL;
+	const uint8_t **ptrs = NULL;
+	size_t *lens = NULL, i, bad = 0;
+	enum nhi_bundle_reason why;
+
+	*out = NULL;
+	*bad_path = "--pin";
+	NHI_CHECK(pin != NULL && pin_well_formed(pin), NHI_ERR_ARG,
+		  "--pin must be the 64 lower-case hex digits of a bundle fingerprint (as 'nhictl bundle "
+		  "fingerprint' prints it and the ceremony transcript records it)");
+	*bad_path = "--bundle";
+	NHI_CHECK(n >= 1 && n <= NHI_BUNDLE_CHAIN_MAX, NHI_ERR_ARG, "1..%d bundle files (oldest first) are needed",
+		  NHI_BUNDLE_CHAIN_MAX);
+	docs = calloc(n, sizeof(*docs));
+	ptrs = calloc(n, sizeof(*ptrs));
+	lens = calloc(n, sizeof(*lens));
+	NHI_CHECK(docs != NULL && ptrs != NULL && lens != NULL, NHI_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++) {
+		*bad_path = paths[i];
+		NHI_TRY(nhi_file_read(paths[i], NHI_BUNDLE_MAX_BYTES, &docs[i]));
+		ptrs[i] = docs[i].data;
+		lens[i] = docs[i].len;
+	}
+	rv = nhi_bundle_verify_chain(ptrs, lens, n, pin, now, out, &why, &bad);
+	*bad_path = paths[bad < n ? bad : 0];
+out:
+	for (i = 0; docs != NULL && i < n; i++)
+		nhi_buf_free(&docs[i]);
+	free(docs);
+	free(ptrs);
+	free(lens);
+	return rv;
+}
+
 static int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -170,15 +220,12 @@ static int cmd_verify(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct nhi_buf *docs = NULL;
-	const uint8_t **ptrs = NULL;
-	size_t *lens = NULL, n, i, bad = 0;
 	struct nhi_bundle *b = NULL;
-	enum nhi_bundle_reason why;
-	const char *pin = NULL;
+	const char *pin = NULL, *bad_path = NULL;
 	long long now = 0;
+	size_t n;
 	int c, status = 1;
-	nhi_err e = NHI_OK;
+	nhi_err e;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -200,25 +247,9 @@ static int cmd_verify(int argc, char **argv)
 	if (now == 0)
 		now = (long long)time(NULL);
 	n = (size_t)(argc - optind);
-	docs = calloc(n, sizeof(*docs));
-	ptrs = calloc(n, sizeof(*ptrs));
-	lens = calloc(n, sizeof(*lens));
-	if (docs == NULL || ptrs == NULL || lens == NULL) {
-		fprintf(stderr, "nhictl bundle verify: out of memory\n");
-		goto out;
-	}
-	for (i = 0; i < n; i++) {
-		e = nhi_file_read(argv[optind + (int)i], NHI_BUNDLE_MAX_BYTES, &docs[i]);
-		if (e != NHI_OK) {
-			status = nhictl_fail("bundle verify", argv[optind + (int)i], e);
-			goto out;
-		}
-		ptrs[i] = docs[i].data;
-		lens[i] = docs[i].len;
-	}
-	e = nhi_bundle_verify_chain(ptrs, lens, n, pin, now, &b, &why, &bad);
+	e = nhictl_bundle_chain_load(argv + optind, n, pin, now, &b, &bad_path);
 	if (e != NHI_OK) {
-		status = nhictl_fail("bundle verify", argv[optind + (int)bad], e);
+		status = nhictl_fail("bundle verify", bad_path, e);
 		goto out;
 	}
 	printf("trust bundle v%llu verified from the pinned v%llu (%zu step(s)): threshold %u of %zu update "
@@ -228,11 +259,6 @@ static int cmd_verify(int argc, char **argv)
 	       (long long)nhi_bundle_expires_at(b), nhi_bundle_fingerprint(b));
 	status = 0;
 out:
-	for (i = 0; docs != NULL && i < n; i++)
-		nhi_buf_free(&docs[i]);
-	free(docs);
-	free(ptrs);
-	free(lens);
 	nhi_bundle_free(b);
 	return status;
 }

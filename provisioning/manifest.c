@@ -93,52 +93,6 @@ static void print_diff(void *arg, enum nhi_manifest_diff d, const char *path)
 	printf("%s %s\n", d == NHI_MANIFEST_DIFFERS ? "differs" : d == NHI_MANIFEST_MISSING ? "missing" : "extra", path);
 }
 
-/* 64 lower-case hex digits: what 'nhictl bundle fingerprint' prints and the ceremony records. */
-static bool pin_well_formed(const char *pin)
-{
-	size_t i;
-
-	for (i = 0; pin[i] != '\0'; i++)
-		if (!((pin[i] >= '0' && pin[i] <= '9') || (pin[i] >= 'a' && pin[i] <= 'f')))
-			return false;
-	return i == 64;
-}
-
-/*
- * The bundle given by hand: a chain of bundle files (oldest first) whose first one has
- * the pinned fingerprint, as 'nhictl bundle verify --pin' and 'nhictl update init --pin'
- * take it. A bundle's own signatures prove nothing by themselves (anyone can make a
- * bundle with their own update signers and manifest key); the pin, read off the
- * ceremony transcript or the witnesses' notes, ties the file to the site's trust.
- */
-static nhi_err load_pinned_chain(char *const *paths, size_t n, const char *pin, struct nhi_bundle **out,
-				 const char **bad_path)
-{
-	nhi_err rv = NHI_ERR_INTERNAL;
-	struct nhi_buf *docs = calloc(n, sizeof(*docs));
-	const uint8_t **ptrs = calloc(n, sizeof(*ptrs));
-	size_t *lens = calloc(n, sizeof(*lens)), i, bad = 0;
-	enum nhi_bundle_reason why;
-
-	*bad_path = "input";
-	NHI_CHECK(docs != NULL && ptrs != NULL && lens != NULL, NHI_ERR_NOMEM, "out of memory");
-	for (i = 0; i < n; i++) {
-		*bad_path = paths[i];
-		NHI_TRY(nhi_file_read(paths[i], NHI_BUNDLE_MAX_BYTES, &docs[i]));
-		ptrs[i] = docs[i].data;
-		lens[i] = docs[i].len;
-	}
-	rv = nhi_bundle_verify_chain(ptrs, lens, n, pin, (int64_t)time(NULL), out, &why, &bad);
-	*bad_path = paths[bad < n ? bad : 0];
-out:
-	for (i = 0; docs != NULL && i < n; i++)
-		nhi_buf_free(&docs[i]);
-	free(docs);
-	free(ptrs);
-	free(lens);
-	return rv;
-}
-
 static int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -182,9 +136,6 @@ static int cmd_verify(int argc, char **argv)
 				"nothing, anyone can sign one with their own keys; give the fingerprint of the first "
 				"--bundle as the ceremony transcript or the witnesses recorded it (bundle v1, then the "
 				"later bundles in order, as for 'nhictl bundle verify'), or use --state-dir\n");
-	else if (pin != NULL && !pin_well_formed(pin))
-		fprintf(stderr, "nhictl manifest verify: --pin must be the 64 lower-case hex digits of a bundle "
-				"fingerprint (as 'nhictl bundle fingerprint' prints it)\n");
 	else
 		status = 1;
 	if (status == 2)
@@ -193,7 +144,7 @@ static int cmd_verify(int argc, char **argv)
 		e = nhi_update_load_bundle(state, &b);
 		bad_path = state;
 	} else {
-		e = load_pinned_chain(bpaths, nb, pin, &b, &bad_path);
+		e = nhictl_bundle_chain_load(bpaths, nb, pin, (int64_t)time(NULL), &b, &bad_path);
 	}
 	if (e != NHI_OK) {
 		status = nhictl_fail("manifest verify", bad_path, e);

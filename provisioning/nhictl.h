@@ -50,6 +50,18 @@ int nhictl_dispatch(const char *cmd, const struct nhictl_action *actions, size_t
  */
 bool nhictl_arg_ll(const char *cmd, const char *opt, const char *s, long long lo, long long hi, long long *out);
 
+/*
+ * bundle.c: trust bundle files given by hand (oldest first), checked as a rotation
+ * chain from the bundle whose fingerprint is `pin` (64 lower-case hex digits, as
+ * 'nhictl bundle fingerprint' prints it and the ceremony transcript records it), and
+ * the last one unexpired at `now`. What 'bundle verify', 'manifest verify --bundle' and
+ * 'update verify --bundle' trust: a bundle's own signatures prove nothing alone, since
+ * anyone can sign one with their own keys. On failure *bad_path names the file at fault.
+ */
+struct nhi_bundle;
+nhi_err nhictl_bundle_chain_load(char *const *paths, size_t n, const char *pin, int64_t now,
+				 struct nhi_bundle **out, const char **bad_path) NHI_MUST_CHECK;
+
 /* Print "nhictl <cmd>: <what>: <detail> [<error name>]" on stderr; returns 1. */
 int nhictl_fail(const char *cmd, const char *what, nhi_err e);
 

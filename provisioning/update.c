@@ -33,7 +33,8 @@ static void usage(FILE *f)
 		"                            [--created-at UNIX] (--expires-at UNIX | --expires-in S)\n"
 		"       nhictl update sign   --token LABEL|URI --key LABEL --pin-file FILE [--module PATH] [-o OUT] PKG\n"
 		"       nhictl update pubkey --token LABEL|URI --key LABEL [--pin-file FILE] [--module PATH]\n"
-		"       nhictl update verify (--state-dir DIR | --bundle FILE) [--now UNIX] PKG\n"
+		"       nhictl update verify (--state-dir DIR | --pin SHA256HEX --bundle FILE [--bundle FILE ...])\n"
+		"                            [--now UNIX] PKG\n"
 		"       nhictl update init   --state-dir DIR --bundle FILE --pin SHA256HEX [--now UNIX]\n"
 		"       nhictl update apply  --state-dir DIR [--now UNIX] [--skew S] PKG...\n"
 		"       nhictl update scan   --state-dir DIR --incoming DIR [--now UNIX] [--skew S]\n"
@@ -239,6 +240,8 @@ static int cmd_pubkey(int argc, char **argv)
 
 struct state_opts {
 	const char *state_dir, *bundle, *incoming, *pin;
+	char *bundles[NHI_BUNDLE_CHAIN_MAX]; /* every --bundle, in order (verify: a chain) */
+	size_t n_bundles;
 	int64_t now, skew;
 };
 
@@ -259,7 +262,13 @@ static int parse_state_opts(const char *cmd, int argc, char **argv, struct state
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->state_dir = optarg; break;
-		case 'b': o->bundle = optarg; break;
+		case 'b':
+			if (o->n_bundles == NHI_BUNDLE_CHAIN_MAX) {
+				fprintf(stderr, "nhictl %s: more than %d --bundle files\n", cmd, NHI_BUNDLE_CHAIN_MAX);
+				return -1;
+			}
+			o->bundle = o->bundles[o->n_bundles++] = optarg;
+			break;
 		case 'i': o->incoming = optarg; break;
 		case 'P': o->pin = optarg; break;
 		case 'n':
@@ -301,6 +310,7 @@ static int cmd_verify(int argc, char **argv)
 	struct nhi_bundle *b = NULL;
 	struct nhi_buf doc = {0};
 	enum nhi_update_reason why = NHI_UPDATE_OK;
+	const char *bad_path = NULL;
 	int first = parse_state_opts("update verify", argc, argv, &o), status = 1;
 	nhi_err e;
 
@@ -310,18 +320,30 @@ static int cmd_verify(int argc, char **argv)
 		fprintf(stderr, "nhictl update verify: one of --state-dir or --bundle, and one PKG, are required\n");
 		return 2;
 	}
+	if (o.state_dir != NULL && o.pin != NULL) {
+		fprintf(stderr, "nhictl update verify: --pin goes with --bundle; the bundle in --state-dir was "
+				"installed against the pin by 'nhictl update init'\n");
+		return 2;
+	}
+	if (o.bundle != NULL && o.pin == NULL) {
+		fprintf(stderr, "nhictl update verify: --bundle needs --pin SHA256HEX: a bundle file alone proves "
+				"nothing, anyone can sign one with their own keys; give the fingerprint of the first "
+				"--bundle as the ceremony transcript or the witnesses recorded it (bundle v1, then the "
+				"later bundles in order, as for 'nhictl bundle verify'), or use --state-dir\n");
+		return 2;
+	}
 	if (o.state_dir != NULL) {
 		e = nhi_update_load_bundle(o.state_dir, &b);
 		if (e == NHI_OK)
 			e = nhi_update_state_load(o.state_dir, &st);
 		if (e == NHI_OK)
 			e = nhi_update_clock(&st, o.now, o.skew, &o.now);
+		bad_path = o.state_dir;
 	} else {
-		/* a bundle file given by hand is trusted as given: verify it first with 'bundle verify' */
-		e = nhi_bundle_load_file(o.bundle, &b);
+		e = nhictl_bundle_chain_load(o.bundles, o.n_bundles, o.pin, o.now, &b, &bad_path);
 	}
 	if (e != NHI_OK) {
-		status = nhictl_fail("update verify", o.state_dir ? o.state_dir : o.bundle, e);
+		status = nhictl_fail("update verify", bad_path, e);
 		goto out;
 	}
 	e = nhi_file_read(argv[first], NHI_UPDATE_PACKAGE_MAX_BYTES, &doc);
@@ -356,8 +378,8 @@ static int cmd_init(int argc, char **argv)
 
 	if (first < 0)
 		return 2;
-	if (o.state_dir == NULL || o.bundle == NULL || o.pin == NULL || first != argc) {
-		fprintf(stderr, "nhictl update init: --state-dir, --bundle and --pin are required\n");
+	if (o.state_dir == NULL || o.n_bundles != 1 || o.pin == NULL || first != argc) {
+		fprintf(stderr, "nhictl update init: --state-dir, one --bundle and --pin are required\n");
 		return 2;
 	}
 	e = nhi_file_read(o.bundle, NHI_BUNDLE_MAX_BYTES, &doc);

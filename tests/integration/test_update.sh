@@ -80,6 +80,20 @@ sign update p1x.json 4
 check_fails "a signer outside the bundle is ignored" "(threshold): 1 valid" "$NHICTL" update verify --state-dir state p1x.json
 sign update p1.json 3
 check "M distinct signatures are accepted" bash -c "'$NHICTL' update verify --state-dir state p1.json | grep -q '\"signers\":2'"
+# update verify with a bundle file given by hand: only from a pin, as manifest verify (below)
+"$NHICTL" bundle create --version 1 --expires-at $((NOW + 365 * DAY)) --ca ca.crt --jwks jwks.json \
+	--signer c4.pub --threshold 1 -o forged-u.json >/dev/null
+sign bundle forged-u.json 4
+check_fails "update verify refuses a --bundle file without a pin (a forged bundle's own signer accepted p1x)" \
+	"--bundle needs --pin" "$NHICTL" update verify --bundle forged-u.json p1x.json
+check_fails "... with the site's pin the forged bundle is refused (pin)" "(pin)" \
+	"$NHICTL" update verify --pin "$PIN" --bundle forged-u.json p1x.json
+check_fails "... a pin that is not 64 lower-case hex digits is refused, naming the form" "64 lower-case hex" \
+	"$NHICTL" update verify --pin "${PIN^^}" --bundle b1.json p1.json
+check_fails "... --pin with --state-dir is refused" "--pin goes with --bundle" \
+	"$NHICTL" update verify --state-dir state --pin "$PIN" p1.json
+check "update verify accepts p1 from the pinned bundle v1 file" \
+	bash -c "'$NHICTL' update verify --pin '$PIN' --bundle b1.json p1.json | grep -q '\"signers\":2'"
 python3 - p1.json ptamper.json <<'PY'
 import base64, json, sys
 d = json.load(open(sys.argv[1])); p = d["payload"]
