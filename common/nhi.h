@@ -59,6 +59,22 @@ void nhi_err_clear(void);
 #define NHI_ERR_DETAIL_MAX 512
 
 /*
+ * The one rule for cutting text that may be UTF-8 (agent ids, subjects, paths, config
+ * values) without splitting a character: half a character in an error detail or an audit
+ * field makes jansson refuse the whole JSON document.
+ *
+ * nhi_utf8_trim: the length of the first n bytes of s without a character that the end of
+ * those n bytes cuts short (n itself when they end on a character boundary). Reads s[0..n).
+ *
+ * nhi_utf8_cut: for printf's precision, in place of "%.64s": write
+ *   nhi_err_set(..., "'%.*s'", nhi_utf8_cut(s, 64), s)
+ * It returns strlen(s) when that is at most max, else the longest prefix of at most max
+ * bytes that does not end inside a UTF-8 character. s is NUL-terminated.
+ */
+size_t nhi_utf8_trim(const char *s, size_t n);
+int nhi_utf8_cut(const char *s, size_t max);
+
+/*
  * The one family of control-flow macros. Each assumes a local `nhi_err rv` and an
  * `out:` label where cleanup happens (one exit per function).
  */
