@@ -115,14 +115,29 @@ nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...)
 
 nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...)
 {
+	static const char ellipsis[] = "...";
 	char old[NHI_ERR_DETAIL_MAX];
 	char ctx[NHI_ERR_DETAIL_MAX];
+	/* the bytes the context and the cause share: all but ": " and the NUL */
+	const size_t room = sizeof(nhi_err_buf) - 3;
+	size_t clen, olen, keep;
 	va_list ap;
 
 	memcpy(old, nhi_err_buf, sizeof(old));
 	va_start(ap, fmt);
 	cut_partial_utf8(ctx, vsnprintf(ctx, sizeof(ctx), fmt, ap), sizeof(ctx));
 	va_end(ap);
+	clen = strlen(ctx);
+	olen = strlen(old);
+	if (clen + olen > room) {
+		/* the cause names what went wrong: the context gives way to keep it whole, and
+		 * only a cause too long for any context is cut (at its end, below) */
+		keep = olen + sizeof(ellipsis) - 1 <= room ? room - olen - (sizeof(ellipsis) - 1) : NHI_ERR_WRAP_CTX_MIN;
+		if (keep < clen) {
+			keep = nhi_utf8_trim(ctx, keep);
+			memcpy(ctx + keep, ellipsis, sizeof(ellipsis));
+		}
+	}
 	cut_partial_utf8(nhi_err_buf, snprintf(nhi_err_buf, sizeof(nhi_err_buf), "%s: %s", ctx, old),
 			 sizeof(nhi_err_buf));
 	return code;

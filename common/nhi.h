@@ -51,8 +51,15 @@ const char *nhi_err_name(nhi_err e);
 nhi_err nhi_err_set(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
 /* Same, with ": <top OpenSSL error>" appended; clears the OpenSSL error queue. */
 nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
-/* Prefix the current detail with context: "<ctx>: <old detail>". Returns code. */
+/*
+ * Prefix the current detail with context: "<ctx>: <old detail>". Returns code. The old
+ * detail is the cause (what went wrong), so when the two are over NHI_ERR_DETAIL_MAX the
+ * context is shortened, at a character boundary and marked "...", to keep the cause
+ * whole; a cause too long for that keeps NHI_ERR_WRAP_CTX_MIN bytes of context and is cut
+ * at its end instead (never inside a UTF-8 character).
+ */
 nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
+#define NHI_ERR_WRAP_CTX_MIN 32
 /* The current thread's detail message; valid until the next nhi_err_* call on this thread. */
 const char *nhi_err_detail(void);
 void nhi_err_clear(void);

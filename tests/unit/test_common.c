@@ -700,6 +700,77 @@ static void test_conf_detail_utf8(void **state)
 	}
 }
 
+/* nhi_err_wrap keeps the cause (the old detail, which names what went wrong) whole and
+ * shortens the context instead, at a character boundary, marked "..." */
+static void test_error_wrap_keeps_cause(void **state)
+{
+	static const char cause[] = "disk full (ENOSPC): free space under /var/lib/nhid";
+	char big[3 * NHI_ERR_DETAIL_MAX], want[NHI_ERR_DETAIL_MAX + 8];
+	const char *d;
+	size_t i, n, olen;
+
+	(void)state;
+	for (n = 0; n < 4; n++) {
+		/* a long context of 2-byte characters, shifted so the cut falls at every position */
+		memset(big, 'x', n);
+		for (i = n; i + 2 < 2 * NHI_ERR_DETAIL_MAX; i += 2)
+			memcpy(big + i, "\xc3\xa9", 2);
+		big[i] = '\0';
+		nhi_err_set(NHI_ERR_IO, "%s", cause);
+		assert_int_equal(nhi_err_wrap(NHI_ERR_IO, "writing %s", big), NHI_ERR_IO);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(strlen(d) >= NHI_ERR_DETAIL_MAX - 4);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		snprintf(want, sizeof(want), "...: %s", cause);
+		assert_true(strlen(d) > strlen(want));
+		assert_string_equal(d + strlen(d) - strlen(want), want);
+		assert_memory_equal(d, "writing ", 8);
+	}
+	/* the cause exactly as long as it may be with "...: " in front */
+	memset(big, 'c', NHI_ERR_DETAIL_MAX - 6);
+	big[NHI_ERR_DETAIL_MAX - 6] = '\0';
+	nhi_err_set(NHI_ERR_IO, "%s", big);
+	nhi_err_wrap(NHI_ERR_IO, "context");
+	d = nhi_err_detail();
+	assert_int_equal(strlen(d), NHI_ERR_DETAIL_MAX - 1);
+	assert_memory_equal(d, "...: ", 5);
+	assert_string_equal(d + 5, big);
+	/* a context that fits with the cause is left whole */
+	nhi_err_set(NHI_ERR_IO, "%s", cause);
+	memset(big, 'x', NHI_ERR_DETAIL_MAX - 3 - strlen(cause));
+	big[NHI_ERR_DETAIL_MAX - 3 - strlen(cause)] = '\0';
+	nhi_err_wrap(NHI_ERR_IO, "%s", big);
+	d = nhi_err_detail();
+	assert_int_equal(strlen(d), NHI_ERR_DETAIL_MAX - 1);
+	assert_null(strstr(d, "..."));
+	assert_string_equal(d + strlen(big), ": disk full (ENOSPC): free space under /var/lib/nhid");
+	/* both long, in 3-byte characters: the context keeps its first bytes, the cause is cut at
+	 * its end; the result is still UTF-8 and within the limit */
+	for (n = 0; n < 3; n++) {
+		memset(big, 'y', n);
+		for (i = n; i + 3 < 2 * NHI_ERR_DETAIL_MAX; i += 3)
+			memcpy(big + i, "\xe2\x82\xac", 3);
+		big[i] = '\0';
+		nhi_err_set(NHI_ERR_IO, "cause %s", big);
+		olen = strlen(nhi_err_detail());
+		assert_true(olen > NHI_ERR_DETAIL_MAX - 6);
+		nhi_err_wrap(NHI_ERR_IO, "ctx %s", big);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		assert_memory_equal(d, "ctx ", 4);
+		assert_non_null(strstr(d, "...: cause "));
+		assert_true(strstr(d, "...: cause ") - d <= NHI_ERR_WRAP_CTX_MIN);
+		/* and wrapped again: still within the limit and UTF-8 */
+		nhi_err_wrap(NHI_ERR_IO, "outer %s", big);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		assert_memory_equal(d, "outer ", 6);
+	}
+}
+
 /* common/jsonw.h: known answers (RFC 8259 §7 escapes as jansson writes them) */
 static const struct {
 	const char *in;
@@ -866,6 +937,7 @@ int main(void)
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
 		cmocka_unit_test(test_conf_reader_strict), cmocka_unit_test(test_conf_uint_range),
 		cmocka_unit_test(test_utf8_cut), cmocka_unit_test(test_conf_detail_utf8),
+		cmocka_unit_test(test_error_wrap_keeps_cause),
 		cmocka_unit_test(test_errors), cmocka_unit_test(test_error_truncation_utf8),		   cmocka_unit_test(test_p256_only),
 		cmocka_unit_test(test_pid_cache_fork),
 		cmocka_unit_test(test_jsonw),
