@@ -4,6 +4,8 @@
 
 #include <openssl/bio.h>
 #include <openssl/conf.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,7 +157,7 @@ nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const 
 		const char *s = sk_OPENSSL_CSTRING_value(names, i);
 
 		NHI_CHECK(strcmp(s, section) == 0 || strcmp(s, "default") == 0, NHI_ERR_CONFIG,
-			  "unknown config section [%.64s]: only [%s] is read", s, section);
+			  "unknown config section [%.*s]: only [%s] is read", nhi_utf8_cut(s, 64), s, section);
 	}
 	sect = NCONF_get_section(conf, "default");
 	NHI_CHECK(sect == NULL || sk_CONF_VALUE_num(sect) == 0, NHI_ERR_CONFIG,
@@ -164,8 +166,8 @@ nhi_err nhi_conf_parse(const char *text, size_t len, const char *section, const 
 	NHI_CHECK(sect != NULL, NHI_ERR_CONFIG, "config has no [%s] section", section);
 	for (i = 0; i < sk_CONF_VALUE_num(sect); i++) {
 		v = sk_CONF_VALUE_value(sect, i);
-		NHI_CHECK(is_known(v->name, known_keys, n_known), NHI_ERR_CONFIG, "unknown config key '%.64s' in [%s]",
-			  v->name, section);
+		NHI_CHECK(is_known(v->name, known_keys, n_known), NHI_ERR_CONFIG, "unknown config key '%.*s' in [%s]",
+			  nhi_utf8_cut(v->name, 64), v->name, section);
 		NHI_TRY(fn(ctx, v->name, v->value));
 	}
 	rv = NHI_OK;
@@ -205,19 +207,33 @@ nhi_err nhi_conf_copy(char *dst, size_t cap, const char *key, const char *val)
 nhi_err nhi_conf_uint(unsigned long long *dst, const char *key, const char *val, unsigned long long min,
 		      unsigned long long max)
 {
+	nhi_err rv = NHI_ERR_CONFIG;
+	const char *why = "not a whole number";
 	char *end = NULL;
 	unsigned long long v;
 
+	/* strtoull alone would take " 7", "+7" and "-7" (as 2^64 - 7) */
 	if (val[0] < '0' || val[0] > '9')
-		goto bad;
+		goto out;
+	errno = 0;
 	v = strtoull(val, &end, 10);
-	if (end == val || *end != '\0' || v < min || v > max)
-		goto bad;
+	if (*end != '\0')
+		goto out;
+	/* strtoull saturates at ULLONG_MAX and sets ERANGE: without this check a value past
+	 * 2^64 - 1 was read as 2^64 - 1, and taken wherever max is ULLONG_MAX */
+	why = "too large";
+	if (errno == ERANGE)
+		goto out;
+	why = v < min ? "too small" : "too large";
+	if (v < min || v > max)
+		goto out;
 	*dst = v;
-	return NHI_OK;
-bad:
-	return nhi_err_set(NHI_ERR_CONFIG, "config key '%s' must be a whole number from %llu to %llu, got '%.32s'", key,
-			   min, max, val);
+	rv = NHI_OK;
+out:
+	if (rv != NHI_OK)
+		rv = nhi_err_set(rv, "config key '%s' must be a whole number from %llu to %llu, got '%.*s' (%s)", key,
+				 min, max, nhi_utf8_cut(val, 32), val, why);
+	return rv;
 }
 
 nhi_err nhi_conf_list(const char *key, const char *val, char *items, size_t item_cap, size_t max, size_t *n_out,
@@ -237,8 +253,8 @@ nhi_err nhi_conf_list(const char *key, const char *val, char *items, size_t item
 		if (*tok == '\0')
 			continue;
 		NHI_CHECK(n < max, NHI_ERR_CONFIG, "config key '%s' lists more than %zu entries", key, max);
-		NHI_CHECK(valid == NULL || valid(tok), NHI_ERR_CONFIG, "config key '%s': '%.64s' is not %s", key, tok,
-			  what);
+		NHI_CHECK(valid == NULL || valid(tok), NHI_ERR_CONFIG, "config key '%s': '%.*s' is not %s", key,
+			  nhi_utf8_cut(tok, 64), tok, what);
 		NHI_TRY(nhi_conf_copy(items + n * item_cap, item_cap, key, tok));
 		n++;
 	}

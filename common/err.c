@@ -2,6 +2,7 @@
 #include "nhi.h"
 
 #include <openssl/err.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,6 +36,32 @@ const char *nhi_err_name(nhi_err e)
 	return nhi_err_names[e];
 }
 
+size_t nhi_utf8_trim(const char *s, size_t n)
+{
+	size_t i, k = 0, need;
+	unsigned char c;
+
+	/* i: just after the last byte that is not a continuation byte; k: those after it */
+	for (i = n; i > 0 && k < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80; i--)
+		k++;
+	c = i > 0 ? (unsigned char)s[i - 1] : 0;
+	need = c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+	return k + 1 < need ? i - 1 : n;
+}
+
+int nhi_utf8_cut(const char *s, size_t max)
+{
+	size_t n;
+
+	if (max > INT_MAX)
+		max = INT_MAX;
+	n = strnlen(s, max);
+	/* s[n] is readable: strnlen stopped before a NUL or at max, before the string's end */
+	if (n == max && s[n] != '\0')
+		n = nhi_utf8_trim(s, n);
+	return (int)n;
+}
+
 /*
  * After a cut at the end of the buffer (printf's return `want` >= cap): drop a character
  * the cut split, so that a detail stays UTF-8. Details go into JSON error bodies and
@@ -42,18 +69,8 @@ const char *nhi_err_name(nhi_err e)
  */
 static void cut_partial_utf8(char *s, int want, size_t cap)
 {
-	size_t i, k = 0, need;
-	unsigned char c;
-
-	if (want >= 0 && (size_t)want >= cap) {
-		/* i: just after the last byte that is not a continuation byte; k: those after it */
-		for (i = strlen(s); i > 0 && k < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80; i--)
-			k++;
-		c = i > 0 ? (unsigned char)s[i - 1] : 0;
-		need = c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
-		if (k + 1 < need)
-			s[i - 1] = '\0';
-	}
+	if (want >= 0 && (size_t)want >= cap)
+		s[nhi_utf8_trim(s, strlen(s))] = '\0';
 }
 
 __attribute__((format(printf, 1, 0))) static void set_detail(const char *fmt, va_list ap)
@@ -98,14 +115,29 @@ nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...)
 
 nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...)
 {
+	static const char ellipsis[] = "...";
 	char old[NHI_ERR_DETAIL_MAX];
 	char ctx[NHI_ERR_DETAIL_MAX];
+	/* the bytes the context and the cause share: all but ": " and the NUL */
+	const size_t room = sizeof(nhi_err_buf) - 3;
+	size_t clen, olen, keep;
 	va_list ap;
 
 	memcpy(old, nhi_err_buf, sizeof(old));
 	va_start(ap, fmt);
 	cut_partial_utf8(ctx, vsnprintf(ctx, sizeof(ctx), fmt, ap), sizeof(ctx));
 	va_end(ap);
+	clen = strlen(ctx);
+	olen = strlen(old);
+	if (clen + olen > room) {
+		/* the cause names what went wrong: the context gives way to keep it whole, and
+		 * only a cause too long for any context is cut (at its end, below) */
+		keep = olen + sizeof(ellipsis) - 1 <= room ? room - olen - (sizeof(ellipsis) - 1) : NHI_ERR_WRAP_CTX_MIN;
+		if (keep < clen) {
+			keep = nhi_utf8_trim(ctx, keep);
+			memcpy(ctx + keep, ellipsis, sizeof(ellipsis));
+		}
+	}
 	cut_partial_utf8(nhi_err_buf, snprintf(nhi_err_buf, sizeof(nhi_err_buf), "%s: %s", ctx, old),
 			 sizeof(nhi_err_buf));
 	return code;

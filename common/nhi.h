@@ -51,12 +51,35 @@ const char *nhi_err_name(nhi_err e);
 nhi_err nhi_err_set(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
 /* Same, with ": <top OpenSSL error>" appended; clears the OpenSSL error queue. */
 nhi_err nhi_err_set_ssl(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
-/* Prefix the current detail with context: "<ctx>: <old detail>". Returns code. */
+/*
+ * Prefix the current detail with context: "<ctx>: <old detail>". Returns code. The old
+ * detail is the cause (what went wrong), so when the two are over NHI_ERR_DETAIL_MAX the
+ * context is shortened, at a character boundary and marked "...", to keep the cause
+ * whole; a cause too long for that keeps NHI_ERR_WRAP_CTX_MIN bytes of context and is cut
+ * at its end instead (never inside a UTF-8 character).
+ */
 nhi_err nhi_err_wrap(nhi_err code, const char *fmt, ...) NHI_PRINTF(2, 3);
+#define NHI_ERR_WRAP_CTX_MIN 32
 /* The current thread's detail message; valid until the next nhi_err_* call on this thread. */
 const char *nhi_err_detail(void);
 void nhi_err_clear(void);
 #define NHI_ERR_DETAIL_MAX 512
+
+/*
+ * The one rule for cutting text that may be UTF-8 (agent ids, subjects, paths, config
+ * values) without splitting a character: half a character in an error detail or an audit
+ * field makes jansson refuse the whole JSON document.
+ *
+ * nhi_utf8_trim: the length of the first n bytes of s without a character that the end of
+ * those n bytes cuts short (n itself when they end on a character boundary). Reads s[0..n).
+ *
+ * nhi_utf8_cut: for printf's precision, in place of "%.64s": write
+ *   nhi_err_set(..., "'%.*s'", nhi_utf8_cut(s, 64), s)
+ * It returns strlen(s) when that is at most max, else the longest prefix of at most max
+ * bytes that does not end inside a UTF-8 character. s is NUL-terminated.
+ */
+size_t nhi_utf8_trim(const char *s, size_t n);
+int nhi_utf8_cut(const char *s, size_t max);
 
 /*
  * The one family of control-flow macros. Each assumes a local `nhi_err rv` and an

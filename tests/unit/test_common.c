@@ -11,6 +11,7 @@
 #include "../../common/pkey.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdio.h>
@@ -585,6 +586,191 @@ static void test_error_truncation_utf8(void **state)
 	assert_string_equal(nhi_err_detail(), "caf\xc3\xa9");
 }
 
+/* a value past 2^64 - 1 is refused, not read as 2^64 - 1; every refusal names the key, what
+ * is wrong with the value and the range */
+static void test_conf_uint_range(void **state)
+{
+	static const struct {
+		const char *val;
+		unsigned long long min, max;
+		const char *why; /* NULL: accepted */
+	} v[] = {
+		{"18446744073709551615", 0, ULLONG_MAX, NULL},
+		{"18446744073709551616", 0, ULLONG_MAX, "from 0 to 18446744073709551615, got '18446744073709551616' (too large)"},
+		{"99999999999999999999", 0, ULLONG_MAX, "from 0 to 18446744073709551615, got '99999999999999999999' (too large)"},
+		{"99999999999999999999", 1, 100, "from 1 to 100, got '99999999999999999999' (too large)"},
+		{"4294967295", 1, UINT_MAX, NULL},
+		{"4294967296", 1, UINT_MAX, "from 1 to 4294967295, got '4294967296' (too large)"},
+		{"2147483648", 1, INT_MAX, "from 1 to 2147483647, got '2147483648' (too large)"},
+		{"101", 1, 100, "from 1 to 100, got '101' (too large)"},
+		{"0", 1, 100, "from 1 to 100, got '0' (too small)"},
+		{"-1", 1, 100, "got '-1' (not a whole number)"},
+		{"+1", 1, 100, "got '+1' (not a whole number)"},
+		{" 1", 1, 100, "got ' 1' (not a whole number)"},
+		{"4x", 1, 100, "got '4x' (not a whole number)"},
+		{"", 1, 100, "got '' (not a whole number)"},
+	};
+	unsigned long long out;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		out = 7;
+		nhi_err_clear();
+		if (v[i].why == NULL) {
+			if (nhi_conf_uint(&out, "k", v[i].val, v[i].min, v[i].max) != NHI_OK ||
+			    out != strtoull(v[i].val, NULL, 10))
+				fail_msg("case %zu: '%s' refused: %s", i, v[i].val, nhi_err_detail());
+			continue;
+		}
+		if (nhi_conf_uint(&out, "k", v[i].val, v[i].min, v[i].max) != NHI_ERR_CONFIG || out != 7 ||
+		    strncmp(nhi_err_detail(), "config key 'k' must be a whole number ", 38) != 0 ||
+		    strstr(nhi_err_detail(), v[i].why) == NULL)
+			fail_msg("case %zu: '%s' gave '%s', want '%s'", i, v[i].val, nhi_err_detail(), v[i].why);
+	}
+}
+
+static bool refuse_all(const char *s)
+{
+	(void)s;
+	return false;
+}
+
+/* nhi_utf8_cut: the one rule for "%.*s" cuts of text that may be UTF-8 */
+static void test_utf8_cut(void **state)
+{
+	static const char *const chars[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"}; /* 2, 3, 4 bytes */
+	char s[16], out[16];
+	size_t c, pre, max, len;
+	int n;
+
+	(void)state;
+	assert_int_equal(nhi_utf8_cut("", 4), 0);
+	assert_int_equal(nhi_utf8_cut("abc", 4), 3);
+	assert_int_equal(nhi_utf8_cut("abcd", 4), 4);
+	assert_int_equal(nhi_utf8_cut("abcde", 4), 4);
+	assert_int_equal(nhi_utf8_cut("abc", 0), 0);
+	/* every position of the cut against every character width: the character goes whole or not at all */
+	for (c = 0; c < 3; c++) {
+		len = strlen(chars[c]);
+		for (pre = 0; pre < 4; pre++) {
+			memset(s, 'a', pre);
+			memcpy(s + pre, chars[c], len);
+			memcpy(s + pre + len, "z", 2);
+			for (max = 0; max <= pre + len + 1; max++) {
+				n = nhi_utf8_cut(s, max);
+				if (max < pre)
+					assert_int_equal(n, (int)max);
+				else if (max < pre + len)
+					assert_int_equal(n, (int)pre);
+				else
+					assert_int_equal(n, (int)max);
+				snprintf(out, sizeof(out), "%.*s", n, s);
+				assert_true(nhi_jsonw_utf8_valid(out, strlen(out)));
+			}
+		}
+	}
+	assert_int_equal(nhi_utf8_trim("ab\xe2\x82", 4), 2);
+	assert_int_equal(nhi_utf8_trim("ab\xe2\x82\xac", 5), 5);
+	assert_int_equal(nhi_utf8_trim("ab\xc3", 3), 2);
+	assert_int_equal(nhi_utf8_trim("ab", 2), 2);
+}
+
+/* the %.Ns cuts in common/ go through nhi_utf8_cut: a character across the cut is not halved */
+static void test_conf_detail_utf8(void **state)
+{
+	char val[80], items[2][80];
+	unsigned long long v;
+	size_t n, k;
+
+	(void)state;
+	for (k = 60; k < 68; k++) { /* the cut at 64 falls before, inside and after the character */
+		memset(val, 'a', k);
+		memcpy(val + k, "\xe2\x82\xac", 4);
+		assert_int_equal(nhi_conf_list("k", val, &items[0][0], 80, 2, &n, refuse_all, "an item"), NHI_ERR_CONFIG);
+		assert_non_null(strstr(nhi_err_detail(), "is not an item"));
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+	}
+	for (k = 28; k < 36; k++) { /* nhi_conf_uint quotes 32 bytes */
+		memset(val, '1', k);
+		memcpy(val + k, "\xe2\x82\xac", 4);
+		assert_int_equal(nhi_conf_uint(&v, "k", val, 1, 100), NHI_ERR_CONFIG);
+		assert_non_null(strstr(nhi_err_detail(), "(not a whole number)"));
+		assert_true(nhi_jsonw_utf8_valid(nhi_err_detail(), strlen(nhi_err_detail())));
+	}
+}
+
+/* nhi_err_wrap keeps the cause (the old detail, which names what went wrong) whole and
+ * shortens the context instead, at a character boundary, marked "..." */
+static void test_error_wrap_keeps_cause(void **state)
+{
+	static const char cause[] = "disk full (ENOSPC): free space under /var/lib/nhid";
+	char big[3 * NHI_ERR_DETAIL_MAX], want[NHI_ERR_DETAIL_MAX + 8];
+	const char *d;
+	size_t i, n, olen;
+
+	(void)state;
+	for (n = 0; n < 4; n++) {
+		/* a long context of 2-byte characters, shifted so the cut falls at every position */
+		memset(big, 'x', n);
+		for (i = n; i + 2 < 2 * NHI_ERR_DETAIL_MAX; i += 2)
+			memcpy(big + i, "\xc3\xa9", 2);
+		big[i] = '\0';
+		nhi_err_set(NHI_ERR_IO, "%s", cause);
+		assert_int_equal(nhi_err_wrap(NHI_ERR_IO, "writing %s", big), NHI_ERR_IO);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(strlen(d) >= NHI_ERR_DETAIL_MAX - 4);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		snprintf(want, sizeof(want), "...: %s", cause);
+		assert_true(strlen(d) > strlen(want));
+		assert_string_equal(d + strlen(d) - strlen(want), want);
+		assert_memory_equal(d, "writing ", 8);
+	}
+	/* the cause exactly as long as it may be with "...: " in front */
+	memset(big, 'c', NHI_ERR_DETAIL_MAX - 6);
+	big[NHI_ERR_DETAIL_MAX - 6] = '\0';
+	nhi_err_set(NHI_ERR_IO, "%s", big);
+	nhi_err_wrap(NHI_ERR_IO, "context");
+	d = nhi_err_detail();
+	assert_int_equal(strlen(d), NHI_ERR_DETAIL_MAX - 1);
+	assert_memory_equal(d, "...: ", 5);
+	assert_string_equal(d + 5, big);
+	/* a context that fits with the cause is left whole */
+	nhi_err_set(NHI_ERR_IO, "%s", cause);
+	memset(big, 'x', NHI_ERR_DETAIL_MAX - 3 - strlen(cause));
+	big[NHI_ERR_DETAIL_MAX - 3 - strlen(cause)] = '\0';
+	nhi_err_wrap(NHI_ERR_IO, "%s", big);
+	d = nhi_err_detail();
+	assert_int_equal(strlen(d), NHI_ERR_DETAIL_MAX - 1);
+	assert_null(strstr(d, "..."));
+	assert_string_equal(d + strlen(big), ": disk full (ENOSPC): free space under /var/lib/nhid");
+	/* both long, in 3-byte characters: the context keeps its first bytes, the cause is cut at
+	 * its end; the result is still UTF-8 and within the limit */
+	for (n = 0; n < 3; n++) {
+		memset(big, 'y', n);
+		for (i = n; i + 3 < 2 * NHI_ERR_DETAIL_MAX; i += 3)
+			memcpy(big + i, "\xe2\x82\xac", 3);
+		big[i] = '\0';
+		nhi_err_set(NHI_ERR_IO, "cause %s", big);
+		olen = strlen(nhi_err_detail());
+		assert_true(olen > NHI_ERR_DETAIL_MAX - 6);
+		nhi_err_wrap(NHI_ERR_IO, "ctx %s", big);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		assert_memory_equal(d, "ctx ", 4);
+		assert_non_null(strstr(d, "...: cause "));
+		assert_true(strstr(d, "...: cause ") - d <= NHI_ERR_WRAP_CTX_MIN);
+		/* and wrapped again: still within the limit and UTF-8 */
+		nhi_err_wrap(NHI_ERR_IO, "outer %s", big);
+		d = nhi_err_detail();
+		assert_true(strlen(d) < NHI_ERR_DETAIL_MAX);
+		assert_true(nhi_jsonw_utf8_valid(d, strlen(d)));
+		assert_memory_equal(d, "outer ", 6);
+	}
+}
+
 /* common/jsonw.h: known answers (RFC 8259 §7 escapes as jansson writes them) */
 static const struct {
 	const char *in;
@@ -749,7 +935,9 @@ int main(void)
 		cmocka_unit_test(test_credentials_directory_rule), cmocka_unit_test(test_write_excl_and_atomic),
 		cmocka_unit_test(test_file_read_fifo), cmocka_unit_test(test_write_atomic_stale_temp), cmocka_unit_test(test_write_atomic_threads),
 		cmocka_unit_test(test_ecdsa_forms_and_jwk), cmocka_unit_test(test_conf_reader),
-		cmocka_unit_test(test_conf_reader_strict),
+		cmocka_unit_test(test_conf_reader_strict), cmocka_unit_test(test_conf_uint_range),
+		cmocka_unit_test(test_utf8_cut), cmocka_unit_test(test_conf_detail_utf8),
+		cmocka_unit_test(test_error_wrap_keeps_cause),
 		cmocka_unit_test(test_errors), cmocka_unit_test(test_error_truncation_utf8),		   cmocka_unit_test(test_p256_only),
 		cmocka_unit_test(test_pid_cache_fork),
 		cmocka_unit_test(test_jsonw),
